@@ -1,0 +1,1 @@
+"""The `nmr` umbrella command: one verb per module, imported only when that verb runs."""

@@ -1,0 +1,62 @@
+"""`nmr <verb>`: dispatches to the verb's module so that `nmr --help` stays fast (no torch import).
+
+Each verb module exposes `add_arguments(parser)` and `run(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from nmr.errors import NmrUserError
+
+# verb -> (module, one-line help). Modules are imported lazily.
+VERBS: dict[str, tuple[str, str]] = {
+    'demo': ('nmr.demo', 'the main job: synthetic rig -> registration pipeline -> outputs, in one folder'),
+    'synth': ('nmr.synth.cli', 'render a synthetic RGB + LWIR + depth rig into a rosbag2 bag (with ground truth)'),
+    'train': ('nmr.training.cli', 'train R (and T, D) from rosbag2 bags or an image-pair manifest'),
+    'export': ('nmr.inference.export_cli', 'export R_Phi to ONNX (and a TensorRT engine where available)'),
+    'evaluate': ('nmr.evaluation.cli', 'EPE and landmark error of a model on a manifest of image pairs'),
+    'register-bag': ('nmr.pipeline.register_bag', 'offline: input bag(s) in, bag with the node outputs out'),
+    'play': ('nmr.ros.play', "publish a bag's image topics with recorded timing (no rosbag2 needed)"),
+    'bench': ('nmr.bench.cli', 'latency and throughput per backend, resolution and model'),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='nmr', description='Learned RGB / thermal / depth registration.')
+    sub = parser.add_subparsers(dest='verb', metavar='VERB')
+    for verb, (_module, help_text) in VERBS.items():
+        sub.add_parser(verb, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in VERBS:
+        parser = build_parser()
+        if not argv:
+            parser.print_help()
+            return 2
+        parser.parse_args(argv)  # prints help / the unknown-verb error and exits
+        return 2
+    verb = argv[0]
+    module = importlib.import_module(VERBS[verb][0])
+    parser = argparse.ArgumentParser(prog=f'nmr {verb}', description=VERBS[verb][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f'nmr {verb}: interrupted', file=sys.stderr)
+        return 130
+    except NmrUserError as err:
+        print(f'nmr {verb}: error: {err}', file=sys.stderr)
+        return 2
+
+
+
+if __name__ == '__main__':
+    sys.exit(main())
