@@ -13,13 +13,16 @@ export ROS_LOCALHOST_ONLY=1
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 
 echo "== ruff"
-ruff check src test launch benchmarks scripts
+ruff check .
 echo "== mypy (core layers)"
 mypy
 echo "== colcon build"
 colcon build --event-handlers console_cohesion- 2>&1 | grep -v 'byte-compiling is disabled' | tail -n 3
 echo "== colcon test"
-rm -rf build/nmr/pytest.xml
-colcon test --event-handlers console_direct+ --pytest-args "$@" -- 2>&1 || true
+rm -f build/nmr/pytest.xml
+pytest_args=()
+if [ "$#" -gt 0 ]; then pytest_args=(--pytest-args "$@"); fi
+colcon test --event-handlers console_direct+ "${pytest_args[@]}" 2>&1 || true
+[ -f build/nmr/pytest.xml ] || { echo "colcon test produced no results (build/nmr/pytest.xml)"; exit 1; }
 echo "== colcon test-result"
 colcon test-result --verbose
