@@ -1,0 +1,296 @@
+"""The register node's settings: ONE table of parameters, shared by `register_node` and `nmr register-bag`.
+
+Why here and not in `nmr.ros`: `nmr register-bag` must apply the node's processing offline without
+importing rclpy, so the table, its defaults, its validation and the ROS-params-file reader live in the
+pipeline layer; `nmr.ros.params` only declares these same entries as ROS parameters.
+
+Parameter names are flat, dot-separated ROS parameter names (nested maps in the YAML file).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nmr.errors import ConfigError
+
+PAIRS: dict[str, str] = {'rgb_lwir': 'lwir', 'rgb_depth': 'depth'}
+"""pair name -> fixed stream (the moving stream is always 'rgb')."""
+
+STREAMS: tuple[str, ...] = ('rgb', 'lwir', 'depth')
+PAIR_OUTPUTS: tuple[str, ...] = ('registered', 'flow', 'flow_viz', 'overlay')
+OUTPUTS: tuple[str, ...] = (*PAIR_OUTPUTS, 'fused')
+BACKENDS: tuple[str, ...] = ('auto', 'tensorrt', 'onnxruntime', 'torch')
+RELIABILITY: tuple[str, ...] = ('best_effort', 'reliable')
+
+DEFAULT_TOPICS: dict[str, str] = {
+    'rgb': '/camera/camera/color/image_raw',
+    'lwir': '/flir_boson/image_raw',
+    'depth': '/camera/camera/depth/image_rect_raw',
+}
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: name, default (its type is the parameter's type), description and a check."""
+
+    name: str
+    default: Any
+    description: str
+    check: Callable[[Any], str | None] = lambda _v: None  # returns a problem description or None
+
+    @property
+    def kind(self) -> type:
+        return type(self.default) if not isinstance(self.default, list) else list
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else f'must be one of {", ".join(choices)}'
+
+
+def _subset_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
+    def check(values: Any) -> str | None:
+        bad = [v for v in values if v not in choices]
+        if bad:
+            return f'unknown entries {bad}; allowed: {", ".join(choices)}'
+        if len(set(values)) != len(values):
+            return 'has duplicate entries'
+        return None
+
+    return check
+
+
+def _at_least(low: float) -> Callable[[Any], str | None]:
+    return lambda v: None if math.isfinite(v) and v >= low else f'must be >= {low}'
+
+
+def _positive(v: Any) -> str | None:
+    return None if math.isfinite(v) and v > 0 else 'must be > 0'
+
+
+def _unit(v: Any) -> str | None:
+    return None if 0.0 <= v <= 1.0 else 'must be between 0 and 1'
+
+
+def _topic(v: Any) -> str | None:
+    if not v or any(c.isspace() for c in v):
+        return 'must be a non-empty topic name without spaces'
+    return None
+
+
+def _device(v: Any) -> str | None:
+    if v in ('auto', 'cpu', 'cuda') or (v.startswith('cuda:') and v[5:].isdigit()):
+        return None
+    return "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"
+
+
+PARAMS: tuple[ParamSpec, ...] = (
+    *(ParamSpec(f'topics.{s}', DEFAULT_TOPICS[s], f'{s} image topic (sensor_msgs/Image)', _topic)
+      for s in STREAMS),
+    *(ParamSpec(f'qos.{s}.reliability', 'best_effort',
+                f'{s} subscription reliability (best_effort also matches reliable publishers)',
+                _one_of(RELIABILITY)) for s in STREAMS),
+    *(ParamSpec(f'qos.{s}.history_depth', 5, f'{s} subscription queue depth', _at_least(1))
+      for s in STREAMS),
+    ParamSpec('pairs', ['rgb_lwir', 'rgb_depth'], 'pairs to run', _subset_of(tuple(PAIRS))),
+    *(ParamSpec(f'models.{p}', '', f"model file for {p} (.onnx/.pt; '' = share/nmr/models/{p}.onnx or .pt)")
+      for p in PAIRS),
+    ParamSpec('backend', 'auto', 'inference backend', _one_of(BACKENDS)),
+    ParamSpec('device', 'auto', "inference device: auto, cpu, cuda or cuda:N", _device),
+    ParamSpec('net_height', 0, "network input height (0 = the model's training size)", _at_least(0)),
+    ParamSpec('net_width', 0, "network input width (0 = the model's training size)", _at_least(0)),
+    ParamSpec('sync.slop_s', 0.02, 'max stamp difference within a synchronised pair [s]', _positive),
+    ParamSpec('sync.queue_size', 10, 'messages kept per stream while waiting for a partner', _at_least(1)),
+    ParamSpec('outputs', list(OUTPUTS), 'outputs to publish', _subset_of(OUTPUTS)),
+    ParamSpec('overlay_alpha', 0.5, 'weight of the registered image in P/overlay', _unit),
+    ParamSpec('flow_viz_max_px', 0.0, 'flow magnitude at full colour (0 = per frame)', _at_least(0)),
+    ParamSpec('diagnostics_period_s', 1.0, 'period of /diagnostics messages [s]', _positive),
+    ParamSpec('log_throttle_s', 5.0, 'minimum interval between repeated warnings [s]', _at_least(0)),
+)
+PARAMS_BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMS}
+
+
+@dataclass(frozen=True)
+class InputSettings:
+    """One input stream: its topic and subscription QoS."""
+
+    topic: str
+    reliability: str = 'best_effort'
+    history_depth: int = 5
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Validated settings of the register node (and of `nmr register-bag`)."""
+
+    inputs: dict[str, InputSettings]
+    pairs: tuple[str, ...]
+    models: dict[str, str]
+    backend: str = 'auto'
+    device: str = 'auto'
+    net_hw: tuple[int, int] | None = None
+    sync_slop_ns: int = 20_000_000
+    sync_queue_size: int = 10
+    outputs: tuple[str, ...] = OUTPUTS
+    overlay_alpha: float = 0.5
+    flow_viz_max_px: float | None = None
+    diagnostics_period_s: float = 1.0
+    log_throttle_s: float = 5.0
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pair_outputs(self) -> tuple[str, ...]:
+        return tuple(o for o in self.outputs if o in PAIR_OUTPUTS)
+
+    @property
+    def fused(self) -> bool:
+        return 'fused' in self.outputs and all(p in self.pairs for p in PAIRS)
+
+
+def defaults() -> dict[str, Any]:
+    """Every parameter's default value (lists copied)."""
+    return {p.name: list(p.default) if isinstance(p.default, list) else p.default for p in PARAMS}
+
+
+def _coerce(spec: ParamSpec, value: Any) -> Any:
+    """Value in the parameter's type, or ConfigError naming the parameter."""
+    want = spec.kind
+    bad = ConfigError(f"parameter '{spec.name}': expected {_type_name(spec)}, got {value!r}")
+    if want is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if want is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if want is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if want is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise bad
+    return list(value)
+
+
+def _type_name(spec: ParamSpec) -> str:
+    names = {bool: 'a boolean', int: 'an integer', float: 'a number', str: 'a string',
+             list: 'a list of strings'}
+    return names[spec.kind]
+
+
+def validate(values: Mapping[str, Any]) -> NodeSettings:
+    """Check every value (types, ranges, choices); unknown names are errors. Raises ConfigError."""
+    unknown = sorted(set(values) - set(PARAMS_BY_NAME))
+    if unknown:
+        raise ConfigError(f"unknown parameter '{unknown[0]}' (known: see config/register.yaml)")
+    merged = defaults()
+    for name, value in values.items():
+        spec = PARAMS_BY_NAME[name]
+        value = _coerce(spec, value)
+        problem = spec.check(value)
+        if problem:
+            raise ConfigError(f"parameter '{name}' = {value!r}: {problem}")
+        merged[name] = value
+    if not merged['pairs']:
+        raise ConfigError("parameter 'pairs' is empty: list at least one of rgb_lwir, rgb_depth")
+    if (merged['net_height'] == 0) != (merged['net_width'] == 0):
+        raise ConfigError("parameters 'net_height' and 'net_width' must both be 0 (model's size) or both > 0")
+    inputs = {s: InputSettings(merged[f'topics.{s}'], merged[f'qos.{s}.reliability'],
+                               merged[f'qos.{s}.history_depth']) for s in STREAMS}
+    used = {'rgb', *(PAIRS[p] for p in merged['pairs'])}
+    topics = [inputs[s].topic for s in STREAMS if s in used]
+    if len(set(topics)) != len(topics):
+        raise ConfigError(f'parameters topics.*: two inputs share one topic ({topics}); give each its own')
+    net_hw = (merged['net_height'], merged['net_width']) if merged['net_height'] else None
+    return NodeSettings(
+        inputs=inputs,
+        pairs=tuple(merged['pairs']),
+        models={p: merged[f'models.{p}'] for p in PAIRS},
+        backend=merged['backend'],
+        device=merged['device'],
+        net_hw=net_hw,
+        sync_slop_ns=round(merged['sync.slop_s'] * 1e9),
+        sync_queue_size=merged['sync.queue_size'],
+        outputs=tuple(merged['outputs']),
+        overlay_alpha=merged['overlay_alpha'],
+        flow_viz_max_px=merged['flow_viz_max_px'] or None,
+        diagnostics_period_s=merged['diagnostics_period_s'],
+        log_throttle_s=merged['log_throttle_s'],
+        values=merged,
+    )
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f'{prefix}{key}'
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name + '.'))
+        else:
+            flat[name] = value
+    return flat
+
+
+def read_params_file(path: str | Path, node_name: str = 'register_node') -> dict[str, Any]:
+    """Flat parameter values for `node_name` from a ROS 2 parameters YAML file.
+
+    Entries under `/**`, `<node_name>` or `/<namespace>/<node_name>` apply (later ones win), as for
+    `--ros-args --params-file`.
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f'parameters file {path} does not exist') from None
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f'parameters file {path} cannot be read: {str(err).splitlines()[0]}') from None
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f'parameters file {path}: expected a map of node names to ros__parameters')
+    values: dict[str, Any] = {}
+    for key, section in doc.items():
+        key = str(key)
+        applies = key in ('/**', '**', node_name) or key.rstrip('/').split('/')[-1] == node_name
+        if not applies:
+            continue
+        if not isinstance(section, Mapping) or not isinstance(section.get('ros__parameters'), Mapping):
+            raise ConfigError(f"parameters file {path}: section '{key}' has no 'ros__parameters' map")
+        values.update(_flatten(section['ros__parameters']))
+    values.pop('use_sim_time', None)
+    return values
+
+
+def default_model_path(pair: str) -> Path:
+    """share/nmr/models/<pair>.onnx (preferred) or .pt; in a source checkout, <repo>/models/.
+
+    Returns the .onnx path when neither exists, so the error message names the preferred file.
+    """
+    dirs: list[Path] = []
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        dirs.append(Path(get_package_share_directory('nmr')) / 'models')
+    except Exception:
+        pass
+    dirs.append(Path(__file__).resolve().parents[3] / 'models')
+    for folder in dirs:
+        for ext in ('.onnx', '.pt'):
+            candidate = folder / f'{pair}{ext}'
+            if candidate.is_file():
+                return candidate
+    return dirs[0] / f'{pair}.onnx'
+
+
+def model_path(settings: NodeSettings, pair: str) -> Path:
+    """The configured model for `pair`, or its default location."""
+    configured = settings.models.get(pair, '')
+    return Path(configured).expanduser() if configured else default_model_path(pair)

@@ -1,0 +1,402 @@
+"""`register_node`: live RGB/LWIR/depth registration (subscribe -> synchronise -> R_Phi -> publish).
+
+Threads: the executor runs the subscription callbacks, which only decode headers/arrays and feed one
+ApproxTimeSynchronizer per pair (so a pair keeps running when the other pair's modality stops). A
+completed set goes into the pair's single "pending" slot; a set still waiting there when a newer one
+completes is dropped and counted (stale). One worker thread takes the newest pending sets and runs
+inference, which releases the GIL, so callbacks keep up while the network runs. Nothing queues up.
+
+Lazy: a pair is only computed when one of its outputs (or the fused output) has subscribers.
+Robustness: every problem caused by inputs, parameters or model files is a throttled one-line log; the
+node keeps running and recovers (a model file that appears or changes later is loaded then).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from nmr.data.encodings import to_rgb
+from nmr.errors import ModelFileError, NmrUserError
+from nmr.pipeline.fused import FUSED_TOPICS, fuse
+from nmr.pipeline.outputs import FIXED_ENCODINGS, PairProcessor
+from nmr.pipeline.settings import PAIRS, NodeSettings, model_path
+from nmr.ros.convert import from_image_msg, header_stamp_ns, to_image_msg
+from nmr.ros.diagnostics import (
+    ERROR,
+    OK,
+    WARN,
+    PairStats,
+    StreamStats,
+    Throttle,
+    diagnostic_array,
+    pair_status,
+    stream_status,
+)
+from nmr.ros.params import declare_and_load
+from nmr.ros.qos import input_qos, output_qos
+
+NODE_NAME = 'register_node'
+STREAM_ENCODINGS: dict[str, tuple[str, ...]] = {
+    'rgb': ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8'),
+    'lwir': FIXED_ENCODINGS['lwir'],
+    'depth': FIXED_ENCODINGS['depth'],
+}
+STOPPED_AFTER_S = 3.0     # an input silent this long is reported as stopped
+MODEL_RETRY_S = 5.0       # how often a missing / broken model file is looked at again
+
+
+@dataclass
+class Frame:
+    """One decoded input message (the array may be a view of the message buffer)."""
+
+    array: np.ndarray
+    encoding: str
+    header: Header
+    stamp_ns: int
+
+
+@dataclass
+class PairResult:
+    rgb_stamp_ns: int
+    rgb_hw: tuple[int, int]
+    flow: np.ndarray
+    registered: np.ndarray
+    fixed: Frame
+
+
+@dataclass
+class PairRuntime:
+    """Everything the node keeps per pair."""
+
+    name: str
+    fixed_stream: str
+    sync: Any
+    stats: PairStats = field(default_factory=PairStats)
+    publishers: dict[str, Any] = field(default_factory=dict)
+    processor: PairProcessor | None = None
+    model_file: Path | None = None
+    model_stamp: tuple[float, int] | None = None   # (mtime, size) of the file last tried
+    model_checked: float = -1e9
+    backend: str = '-'
+    device: str = '-'
+    pending: tuple[Frame, Frame] | None = None
+    last: PairResult | None = None
+
+
+def _file_stamp(path: Path) -> tuple[float, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime, st.st_size)
+
+
+class RegisterNode(Node):
+    """The node; construction raises ConfigError (one line) for invalid parameters."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self.settings: NodeSettings = declare_and_load(self)
+        s = self.settings
+        self._throttle = Throttle(s.log_throttle_s)
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._fused_done: tuple[int, int] | None = None
+        from nmr.data.sync import ApproxTimeSynchronizer
+
+        self.pairs: dict[str, PairRuntime] = {
+            p: PairRuntime(p, PAIRS[p], ApproxTimeSynchronizer(2, s.sync_slop_ns, s.sync_queue_size))
+            for p in s.pairs
+        }
+        used = ['rgb', *(PAIRS[p] for p in s.pairs)]
+        self.streams: dict[str, StreamStats] = {n: StreamStats(s.inputs[n].topic) for n in used}
+        self._last_stamp: dict[str, int] = {}
+        out_qos = output_qos()
+        for pair in self.pairs.values():
+            for out in s.pair_outputs:
+                pair.publishers[out] = self.create_publisher(Image, f'{pair.name}/{out}', out_qos)
+        self.fused_publishers = {t: self.create_publisher(Image, t, out_qos) for t in FUSED_TOPICS if s.fused}
+        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._subs = [
+            self.create_subscription(Image, s.inputs[n].topic, lambda m, n=n: self._on_image(n, m),
+                                     input_qos(s.inputs[n]))
+            for n in used
+        ]
+        self._diag_timer = self.create_timer(s.diagnostics_period_s, self._publish_diagnostics)
+        self._worker = threading.Thread(target=self._work, name='nmr-inference', daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f'pairs {", ".join(s.pairs)}; inputs ' + ', '.join(f'{n}={s.inputs[n].topic}' for n in used)
+            + f'; outputs {", ".join(s.outputs)} under {self.get_namespace()}')
+
+    # -- logging -----------------------------------------------------------------------------------
+    def _warn(self, key: str, text: str, error: bool = False) -> None:
+        if self._throttle.ready(key):
+            (self.get_logger().error if error else self.get_logger().warning)(text)
+
+    # -- callbacks ---------------------------------------------------------------------------------
+    def _on_image(self, stream: str, msg: Image) -> None:
+        st = self.streams[stream]
+        st.received.tick()
+        topic = st.topic
+        try:
+            arr = from_image_msg(msg, topic)
+            if msg.encoding not in STREAM_ENCODINGS[stream]:
+                raise NmrUserError(f'topic {topic}: encoding {msg.encoding!r} cannot be used as {stream} '
+                                   f'(expected {", ".join(STREAM_ENCODINGS[stream])}); message ignored')
+        except NmrUserError as err:
+            st.bad += 1
+            self._warn(f'bad:{stream}', f'{err} ({st.bad} bad messages so far)')
+            return
+        size = (int(arr.shape[0]), int(arr.shape[1]))
+        if st.last_size is not None and size != st.last_size:
+            self._warn(f'size:{stream}', f'topic {topic}: image size changed from {st.last_size[1]}x'
+                       f'{st.last_size[0]} to {size[1]}x{size[0]}; continuing at the new size')
+        st.last_size, st.last_encoding = size, msg.encoding
+        stamp = header_stamp_ns(msg.header)
+        frame = Frame(arr, msg.encoding, msg.header, stamp)
+        with self._cond:
+            last = self._last_stamp.get(stream)
+            if last is not None and stamp < last:
+                st.backwards += 1
+                self._warn(f'back:{stream}', f'topic {topic}: header stamp went backwards by '
+                           f'{(last - stamp) / 1e9:.3f} s (bag loop or clock reset); synchronisers reset')
+                for pair in self.pairs.values():
+                    pair.sync.reset()
+                    pair.pending = None
+                    pair.last = None
+                self._last_stamp.clear()
+            self._last_stamp[stream] = stamp
+            for pair in self.pairs.values():
+                if stream == 'rgb':
+                    index = 0
+                elif stream == pair.fixed_stream:
+                    index = 1
+                else:
+                    continue
+                sets = pair.sync.add(index, stamp, frame)
+                if not sets:
+                    continue
+                for _ in sets:
+                    pair.stats.synced.tick()
+                with pair.stats.lock:
+                    pair.stats.stale_dropped += len(sets) - 1 + (pair.pending is not None)
+                pair.pending = (sets[-1][0], sets[-1][1])
+                self._cond.notify()
+
+    # -- worker ------------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            self._check_models()
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: self._stop.is_set() or any(p.pending for p in self.pairs.values()), timeout=0.5)
+                jobs = [(p, p.pending) for p in self.pairs.values() if p.pending is not None]
+                for p, _job in jobs:
+                    p.pending = None
+            for pair, job in jobs:
+                if self._stop.is_set():
+                    return
+                assert job is not None
+                self._run_pair(pair, job)
+            if self.fused_publishers and jobs:
+                self._maybe_fuse()
+
+    def _check_models(self) -> None:
+        """Load each pair's model when it is first needed, and again when its file appears or changes."""
+        now = time.monotonic()
+        for pair in self.pairs.values():
+            if now - pair.model_checked < MODEL_RETRY_S:
+                continue
+            pair.model_checked = now
+            path = model_path(self.settings, pair.name)
+            stamp = _file_stamp(path)
+            if pair.model_file == path and pair.model_stamp == stamp:  # nothing changed since last try
+                if stamp is None:
+                    self._missing_model(pair, path)
+                continue
+            pair.model_file, pair.model_stamp = path, stamp
+            if stamp is None:
+                self._missing_model(pair, path)
+            else:
+                self._load_model(pair, path)
+
+    def _missing_model(self, pair: PairRuntime, path: Path) -> None:
+        pair.processor = None
+        pair.stats.state, pair.stats.level = f'idle: model file {path} does not exist', ERROR
+        self._warn(f'model:{pair.name}', f'{pair.name}: model file {path} does not exist: train and export '
+                   f'one (nmr train, nmr export) or set parameter models.{pair.name}; this pair stays idle',
+                   error=True)
+
+    def _load_model(self, pair: PairRuntime, path: Path) -> None:
+        s = self.settings
+        try:
+            from nmr.inference import create_registrar
+
+            registrar = create_registrar(path, backend=s.backend, device=s.device, net_hw=s.net_hw,
+                                         log=lambda text: self.get_logger().info(f'{pair.name}: {text}'),
+                                         expected_pair=pair.name)
+            model_pair = getattr(registrar, 'pair', pair.name)
+            if model_pair != pair.name:
+                raise ModelFileError(f'model file {path} was trained for pair {model_pair!r}, not '
+                                     f'{pair.name!r}: set parameter models.{pair.name} to a {pair.name} '
+                                     'model')
+            pair.processor = PairProcessor(registrar, pair.name, s.overlay_alpha, s.flow_viz_max_px)
+        except NmrUserError as err:
+            pair.processor = None
+            pair.stats.state, pair.stats.level = f'idle: {err}', ERROR
+            self._warn(f'model:{pair.name}', f'{pair.name}: {err}; this pair stays idle', error=True)
+            return
+        except Exception as err:
+            pair.processor = None
+            first = str(err).splitlines()[0] if str(err) else ''
+            pair.stats.state, pair.stats.level = f'idle: cannot load {path}', ERROR
+            self._warn(f'model:{pair.name}', f'{pair.name}: cannot load model file {path} '
+                       f'({type(err).__name__}: {first}); this pair stays idle', error=True)
+            return
+        pair.backend = str(getattr(registrar, 'backend', getattr(registrar, 'backend_name', '?')))
+        pair.device = str(getattr(registrar, 'device', '?'))
+        pair.stats.state, pair.stats.level = 'running', OK
+        self.get_logger().info(f'{pair.name}: model {path} loaded ({pair.backend} on {pair.device})')
+
+    def _wanted(self, pair: PairRuntime) -> tuple[list[str], bool]:
+        wanted = [o for o, pub in pair.publishers.items() if pub.get_subscription_count() > 0]
+        fused = any(pub.get_subscription_count() > 0 for pub in self.fused_publishers.values())
+        return wanted, fused
+
+    def _run_pair(self, pair: PairRuntime, job: tuple[Frame, Frame]) -> None:
+        wanted, fused = self._wanted(pair)
+        stats = pair.stats
+        if not wanted and not fused:
+            with stats.lock:
+                stats.lazy_skipped += 1
+                if pair.processor is not None:
+                    stats.state, stats.level = 'idle: no subscribers', OK
+            return
+        if pair.processor is None:
+            return
+        rgb, fixed = job
+        t0 = time.perf_counter()
+        try:
+            moving = to_rgb(rgb.array, rgb.encoding)
+            registration = pair.processor.register(moving, fixed.array, fixed.encoding)
+            outputs = pair.processor.outputs(registration, fixed.array, fixed.encoding, wanted)
+            for name, (arr, encoding) in outputs.items():
+                pair.publishers[name].publish(to_image_msg(arr, encoding, fixed.header))
+        except NmrUserError as err:
+            with stats.lock:
+                stats.errors += 1
+            self._warn(f'run:{pair.name}', f'{pair.name}: set at {fixed.stamp_ns / 1e9:.3f} s skipped: {err}')
+            return
+        except Exception as err:
+            with stats.lock:
+                stats.errors += 1
+                stats.state, stats.level = f'error: {type(err).__name__}', WARN
+            self._warn(f'run:{pair.name}', f'{pair.name}: registration failed ({type(err).__name__}: {err})',
+                       error=True)
+            return
+        latency_ms = (self.get_clock().now().nanoseconds - fixed.stamp_ns) / 1e6
+        with stats.lock:
+            stats.processed.tick()
+            stats.latency.add(latency_ms)
+            stats.inference_ms.add((time.perf_counter() - t0) * 1e3)
+            stats.state, stats.level = 'running', OK
+        pair.last = PairResult(rgb.stamp_ns, (int(moving.shape[0]), int(moving.shape[1])),
+                               registration.flow, registration.registered, fixed)
+
+    def _maybe_fuse(self) -> None:
+        lw, dp = self.pairs.get('rgb_lwir'), self.pairs.get('rgb_depth')
+        if lw is None or dp is None or lw.last is None or dp.last is None:
+            return
+        a, b = lw.last, dp.last
+        key = (a.rgb_stamp_ns, a.fixed.stamp_ns)
+        if a.rgb_stamp_ns != b.rgb_stamp_ns or key == self._fused_done:
+            return
+        if not any(pub.get_subscription_count() > 0 for pub in self.fused_publishers.values()):
+            return
+        self._fused_done = key
+        try:
+            outputs = fuse(a.fixed.array, a.fixed.encoding, a.flow, a.registered, b.fixed.array,
+                           b.fixed.encoding, b.flow, a.rgb_hw)
+            for topic, (arr, encoding) in outputs.items():
+                self.fused_publishers[topic].publish(to_image_msg(arr, encoding, a.fixed.header))
+        except Exception as err:
+            self._warn('fused', f'fused output failed ({type(err).__name__}: {err})', error=True)
+
+    # -- diagnostics -------------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        name = self.get_fully_qualified_name()
+        statuses = [stream_status(name, self.streams, STOPPED_AFTER_S)]
+        for pair in self.pairs.values():
+            fixed = self.streams[pair.fixed_stream]
+            silent = fixed.received.silent_for()
+            if pair.processor is not None and (silent is None or silent > STOPPED_AFTER_S):
+                with pair.stats.lock:
+                    pair.stats.state = f'waiting: no {pair.fixed_stream} messages on {fixed.topic}'
+                    pair.stats.level = WARN
+                if silent is not None:
+                    self._warn(f'stopped:{pair.name}', f'{pair.name}: no {pair.fixed_stream} messages on '
+                               f'{fixed.topic} for {silent:.1f} s; this pair waits (others keep running)')
+            unmatched = getattr(pair.sync, 'dropped', None)
+            statuses.append(pair_status(name, pair.name, pair.stats, pair.backend, pair.device,
+                                        str(pair.model_file or ''), list(unmatched) if unmatched else None))
+        self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), statuses))
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._worker.join(timeout=5.0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script `register_node`: 0 on shutdown, 2 on invalid parameters (one line, no traceback)."""
+    args = list(sys.argv if argv is None else argv)
+    try:
+        rclpy.init(args=args)
+    except Exception as err:
+        print(f'{NODE_NAME}: error: cannot start ROS 2: {str(err).splitlines()[0]}', file=sys.stderr)
+        return 2
+    node: RegisterNode | None = None
+    try:
+        node = RegisterNode()
+    except NmrUserError as err:
+        print(f'{NODE_NAME}: error: {err}', file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    except Exception as err:
+        print(f'{NODE_NAME}: error: invalid parameters: {str(err).splitlines()[0]}', file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.stop()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    os.environ.setdefault('PYTHONUNBUFFERED', '1')
+    sys.exit(main())
