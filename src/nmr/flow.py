@@ -1,0 +1,187 @@
+"""Numpy flow utilities in the SPEC convention (no torch): warp, colour coding, overlay, resize.
+
+Flow ``phi`` is ``HfxWfx2`` float32 on the FIXED grid, in pixels, channel 0 = dx (columns), channel 1 =
+dy (rows), and ``registered(v) = moving(v + phi(v))``, bilinear, zeros outside. Pixel ``(x, y)`` is the
+centre of column x, row y, which is also OpenCV's ``remap`` convention, so zero flow is exactly the
+identity. Note that ``cv2.remap`` with float maps quantises sub-pixel positions to 1/32 pixel
+(``INTER_REMAP_COEF_BITS``); integer positions are exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+_REMAP_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
+
+
+def identity(h: int, w: int) -> np.ndarray:
+    """Zero flow ``HxWx2`` float32: every fixed pixel samples the moving pixel at the same place."""
+    return np.zeros((h, w, 2), dtype=np.float32)
+
+
+def _check_flow(flow: np.ndarray) -> np.ndarray:
+    if flow.ndim != 3 or flow.shape[2] != 2:
+        raise ValueError(f'flow must be HxWx2, got shape {flow.shape}')
+    return flow.astype(np.float32, copy=False)
+
+
+def sample_maps(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Absolute moving-image sampling positions ``(map_x, map_y)`` (float32 ``HfxWf``) for ``flow``."""
+    f = _check_flow(flow)
+    h, w = f.shape[:2]
+    map_x = f[:, :, 0] + np.arange(w, dtype=np.float32)[None, :]
+    map_y = f[:, :, 1] + np.arange(h, dtype=np.float32)[:, None]
+    return map_x, map_y
+
+
+def warp(moving: np.ndarray, flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Warp ``moving`` (``HmxWm[xC]``) into the fixed grid of ``flow`` (``HfxWfx2``).
+
+    Returns ``(registered, valid)``: ``registered`` is ``HfxWf[xC]`` in ``moving``'s dtype (bilinear,
+    zeros outside), ``valid`` is ``HfxWf`` bool, true where the sample lies inside the moving image
+    (``0 <= x <= Wm-1`` and ``0 <= y <= Hm-1``, so no zero from outside was blended in) and the flow is
+    finite. Moving and fixed may differ in size.
+    """
+    map_x, map_y = sample_maps(flow)
+    hm, wm = moving.shape[:2]
+    valid = (map_x >= 0) & (map_x <= wm - 1) & (map_y >= 0) & (map_y <= hm - 1)
+    # NaN fails every comparison above, so it is already invalid; give remap a harmless position.
+    np.nan_to_num(map_x, copy=False, nan=-1.0, posinf=-1.0, neginf=-1.0)
+    np.nan_to_num(map_y, copy=False, nan=-1.0, posinf=-1.0, neginf=-1.0)
+
+    src = moving
+    cast_back = None
+    if src.dtype == np.bool_ or src.dtype.type not in _REMAP_DTYPES:
+        cast_back = src.dtype
+        src = src.astype(np.float32)
+    src = np.ascontiguousarray(src)
+
+    def remap(img: np.ndarray) -> np.ndarray:
+        return cv2.remap(
+            img, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
+
+    if src.ndim == 3 and src.shape[2] > 4:  # remap handles at most 4 channels at once
+        out = np.concatenate(
+            [
+                remap(np.ascontiguousarray(src[:, :, i : i + 4])).reshape(*map_x.shape, -1)
+                for i in range(0, src.shape[2], 4)
+            ],
+            axis=2,
+        )
+    else:
+        out = remap(src)
+        if src.ndim == 3 and out.ndim == 2:  # cv2 drops a trailing 1-channel axis
+            out = out[:, :, None]
+    if cast_back is not None:
+        out = (out > 0.5) if cast_back == np.bool_ else out.astype(cast_back)
+    return out, valid
+
+
+def _make_colorwheel() -> np.ndarray:
+    """The Middlebury colour wheel (Baker et al. 2011): 55 hues, RGB in [0, 255]."""
+    ry, yg, gc, cb, bm, mr = 15, 6, 4, 11, 13, 6
+    wheel = np.zeros((ry + yg + gc + cb + bm + mr, 3), dtype=np.float64)
+    col = 0
+    for n, (fixed, rising, falling) in enumerate(
+        [(0, 1, None), (1, None, 0), (1, 2, None), (2, None, 1), (2, 0, None), (0, None, 2)]
+    ):
+        count = (ry, yg, gc, cb, bm, mr)[n]
+        ramp = np.floor(255 * np.arange(count) / count)
+        wheel[col : col + count, fixed] = 255
+        if rising is not None:
+            wheel[col : col + count, rising] = ramp
+        if falling is not None:
+            wheel[col : col + count, falling] = 255 - ramp
+        col += count
+    return wheel
+
+
+_COLORWHEEL = _make_colorwheel()
+
+
+def flow_to_rgb(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
+    """Middlebury colour coding of ``flow`` as ``HxWx3`` RGB uint8 (hue = direction, saturation = length).
+
+    Lengths are divided by ``max_magnitude`` (default: the largest finite length in ``flow``), so that a
+    fixed value makes colours comparable across frames. Longer vectors are darkened; non-finite ones
+    are black.
+    """
+    f = _check_flow(flow)
+    u, v = f[:, :, 0].astype(np.float64), f[:, :, 1].astype(np.float64)
+    finite = np.isfinite(u) & np.isfinite(v)
+    u = np.where(finite, u, 0.0)
+    v = np.where(finite, v, 0.0)
+    rad = np.hypot(u, v)
+    if max_magnitude is None:
+        max_magnitude = float(rad.max()) if rad.size else 0.0
+    scale = 1.0 / max(float(max_magnitude), 1e-9)
+    u, v, rad = u * scale, v * scale, rad * scale
+
+    ncols = _COLORWHEEL.shape[0]
+    a = np.arctan2(-v, -u) / np.pi
+    fk = (a + 1) / 2 * (ncols - 1)
+    k0 = np.floor(fk).astype(np.int64)
+    k1 = k0 + 1
+    k1[k1 == ncols] = 0
+    frac = (fk - k0)[..., None]
+    col = ((1 - frac) * _COLORWHEEL[k0] + frac * _COLORWHEEL[k1]) / 255.0
+    inside = (rad <= 1)[..., None]
+    col = np.where(inside, 1 - rad[..., None] * (1 - col), col * 0.75)
+    col = np.where(finite[..., None], col, 0.0)
+    return np.floor(255 * col).clip(0, 255).astype(np.uint8)
+
+
+def overlay(fixed_rgb: np.ndarray, registered_rgb: np.ndarray, alpha: float) -> np.ndarray:
+    """``(1 - alpha) * fixed + alpha * registered`` as uint8 (same shape); grey inputs are made RGB."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f'overlay alpha must be in [0, 1], got {alpha}')
+
+    def rgb(img: np.ndarray) -> np.ndarray:
+        img = np.ascontiguousarray(img)
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB) if img.ndim == 2 else img
+
+    a, b = rgb(fixed_rgb), rgb(registered_rgb)
+    if a.shape != b.shape or a.dtype != np.uint8 or b.dtype != np.uint8:
+        raise ValueError(
+            f'overlay needs two uint8 images of one shape, got {a.shape} {a.dtype} and {b.shape} {b.dtype}'
+        )
+    return cv2.addWeighted(a, 1.0 - alpha, b, alpha, 0.0)
+
+
+def resize_flow(
+    flow: np.ndarray,
+    fixed_hw: Sequence[int],
+    moving_hw: Sequence[int],
+    new_fixed_hw: Sequence[int],
+    new_moving_hw: Sequence[int],
+) -> np.ndarray:
+    """Re-express a flow between images of sizes (fixed_hw, moving_hw) for (new_fixed_hw, new_moving_hw).
+
+    The geometry is that of design.md's Network grid: a new fixed pixel ``v'`` lies at
+    ``u = (v' + 0.5) * W_f / W_f' - 0.5`` on the old fixed grid; it samples the old moving image at
+    ``m = u + phi(u)`` (``phi`` bilinear, half-pixel centres, as ``cv2.resize``/``align_corners=False``),
+    which is ``m' = (m + 0.5) * W_m' / W_m - 0.5`` in the new moving image; ``phi'(v') = m' - v'``.
+    Per axis, this simplifies to ``phi' = (v' + 0.5) * (W_f / W_f' * W_m' / W_m - 1) + phi(u) * W_m' / W_m``.
+    """
+    f = _check_flow(flow)
+    hf, wf = int(fixed_hw[0]), int(fixed_hw[1])
+    hm, wm = int(moving_hw[0]), int(moving_hw[1])
+    nhf, nwf = int(new_fixed_hw[0]), int(new_fixed_hw[1])
+    nhm, nwm = int(new_moving_hw[0]), int(new_moving_hw[1])
+    if f.shape[:2] != (hf, wf):
+        raise ValueError(f'flow shape {f.shape[:2]} does not match fixed_hw {(hf, wf)}')
+    if (nhf, nwf) == (hf, wf):
+        up = f.copy()
+    else:
+        up = cv2.resize(f, (nwf, nhf), interpolation=cv2.INTER_LINEAR)
+    sx, sy = nwm / wm, nhm / hm
+    cx = (np.arange(nwf, dtype=np.float32) + 0.5) * np.float32(wf / nwf * sx - 1.0)
+    cy = (np.arange(nhf, dtype=np.float32) + 0.5) * np.float32(hf / nhf * sy - 1.0)
+    out = np.empty((nhf, nwf, 2), dtype=np.float32)
+    out[:, :, 0] = up[:, :, 0] * np.float32(sx) + cx[None, :]
+    out[:, :, 1] = up[:, :, 1] * np.float32(sy) + cy[:, None]
+    return out
