@@ -1,0 +1,147 @@
+"""launch/register.launch.py, rviz/nmr.rviz and the Fast DDS profile, checked without launch/launch_ros/rviz.
+
+`launch` and `launch_ros` are not installable here, so the launch file is executed against recording
+stand-ins of the classes it uses: that still checks that it builds a description, which arguments it
+declares, which executable and parameters the node gets, and that every parameter exists in the table.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+import sys
+import types
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from nmr.pipeline.fused import FUSED_TOPICS
+from nmr.pipeline.settings import OUTPUTS, PAIR_OUTPUTS, PAIRS, PARAMS_BY_NAME, defaults
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = ROOT / 'launch' / 'register.launch.py'
+RVIZ = ROOT / 'rviz' / 'nmr.rviz'
+FASTDDS = ROOT / 'config' / 'fastdds_large_images.xml'
+
+
+class Recorded:
+    """Stand-in for any launch class: remembers its arguments."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+
+
+class LaunchConfiguration(Recorded):
+    def perform(self, context: dict[str, str]) -> str:
+        return context[self.args[0]]
+
+
+def _fake_launch_modules() -> dict[str, types.ModuleType]:
+    names = {
+        'launch': ['LaunchDescription'],
+        'launch.actions': ['DeclareLaunchArgument', 'OpaqueFunction', 'SetEnvironmentVariable'],
+        'launch.conditions': ['IfCondition'],
+        'launch.substitutions': ['PathJoinSubstitution'],
+        'launch_ros.actions': ['Node'],
+        'launch_ros.substitutions': ['FindPackageShare'],
+        'launch_ros': [],
+    }
+    modules = {}
+    for module, classes in names.items():
+        m = types.ModuleType(module)
+        for cls in classes:
+            setattr(m, cls, type(cls, (Recorded,), {}))
+        modules[module] = m
+    modules['launch.substitutions'].LaunchConfiguration = LaunchConfiguration  # type: ignore[attr-defined]
+    return modules
+
+
+@pytest.fixture
+def description(monkeypatch: pytest.MonkeyPatch) -> Any:
+    for name, module in _fake_launch_modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location('register_launch', LAUNCH)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.generate_launch_description()
+
+
+def _arguments(description: Any) -> dict[str, Any]:
+    return {a.args[0]: a.kwargs for a in description.args[0] if type(a).__name__ == 'DeclareLaunchArgument'}
+
+
+def test_launch_file_parses_and_declares_the_documented_arguments(description: Any) -> None:
+    ast.parse(LAUNCH.read_text())
+    args = _arguments(description)
+    assert set(args) >= {'config', 'model_rgb_lwir', 'model_rgb_depth', 'backend', 'device', 'namespace',
+                         'use_sim_time', 'rviz', 'fastdds_profile'}
+    assert all(a.get('description') for a in args.values())
+    env = [a for a in description.args[0] if type(a).__name__ == 'SetEnvironmentVariable']
+    assert env and env[0].args[0] == 'FASTDDS_DEFAULT_PROFILES_FILE'
+    profile_default = args['fastdds_profile']['default_value'].args[0]
+    config_default = args['config']['default_value'].args[0]
+    assert profile_default[-1] == FASTDDS.name and config_default[-1] == 'register.yaml'
+    assert (ROOT / 'config' / config_default[-1]).is_file() and FASTDDS.is_file()
+
+
+def test_launch_file_starts_register_node_with_known_parameters(description: Any) -> None:
+    opaque = next(a for a in description.args[0] if type(a).__name__ == 'OpaqueFunction')
+    context = {'model_rgb_lwir': '/m/lwir.onnx', 'model_rgb_depth': '', 'backend': 'torch', 'device': '',
+               'use_sim_time': 'True', 'config': 'c.yaml', 'namespace': 'nmr', 'rviz': 'false'}
+    nodes = opaque.kwargs['function'](context)
+    node = next(n for n in nodes if n.kwargs['executable'] == 'register_node')
+    _config, overrides = node.kwargs['parameters']
+    assert overrides == {'models.rgb_lwir': '/m/lwir.onnx', 'backend': 'torch', 'use_sim_time': True}
+    assert all(name in PARAMS_BY_NAME for name in overrides if name != 'use_sim_time')
+    assert node.kwargs['package'] == 'nmr' and node.kwargs['name'] == 'register_node'
+    rviz = next(n for n in nodes if n.kwargs['executable'] == 'rviz2')
+    assert rviz.kwargs['arguments'][0] == '-d'
+
+
+def test_executables_and_data_files_exist_in_setup_py() -> None:
+    setup = ROOT / 'setup.py'
+    tree = ast.parse(setup.read_text())
+    scripts = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+               and '=' in n.value and ':' in n.value]
+    entry = {s.split('=')[0].strip(): s.split('=')[1].strip() for s in scripts}
+    assert entry['register_node'] == 'nmr.ros.node:main'
+    from nmr.ros import node  # noqa: F401 - the entry point's module imports
+
+    text = setup.read_text()
+    for pattern in ("glob('launch/*.py')", "glob('config/*')", "glob('rviz/*.rviz')"):
+        assert pattern in text
+
+
+def test_rviz_config_shows_inputs_and_every_pair_output() -> None:
+    doc = yaml.safe_load(RVIZ.read_text())
+    displays = doc['Visualization Manager']['Displays']
+    topics = {d['Topic']['Value'] for d in displays}
+    values = defaults()
+    assert {values['topics.rgb'], values['topics.lwir'], values['topics.depth']} <= topics
+    for pair in PAIRS:
+        for out in ('registered', 'flow_viz', 'overlay'):
+            assert f'/nmr/{pair}/{out}' in topics
+    shown = {t.removeprefix('/nmr/') for t in topics if t.startswith('/nmr/')}
+    node_outputs = {f'{p}/{o}' for p in PAIRS for o in PAIR_OUTPUTS} | set(FUSED_TOPICS)
+    assert shown <= node_outputs  # nothing shown that the node does not publish
+    assert all(d['Class'] == 'rviz_default_plugins/Image' for d in displays)
+    assert not any(t.endswith('/flow') for t in topics)  # 32FC2 cannot be displayed
+    assert 'fused' in OUTPUTS
+
+
+def test_fastdds_profile_has_a_16_mb_shared_memory_segment() -> None:
+    ns = {'d': 'http://www.eprosima.com'}
+    root = ET.parse(FASTDDS).getroot()
+    shm = [t for t in root.iterfind('.//d:transport_descriptor', ns)
+           if t.findtext('d:type', namespaces=ns) == 'SHM']
+    assert shm and int(shm[0].findtext('d:segment_size', namespaces=ns)) == 16 * 1024 * 1024
+    participant = root.find('.//d:participant', ns)
+    assert participant is not None and participant.get('is_default_profile') == 'true'
+    used = {e.text for e in participant.iterfind('.//d:userTransports/d:transport_id', ns)}
+    assert shm[0].findtext('d:transport_id', namespaces=ns) in used
+    assert re.search(r'useBuiltinTransports>\s*false', FASTDDS.read_text())
