@@ -1,0 +1,201 @@
+"""Model files: tensors plus plain metadata, written atomically, read only with `weights_only=True`.
+
+A checkpoint is a dict `{'format': 'nmr-checkpoint', 'format_version': 1, 'metadata': {...},
+'state': {module_name: state_dict}, 'extra': {...}}` holding only tensors, numbers, strings, bools, None,
+lists, tuples and dicts, so `torch.load(path, weights_only=True)` opens it and an untrusted file cannot run
+code. `state['registration']` is R_Phi (the only part inference needs); training adds 'translation',
+'discriminator' and, in `extra`, optimiser/scheduler/scaler states and the epoch for `--resume`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nmr import __version__
+from nmr.errors import ModelFileError
+from nmr.models.registration import RegistrationConfig, RegistrationNet
+
+FORMAT = 'nmr-checkpoint'
+FORMAT_VERSION = 1
+PAIRS = ('rgb_lwir', 'rgb_depth')
+FIXED_KIND = {'rgb_lwir': 'lwir', 'rgb_depth': 'depth'}
+
+
+@dataclass
+class ModelMetadata:
+    """What a model file says about itself (also written, as JSON, into ONNX exports).
+
+    `normalisation` holds the keyword arguments of the fixed modality's pre-processing (e.g.
+    `{'low_percentile': 1.0, 'high_percentile': 99.0}` for LWIR, `{'min_m': 0.3, 'max_m': 20.0}` for
+    depth), as passed to `nmr.data.preprocess.fixed_input`; `net_hw` is the network input size (h, w)
+    used in training; `train_data` a plain summary (sources, pair counts, resolution, epochs).
+    """
+
+    pair: str
+    registration: dict[str, Any] = field(default_factory=dict)
+    normalisation: dict[str, Any] = field(default_factory=dict)
+    net_hw: tuple[int, int] = (256, 320)
+    train_data: dict[str, Any] = field(default_factory=dict)
+    nmr_version: str = __version__
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec='seconds'))
+
+    @property
+    def fixed_kind(self) -> str:
+        return FIXED_KIND[self.pair]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = 'checkpoint') -> ModelMetadata:
+        if not isinstance(d, Mapping):
+            raise ModelFileError(f'{source}: metadata is not a mapping; re-create the model with `nmr train`')
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        if kw.get('pair') not in PAIRS:
+            raise ModelFileError(f'{source}: metadata pair {kw.get("pair")!r} is not one of {PAIRS}; '
+                                 're-create the model with `nmr train`')
+        net_hw = kw.get('net_hw', (256, 320))
+        if not (isinstance(net_hw, list | tuple) and len(net_hw) == 2):
+            raise ModelFileError(f'{source}: metadata net_hw {net_hw!r} is not (h, w); re-create the model')
+        kw['net_hw'] = (int(net_hw[0]), int(net_hw[1]))
+        for key in ('registration', 'normalisation', 'train_data'):
+            kw[key] = dict(kw.get(key) or {})
+        return cls(**kw)
+
+
+def _plain(obj: Any) -> Any:
+    """Deep copy into types that `weights_only` unpickling accepts (tuples become lists, Paths strings)."""
+    if isinstance(obj, Mapping):
+        return {str(k) if not isinstance(k, int) else k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, torch.Tensor | str | int | float | bool) or obj is None:
+        return obj
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, 'item') and hasattr(obj, 'dtype'):  # numpy scalar
+        return obj.item()
+    if hasattr(obj, 'tolist'):  # numpy array
+        return obj.tolist()
+    raise TypeError(f'checkpoint value of type {type(obj).__name__} is not plain data')
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Mapping[str, torch.Tensor]],
+                    metadata: ModelMetadata, extra: Mapping[str, Any] | None = None) -> None:
+    """Write atomically: a temporary file in the same directory, fsync, then os.replace.
+
+    A crash mid-write leaves the previous file intact. `state` maps module names to state_dicts (moved to
+    CPU); `extra` is plain data (optimiser state_dicts are fine: tensors, numbers, lists, dicts).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        'format': FORMAT,
+        'format_version': FORMAT_VERSION,
+        'metadata': metadata.to_dict(),
+        'state': {name: {k: v.detach().cpu() for k, v in sd.items()} for name, sd in state.items()},
+        'extra': _plain(_to_cpu(dict(extra or {}))),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, Mapping):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+@dataclass
+class LoadedCheckpoint:
+    """Everything in a checkpoint: per-module state_dicts, metadata, and training extras (resume)."""
+
+    state: dict[str, dict[str, torch.Tensor]]
+    metadata: ModelMetadata
+    extra: dict[str, Any]
+
+
+def read_checkpoint(path: str | os.PathLike[str],
+                    map_location: str | torch.device = 'cpu') -> LoadedCheckpoint:
+    """Load with weights_only=True; every failure is a one-line ModelFileError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f'model file {path} does not exist; give a checkpoint written by `nmr train`')
+    if path.is_dir():
+        raise ModelFileError(f'model path {path} is a directory; give a checkpoint file (.pt)')
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if 'unsupported global' in str(err).lower():
+            raise ModelFileError(f'{path} contains objects other than tensors and plain data; refusing to '
+                                 'load it (untrusted pickle). Give a checkpoint written by `nmr train`'
+                                 ) from None
+        raise ModelFileError(f'{path} is corrupt or not a PyTorch file; give a checkpoint written by '
+                             '`nmr train`') from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, AttributeError):
+        raise ModelFileError(f'{path} is corrupt or not a PyTorch file; give a checkpoint written by '
+                             '`nmr train`') from None
+    if not isinstance(payload, dict) or payload.get('format') != FORMAT:
+        raise ModelFileError(f'{path} is a PyTorch file but not an nmr checkpoint; give a checkpoint '
+                             'written by `nmr train`')
+    version = payload.get('format_version')
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFileError(f'{path} has checkpoint format version {version!r}, newer than this nmr '
+                             f'({FORMAT_VERSION}); upgrade nmr')
+    state = payload.get('state')
+    if not isinstance(state, dict):
+        raise ModelFileError(f'{path} has no weights; give a checkpoint written by `nmr train`')
+    metadata = ModelMetadata.from_dict(payload.get('metadata') or {}, source=str(path))
+    return LoadedCheckpoint(state=state, metadata=metadata, extra=dict(payload.get('extra') or {}))
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = 'cpu'
+                    ) -> tuple[dict[str, dict[str, torch.Tensor]], ModelMetadata]:
+    """(state_dicts by module name, metadata); see `read_checkpoint` for the training extras."""
+    ckpt = read_checkpoint(path, map_location)
+    return ckpt.state, ckpt.metadata
+
+
+def load_registration_net(path: str | os.PathLike[str], expected_pair: str | None = None,
+                          map_location: str | torch.device = 'cpu') -> tuple[RegistrationNet, ModelMetadata]:
+    """R_Phi from a checkpoint, in eval mode; ModelFileError if missing, corrupt or for another pair."""
+    state, metadata = load_checkpoint(path, map_location)
+    if expected_pair is not None and metadata.pair != expected_pair:
+        raise ModelFileError(f'model {path} is for pair {metadata.pair}, not {expected_pair}; give the '
+                             f'{expected_pair} model')
+    if 'registration' not in state:
+        raise ModelFileError(f'{path} has no registration network weights; give a checkpoint written by '
+                             '`nmr train`')
+    try:
+        net = RegistrationNet(RegistrationConfig.from_dict(metadata.registration))
+        net.load_state_dict(state['registration'])
+    except (ValueError, TypeError, RuntimeError) as err:
+        first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise ModelFileError(f'{path}: registration weights do not match its architecture ({first}); '
+                             're-create the model with `nmr train`') from None
+    net.to(map_location)
+    net.eval()
+    return net, metadata
