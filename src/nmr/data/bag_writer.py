@@ -1,0 +1,272 @@
+"""Write rosbag2 bags (mcap by default, or sqlite3) with ``rosbags``: no ROS install needed.
+
+Used by the synthetic rig (images, camera_info, ground truth), ``register-bag`` (the node's outputs)
+and the tests. Messages are built with the rosbags typestore of the newest ROS 2 distribution it
+knows (Kilted here), serialised to CDR, which rclpy and ``ros2 bag play`` read back field for field.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+from nmr.data.encodings import numpy_to_image_fields
+from nmr.errors import BagError
+
+STORAGES: dict[str, StoragePlugin] = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
+
+_NUMPY_BASE = {
+    'bool': np.bool_,
+    'byte': np.uint8,
+    'octet': np.uint8,
+    'char': np.uint8,
+    'uint8': np.uint8,
+    'int8': np.int8,
+    'uint16': np.uint16,
+    'int16': np.int16,
+    'uint32': np.uint32,
+    'int32': np.int32,
+    'uint64': np.uint64,
+    'int64': np.int64,
+    'float32': np.float32,
+    'float64': np.float64,
+}
+
+_TYPESTORE: Any = None
+
+
+def default_typestore() -> Any:
+    """The rosbags typestore for ROS 2 Kilted, or the newest one rosbags has (cached)."""
+    global _TYPESTORE
+    if _TYPESTORE is None:
+        store = getattr(Stores, 'ROS2_KILTED', None) or Stores.LATEST
+        _TYPESTORE = get_typestore(store)
+    return _TYPESTORE
+
+
+def time_msg(typestore: Any, stamp_ns: int) -> Any:
+    """``builtin_interfaces/msg/Time`` for integer nanoseconds."""
+    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    return typestore.types['builtin_interfaces/msg/Time'](sec=sec, nanosec=nanosec)
+
+
+def header_msg(typestore: Any, stamp_ns: int, frame_id: str) -> Any:
+    """``std_msgs/msg/Header``."""
+    return typestore.types['std_msgs/msg/Header'](stamp=time_msg(typestore, stamp_ns), frame_id=frame_id)
+
+
+def _default(typestore: Any, node: tuple[Any, Any]) -> Any:
+    kind, detail = node
+    name = kind.name
+    if name == 'BASE':
+        base = detail[0]
+        if base == 'string' or base == 'wstring':
+            return ''
+        return False if base == 'bool' else 0.0 if base.startswith('float') else 0
+    if name == 'NAME':
+        return make_message(typestore, detail, {})
+    sub, count = detail
+    if sub[0].name == 'BASE' and sub[1][0] in _NUMPY_BASE:
+        return np.zeros(count if name == 'ARRAY' else 0, dtype=_NUMPY_BASE[sub[1][0]])
+    return [_default(typestore, sub) for _ in range(count if name == 'ARRAY' else 0)]
+
+
+def _convert(typestore: Any, node: tuple[Any, Any], value: Any) -> Any:
+    kind, detail = node
+    name = kind.name
+    if name == 'BASE':
+        return value
+    if name == 'NAME':
+        return make_message(typestore, detail, value) if isinstance(value, Mapping) else value
+    sub, count = detail
+    if sub[0].name == 'BASE' and sub[1][0] in _NUMPY_BASE:
+        arr = np.asarray(value, dtype=_NUMPY_BASE[sub[1][0]]).reshape(-1)
+        if name == 'ARRAY' and arr.size != count:
+            raise ValueError(f'array field needs {count} values, got {arr.size}')
+        return arr
+    return [_convert(typestore, sub, v) for v in value]
+
+
+def make_message(typestore: Any, msgtype: str, fields: Mapping[str, Any]) -> Any:
+    """Build a rosbags message of ``msgtype`` (e.g. ``'sensor_msgs/msg/Image'``) from a dict.
+
+    Nested messages may be given as dicts, numeric arrays as any sequence; missing fields get ROS
+    defaults (0, '', empty). Unknown field names raise ValueError.
+    """
+    if msgtype not in typestore.fielddefs:
+        raise BagError(f'unknown message type {msgtype!r}: use a full name like sensor_msgs/msg/Image')
+    _, fielddefs = typestore.fielddefs[msgtype]
+    known = {fname for fname, _ in fielddefs}
+    unknown = set(fields) - known
+    if unknown:
+        raise ValueError(f'{msgtype} has no field(s) {sorted(unknown)}; fields are {sorted(known)}')
+    kwargs = {
+        fname: _convert(typestore, node, fields[fname]) if fname in fields else _default(typestore, node)
+        for fname, node in fielddefs
+    }
+    return typestore.types[msgtype](**kwargs)
+
+
+class BagWriter:
+    """A rosbag2 bag being written; use as a context manager.
+
+    Record time (the bag's log time) defaults to the header stamp; pass ``record_ns`` to differ.
+    ``overwrite=True`` replaces an existing bag directory (one holding ``metadata.yaml``) but never any
+    other directory.
+    """
+
+    def __init__(self, path: str | Path, storage: str = 'mcap', overwrite: bool = False) -> None:
+        if storage not in STORAGES:
+            raise BagError(f'unknown bag storage {storage!r}: use one of {", ".join(STORAGES)}')
+        self.path = Path(path)
+        self.storage = storage
+        self.overwrite = overwrite
+        self.typestore = default_typestore()
+        self._writer: Writer | None = None
+        self._connections: dict[str, Any] = {}
+        self.counts: dict[str, int] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def open(self) -> BagWriter:
+        if self.path.exists():
+            if self.overwrite and (self.path / 'metadata.yaml').is_file():
+                shutil.rmtree(self.path)
+            elif self.overwrite:
+                raise BagError(f'{self.path} exists and is not a bag (no metadata.yaml): choose another path')
+            else:
+                raise BagError(f'output bag {self.path} already exists: remove it or choose another path')
+        if not self.path.parent.is_dir():
+            raise BagError(f'cannot write bag {self.path}: folder {self.path.parent} does not exist')
+        self._writer = Writer(self.path, version=9, storage_plugin=STORAGES[self.storage])
+        self._writer.open()
+        return self
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> BagWriter:
+        return self.open()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- generic -------------------------------------------------------------------------------------
+    def _connection(self, topic: str, msgtype: str, msgdef: str | None = None) -> Any:
+        if self._writer is None:
+            raise BagError(f'bag {self.path} is not open: use BagWriter as a context manager')
+        conn = self._connections.get(topic)
+        if conn is None:
+            if msgdef is not None:
+                conn = self._writer.add_connection(topic, msgtype, msgdef=msgdef, rihs01='')
+            else:
+                conn = self._writer.add_connection(topic, msgtype, typestore=self.typestore)
+            self._connections[topic] = conn
+        elif conn.msgtype != msgtype:
+            raise BagError(f'topic {topic} is already written as {conn.msgtype}, not {msgtype}')
+        return conn
+
+    def write_raw(
+        self, topic: str, msgtype: str, record_ns: int, data: bytes | memoryview, msgdef: str | None = None
+    ) -> None:
+        """Write already serialised CDR bytes (e.g. copied from another bag)."""
+        self._writer_write(self._connection(topic, msgtype, msgdef), record_ns, data, topic)
+
+    def write(self, topic: str, msgtype: str, record_ns: int, msg: Any) -> None:
+        """Write a message: a rosbags message object of ``msgtype`` or a dict of its fields."""
+        if isinstance(msg, Mapping):
+            msg = make_message(self.typestore, msgtype, msg)
+        conn = self._connection(topic, msgtype)
+        self._writer_write(conn, record_ns, self.typestore.serialize_cdr(msg, msgtype), topic)
+
+    def _writer_write(self, conn: Any, record_ns: int, data: bytes | memoryview, topic: str) -> None:
+        assert self._writer is not None
+        self._writer.write(conn, int(record_ns), data)
+        self.counts[topic] = self.counts.get(topic, 0) + 1
+
+    # -- typed helpers -------------------------------------------------------------------------------
+    def write_image(
+        self,
+        topic: str,
+        stamp_ns: int,
+        frame_id: str,
+        arr: np.ndarray,
+        encoding: str,
+        record_ns: int | None = None,
+    ) -> None:
+        """``sensor_msgs/msg/Image`` of ``arr`` in ``encoding`` (see ``nmr.data.encodings``)."""
+        fields = numpy_to_image_fields(arr, encoding, data_type='numpy')
+        msg = self.typestore.types['sensor_msgs/msg/Image'](
+            header=header_msg(self.typestore, stamp_ns, frame_id), **fields
+        )
+        self.write(topic, 'sensor_msgs/msg/Image', stamp_ns if record_ns is None else record_ns, msg)
+
+    def write_camera_info(
+        self,
+        topic: str,
+        stamp_ns: int,
+        frame_id: str,
+        K: Sequence[float] | np.ndarray,
+        size: tuple[int, int],
+        D: Sequence[float] | np.ndarray | None = None,
+        P: Sequence[float] | np.ndarray | None = None,
+        distortion_model: str = 'plumb_bob',
+        record_ns: int | None = None,
+    ) -> None:
+        """``sensor_msgs/msg/CameraInfo`` from a 3x3 ``K`` and ``size = (width, height)``.
+
+        ``D`` defaults to five zeros, ``R`` is the identity, ``P`` defaults to ``[K | 0]``.
+        """
+        k = np.asarray(K, dtype=np.float64).reshape(3, 3)
+        p = np.hstack([k, np.zeros((3, 1))]) if P is None else np.asarray(P, dtype=np.float64).reshape(3, 4)
+        fields = {
+            'header': header_msg(self.typestore, stamp_ns, frame_id),
+            'width': int(size[0]),
+            'height': int(size[1]),
+            'distortion_model': distortion_model,
+            'd': np.zeros(5) if D is None else np.asarray(D, dtype=np.float64),
+            'k': k.reshape(-1),
+            'r': np.eye(3).reshape(-1),
+            'p': p.reshape(-1),
+        }
+        rec = stamp_ns if record_ns is None else record_ns
+        self.write(topic, 'sensor_msgs/msg/CameraInfo', rec, fields)
+
+    def write_diagnostics(
+        self,
+        stamp_ns: int,
+        statuses: Sequence[Mapping[str, Any]],
+        topic: str = '/diagnostics',
+        record_ns: int | None = None,
+    ) -> None:
+        """``diagnostic_msgs/msg/DiagnosticArray``; each status: name, level (0-3), message,
+        hardware_id, values (a dict of key -> value, stringified)."""
+        status_msgs = []
+        for st in statuses:
+            values = [{'key': str(k), 'value': str(v)} for k, v in dict(st.get('values', {})).items()]
+            status_msgs.append(
+                {
+                    'level': int(st.get('level', 0)),
+                    'name': str(st.get('name', '')),
+                    'message': str(st.get('message', '')),
+                    'hardware_id': str(st.get('hardware_id', '')),
+                    'values': values,
+                }
+            )
+        fields = {'header': header_msg(self.typestore, stamp_ns, ''), 'status': status_msgs}
+        rec = stamp_ns if record_ns is None else record_ns
+        self.write(topic, 'diagnostic_msgs/msg/DiagnosticArray', rec, fields)
+
+    def write_clock(self, stamp_ns: int, topic: str = '/clock') -> None:
+        """``rosgraph_msgs/msg/Clock`` (for ``use_sim_time`` playback)."""
+        self.write(topic, 'rosgraph_msgs/msg/Clock', stamp_ns, {'clock': time_msg(self.typestore, stamp_ns)})

@@ -1,0 +1,137 @@
+"""Approximate-time synchroniser for N streams, keyed on ``header.stamp`` (never on record/arrival time).
+
+``message_filters`` is not available everywhere the package runs (and bags are paired offline too), so
+this is a small self-contained policy that the node, ``register-bag`` and the bag datasets share.
+
+Policy (each message is used in at most one set; a set's stamps lie within ``slop_ns`` of its pivot):
+
+1. Each stream keeps a queue sorted by stamp (out-of-order arrivals are inserted in place). A message
+   whose stamp equals one already queued, or the last one used, on that stream is a duplicate: it is
+   dropped and counted in ``duplicates`` (and ``dropped``). A message older than the last one used on its
+   stream can no longer be matched in order: it is dropped (``dropped``). A queue longer than
+   ``queue_size`` drops its oldest message.
+2. Matching runs while every stream has a queued message. The pivot stream is the one whose newest
+   message is oldest (ties: lowest index): only then does every other stream already hold a message at
+   or after the pivot's time, so the choice below cannot be bettered by a later, in-order message on
+   those streams. The pivot message is the oldest one of the pivot stream, at time ``t``.
+3. For every other stream, the partner is the message nearest to ``t`` with ``|stamp - t| <= slop_ns``
+   that is not strictly nearer to another queued message of the pivot stream (mutual best; ties go to
+   the older message). If every stream has a partner, the set is emitted, its messages are removed, and
+   older messages on the partner streams are dropped (they could only pair with pivots already gone).
+   Otherwise the pivot message is dropped: no in-order message can still match it.
+4. Decisions are made as soon as step 2 allows (no extra waiting for the pivot stream's next message),
+   which keeps the node's latency at one message of the slowest stream.
+
+When time jumps backwards (a bag restarts, ``/clock`` resets), call ``reset()``: otherwise every new
+message is older than the last used one and is dropped. Counters survive ``reset()``.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+
+@dataclass(order=True)
+class _Entry:
+    stamp: int
+    item: object = field(compare=False)
+
+
+class ApproxTimeSynchronizer:
+    """Group messages of ``n_streams`` streams whose stamps lie within ``slop_ns``; see module docstring."""
+
+    def __init__(self, n_streams: int, slop_ns: int, queue_size: int = 10) -> None:
+        if n_streams < 1:
+            raise ValueError(f'n_streams must be >= 1, got {n_streams}')
+        if slop_ns < 0:
+            raise ValueError(f'slop_ns must be >= 0, got {slop_ns}')
+        if queue_size < 1:
+            raise ValueError(f'queue_size must be >= 1, got {queue_size}')
+        self.n_streams = n_streams
+        self.slop_ns = int(slop_ns)
+        self.queue_size = int(queue_size)
+        self.dropped: list[int] = [0] * n_streams
+        self.duplicates: list[int] = [0] * n_streams
+        self.matched = 0
+        self._queues: list[list[_Entry]] = [[] for _ in range(n_streams)]
+        self._last_used: list[int | None] = [None] * n_streams
+
+    def reset(self) -> None:
+        """Forget queued messages and the last used stamps (time jumped backwards); keep the counters."""
+        self._queues = [[] for _ in range(self.n_streams)]
+        self._last_used = [None] * self.n_streams
+
+    def pending(self, stream: int) -> int:
+        """Number of messages queued on ``stream``."""
+        return len(self._queues[stream])
+
+    def add(self, stream: int, stamp_ns: int, item: object) -> list[tuple[object, ...]]:
+        """Queue ``item`` stamped ``stamp_ns`` on ``stream``; return the sets completed by it, oldest first.
+
+        Each set is a tuple with one item per stream, in stream order.
+        """
+        if not 0 <= stream < self.n_streams:
+            raise IndexError(f'stream {stream} out of range 0..{self.n_streams - 1}')
+        stamp = int(stamp_ns)
+        queue = self._queues[stream]
+        last = self._last_used[stream]
+        if last is not None and stamp == last:
+            self._drop_duplicate(stream)
+            return []
+        if last is not None and stamp < last:
+            self.dropped[stream] += 1
+            return []
+        entry = _Entry(stamp, item)
+        pos = bisect.bisect_left(queue, entry)
+        if pos < len(queue) and queue[pos].stamp == stamp:
+            self._drop_duplicate(stream)
+            return []
+        queue.insert(pos, entry)
+        if len(queue) > self.queue_size:
+            del queue[0]
+            self.dropped[stream] += 1
+        return self._match()
+
+    def _drop_duplicate(self, stream: int) -> None:
+        self.duplicates[stream] += 1
+        self.dropped[stream] += 1
+
+    def _match(self) -> list[tuple[object, ...]]:
+        out: list[tuple[object, ...]] = []
+        queues = self._queues
+        while all(queues):
+            pivot = min(range(self.n_streams), key=lambda s: (queues[s][-1].stamp, s))
+            t = queues[pivot][0].stamp
+            others = [e.stamp for e in queues[pivot][1:]]
+            chosen: list[int] = []
+            for s in range(self.n_streams):
+                if s == pivot:
+                    chosen.append(0)
+                    continue
+                idx = self._partner(queues[s], t, others)
+                if idx is None:
+                    break
+                chosen.append(idx)
+            else:
+                items = tuple(queues[s][i].item for s, i in enumerate(chosen))
+                for s, i in enumerate(chosen):
+                    self._last_used[s] = queues[s][i].stamp
+                    self.dropped[s] += i  # older, never-used messages on this stream
+                    del queues[s][: i + 1]
+                self.matched += 1
+                out.append(items)
+                continue
+            del queues[pivot][0]
+            self.dropped[pivot] += 1
+        return out
+
+    def _partner(self, queue: list[_Entry], t: int, other_pivots: list[int]) -> int | None:
+        """Index in ``queue`` of the best partner for a pivot at ``t``, or None; see module docstring."""
+        candidates = sorted(
+            (abs(e.stamp - t), e.stamp, i) for i, e in enumerate(queue) if abs(e.stamp - t) <= self.slop_ns
+        )
+        for dist, stamp, i in candidates:
+            if all(abs(stamp - o) >= dist for o in other_pivots):
+                return i
+        return None
