@@ -87,7 +87,7 @@ def _convert(typestore: Any, node: tuple[Any, Any], value: Any) -> Any:
         return make_message(typestore, detail, value) if isinstance(value, Mapping) else value
     sub, count = detail
     if sub[0].name == 'BASE' and sub[1][0] in _NUMPY_BASE:
-        arr = np.asarray(value, dtype=_NUMPY_BASE[sub[1][0]]).reshape(-1)
+        arr: np.ndarray = np.asarray(value, dtype=_NUMPY_BASE[sub[1][0]]).reshape(-1)
         if name == 'ARRAY' and arr.size != count:
             raise ValueError(f'array field needs {count} values, got {arr.size}')
         return arr
