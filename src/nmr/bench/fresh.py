@@ -1,0 +1,32 @@
+"""Freshly initialised model files for benchmarks and tests (no training needed).
+
+Timing does not depend on the weights, so `nmr bench` measures untrained networks of each architecture.
+An untrained R_Phi outputs a near-zero flow (its head starts at ~0), which would make parity and
+behaviour checks trivially pass; `flow_scale > 0` re-draws the head so the flow is a few pixels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def fresh_checkpoint(path: str | Path, arch: str = 'fast', pair: str = 'rgb_lwir',
+                     net_hw: tuple[int, int] = (256, 320), flow_scale: float = 0.0, seed: int = 0) -> Path:
+    """Write a checkpoint with freshly initialised R_Phi weights; returns its path."""
+    from nmr.models.checkpoint import ModelMetadata, save_checkpoint
+    from nmr.models.registration import RegistrationConfig, RegistrationNet
+
+    torch.manual_seed(seed)
+    net = RegistrationNet(RegistrationConfig(arch=arch))
+    if flow_scale > 0:
+        head = net.flow_head
+        with torch.no_grad():
+            head.weight.normal_(0.0, 0.02 * flow_scale)
+            head.bias.normal_(0.0, 0.2 * flow_scale)
+    metadata = ModelMetadata(pair=pair, registration=net.config.to_dict(), net_hw=tuple(net_hw),  # type: ignore[arg-type]
+                             train_data={'note': f'untrained ({arch}), for benchmarks and tests'})
+    path = Path(path)
+    save_checkpoint(path, {'registration': net.state_dict()}, metadata)
+    return path

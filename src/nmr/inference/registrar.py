@@ -1,0 +1,206 @@
+"""The `Registrar` interface: native-size images in, native-size flow / registered image / mask out.
+
+Every backend shares the same pre-processing (nmr.data.preprocess, resize to the network size) and
+post-processing (nmr.models.resampler.flow_to_native + warp), run in torch on the registrar's device,
+so the backends differ only in how R_Phi itself runs (`_infer`). Keeping the pre/post steps in torch
+on the device means a CUDA pipeline never copies an image to the host between steps; only the final
+`Registration` (numpy, the design's contract) is copied back, and `register_torch` skips even that.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nmr.errors import ConfigError
+from nmr.inference.model_file import ModelInfo
+
+
+@dataclass
+class Registration:
+    """One registered pair at the FIXED image's native size (numpy, SPEC conventions)."""
+
+    flow: np.ndarray  # HfxWfx2 float32, fixed grid, pixels, ch0 = dx
+    registered: np.ndarray  # moving warped into the fixed frame, HfxWfx3 uint8
+    valid: np.ndarray  # HfxWf bool: the sample fell inside the moving image
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TorchRegistration:
+    """The same as Registration, still on the registrar's device (flow 1x2xHfxWf, registered 1x3xHfxWf)."""
+
+    flow: torch.Tensor
+    registered: torch.Tensor  # float, 0..255
+    valid: torch.Tensor  # 1x1xHfxWf bool
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_numpy(self) -> Registration:
+        t0 = time.perf_counter()
+        flow = self.flow[0].permute(1, 2, 0).float().contiguous().cpu().numpy()
+        reg = (
+            self.registered[0]
+            .permute(1, 2, 0)
+            .round()
+            .clamp(0, 255)
+            .to(torch.uint8)
+            .contiguous()
+            .cpu()
+            .numpy()
+        )
+        valid = self.valid[0, 0].cpu().numpy()
+        timings = dict(self.timings_ms)
+        timings['to_host'] = (time.perf_counter() - t0) * 1e3
+        timings['total'] = timings.get('total', 0.0) + timings['to_host']
+        return Registration(flow=flow, registered=reg, valid=valid, timings_ms=timings)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' -> cuda when available else cpu; a CUDA request on a machine without CUDA is a user error."""
+    if isinstance(device, torch.device):
+        return device
+    if device in ('auto', '', None):
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    dev = torch.device(device)
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise ConfigError(f'device {device!r} requested but CUDA is not available; use device=cpu or auto')
+    if dev.type not in ('cpu', 'cuda'):
+        raise ConfigError(f'device {device!r} is not supported; use auto, cpu or cuda[:N]')
+    return dev
+
+
+def as_tensor(img: Any, device: torch.device) -> torch.Tensor:
+    """numpy or torch image -> torch tensor on `device` (no copy when it is already there)."""
+    if isinstance(img, torch.Tensor):
+        return img.to(device, non_blocking=True)
+    arr = np.ascontiguousarray(img)
+    return torch.from_numpy(arr).to(device, non_blocking=True)
+
+
+def resize_to(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Bx C x H x W float -> B x C x h x w; bilinear (pixel-centre aligned), antialiased when shrinking.
+
+    This is the same resize the training data loader uses (nmr.models' net-grid convention), so the
+    network sees at run time what it saw in training.
+    """
+    if tuple(x.shape[-2:]) == tuple(hw):
+        return x
+    shrink = x.shape[-2] > hw[0] or x.shape[-1] > hw[1]
+    return F.interpolate(x, size=hw, mode='bilinear', align_corners=False, antialias=shrink)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+class Registrar(ABC):
+    """One model on one backend and device. Subclasses implement `_infer` (R_Phi on the net grid)."""
+
+    backend: str = 'abstract'
+
+    def __init__(self, info: ModelInfo, device: torch.device, net_hw: tuple[int, int] | None = None) -> None:
+        self.info = info
+        self.device = device
+        self.net_hw: tuple[int, int] = tuple(net_hw) if net_hw else info.net_hw  # type: ignore[assignment]
+        self.pair = info.pair
+        self.metadata = info.metadata
+
+    # -- what subclasses provide ------------------------------------------------------------------
+    @abstractmethod
+    def _infer(self, moving_n: torch.Tensor, fixed_n: torch.Tensor) -> torch.Tensor:
+        """R_Phi: 1x3xhxw and 1x1xhxw float32 on self.device -> 1x2xhxw float32 flow on self.device."""
+
+    def describe(self) -> str:
+        h, w = self.net_hw
+        return f'{self.backend} on {self.device} ({self.info.path.name}, pair {self.pair}, net {w}x{h})'
+
+    # -- shared pre/post-processing ---------------------------------------------------------------
+    def preprocess(self, moving_rgb: Any, fixed_raw: Any, fixed_encoding: str) -> tuple[torch.Tensor, ...]:
+        """-> (moving float 1x3xHmxWm in 0..255, moving_n 1x3xhxw, fixed_n 1x1xhxw), all on the device."""
+        from nmr.data import preprocess as pp
+
+        moving = as_tensor(moving_rgb, self.device)
+        fixed = as_tensor(fixed_raw, self.device)
+        if moving.ndim != 3 or moving.shape[-1] != 3:
+            raise ConfigError(f'moving image must be HxWx3 RGB, got shape {tuple(moving.shape)}')
+        moving_in = pp.rgb_input(moving).to(self.device, torch.float32)
+        fixed_in = pp.fixed_input(
+            self.info.fixed_kind, fixed, fixed_encoding, self.info.normalisation or None
+        )
+        fixed_in = fixed_in.to(self.device, torch.float32)
+        moving_full = moving.permute(2, 0, 1)[None].to(torch.float32)
+        moving_n = resize_to(moving_in[None], self.net_hw).contiguous()
+        fixed_n = resize_to(fixed_in[None], self.net_hw).contiguous()
+        return moving_full, moving_n, fixed_n
+
+    def register_torch(self, moving_rgb: Any, fixed_raw: Any, fixed_encoding: str) -> TorchRegistration:
+        """Register one pair, results left on the device (for GPU pipelines that keep going there)."""
+        from nmr.models.resampler import flow_to_native, warp
+
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            moving_full, moving_n, fixed_n = self.preprocess(moving_rgb, fixed_raw, fixed_encoding)
+            fixed_hw = _image_hw(fixed_raw)
+            sync(self.device)
+            t1 = time.perf_counter()
+            flow_n = self._infer(moving_n, fixed_n)
+            sync(self.device)
+            t2 = time.perf_counter()
+            flow = flow_to_native(flow_n.float(), fixed_hw, tuple(moving_full.shape[-2:]))
+            registered, valid = warp(moving_full, flow)
+            sync(self.device)
+            t3 = time.perf_counter()
+        timings = {
+            'preprocess': (t1 - t0) * 1e3,
+            'net': (t2 - t1) * 1e3,
+            'postprocess': (t3 - t2) * 1e3,
+            'total': (t3 - t0) * 1e3,
+        }
+        return TorchRegistration(
+            flow=flow, registered=registered, valid=_valid_mask(valid), timings_ms=timings
+        )
+
+    def register(self, moving_rgb: Any, fixed_raw: Any, fixed_encoding: str) -> Registration:
+        """Register one pair: images at any native size in, numpy results at the fixed native size out."""
+        return self.register_torch(moving_rgb, fixed_raw, fixed_encoding).to_numpy()
+
+    def flow_net(self, moving_in: Any, fixed_in: Any) -> np.ndarray:
+        """R_Phi alone on network inputs (3xhxw / 1xhxw or batched, in [-1, 1]) -> flow hxwx2 (Bxhxwx2).
+
+        For benchmarks and parity checks: no resizing, no warping; the grid is the inputs' grid.
+        """
+        moving = as_tensor(moving_in, self.device).to(torch.float32)
+        fixed = as_tensor(fixed_in, self.device).to(torch.float32)
+        batched = moving.ndim == 4
+        if not batched:
+            moving, fixed = moving[None], fixed[None]
+        with torch.inference_mode():
+            flows = [
+                self._infer(moving[i : i + 1].contiguous(), fixed[i : i + 1].contiguous())
+                for i in range(moving.shape[0])
+            ]
+        out = torch.cat(flows).permute(0, 2, 3, 1).float().cpu().numpy()
+        return out if batched else out[0]
+
+
+def _image_hw(img: Any) -> tuple[int, int]:
+    shape = tuple(img.shape)
+    return int(shape[0]), int(shape[1])
+
+
+def _valid_mask(valid: torch.Tensor) -> torch.Tensor:
+    """Resampler validity (bool or float coverage) -> 1x1xHxW bool; a pixel is valid if fully inside."""
+    if valid.dtype == torch.bool:
+        out = valid
+    else:
+        out = valid > 0.5
+    while out.ndim < 4:
+        out = out[None]
+    return out
