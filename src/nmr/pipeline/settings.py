@@ -109,6 +109,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec('flow_viz_max_px', 0.0, 'flow magnitude at full colour (0 = per frame)', _at_least(0)),
     ParamSpec('diagnostics_period_s', 1.0, 'period of /diagnostics messages [s]', _positive),
     ParamSpec('log_throttle_s', 5.0, 'minimum interval between repeated warnings [s]', _at_least(0)),
+    ParamSpec('input_timeout_s', 3.0, 'an input silent this long is reported as stopped [s]', _positive),
+    ParamSpec('model_retry_s', 5.0, 'how often a missing or broken model file is looked at again [s]',
+              _positive),
 )
 PARAMS_BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMS}
 
@@ -139,6 +142,8 @@ class NodeSettings:
     flow_viz_max_px: float | None = None
     diagnostics_period_s: float = 1.0
     log_throttle_s: float = 5.0
+    input_timeout_s: float = 3.0
+    model_retry_s: float = 5.0
     values: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -158,6 +163,8 @@ def defaults() -> dict[str, Any]:
 def _coerce(spec: ParamSpec, value: Any) -> Any:
     """Value in the parameter's type, or ConfigError naming the parameter."""
     want = spec.kind
+    if value is None:  # rclpy reports an empty YAML list ([]) as a parameter without value
+        raise ConfigError(f"parameter '{spec.name}' is empty or has no value: expected {_type_name(spec)}")
     bad = ConfigError(f"parameter '{spec.name}': expected {_type_name(spec)}, got {value!r}")
     if want is bool:
         if not isinstance(value, bool):
@@ -224,6 +231,8 @@ def validate(values: Mapping[str, Any]) -> NodeSettings:
         flow_viz_max_px=merged['flow_viz_max_px'] or None,
         diagnostics_period_s=merged['diagnostics_period_s'],
         log_throttle_s=merged['log_throttle_s'],
+        input_timeout_s=merged['input_timeout_s'],
+        model_retry_s=merged['model_retry_s'],
         values=merged,
     )
 
@@ -294,3 +303,13 @@ def model_path(settings: NodeSettings, pair: str) -> Path:
     """The configured model for `pair`, or its default location."""
     configured = settings.models.get(pair, '')
     return Path(configured).expanduser() if configured else default_model_path(pair)
+
+
+def create_registrar(path: Path, settings: NodeSettings, pair: str, log: Callable[[str], None]) -> Any:
+    """nmr.inference.create_registrar with the settings' backend, device and network size for `pair`."""
+    try:
+        from nmr.inference import create_registrar as create
+    except ImportError:  # older nmr.inference without the package-level export
+        from nmr.inference.select import create_registrar as create
+    return create(path, backend=settings.backend, device=settings.device, net_hw=settings.net_hw, log=log,
+                  expected_pair=pair)

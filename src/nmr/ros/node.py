@@ -34,7 +34,7 @@ from nmr.data.encodings import to_rgb
 from nmr.errors import ModelFileError, NmrUserError
 from nmr.pipeline.fused import FUSED_TOPICS, fuse
 from nmr.pipeline.outputs import FIXED_ENCODINGS, PairProcessor
-from nmr.pipeline.settings import PAIRS, NodeSettings, model_path
+from nmr.pipeline.settings import PAIRS, NodeSettings, create_registrar, model_path
 from nmr.ros.convert import from_image_msg, header_stamp_ns, to_image_msg
 from nmr.ros.diagnostics import (
     ERROR,
@@ -56,8 +56,6 @@ STREAM_ENCODINGS: dict[str, tuple[str, ...]] = {
     'lwir': FIXED_ENCODINGS['lwir'],
     'depth': FIXED_ENCODINGS['depth'],
 }
-STOPPED_AFTER_S = 3.0     # an input silent this long is reported as stopped
-MODEL_RETRY_S = 5.0       # how often a missing / broken model file is looked at again
 
 
 @dataclass
@@ -221,7 +219,7 @@ class RegisterNode(Node):
         """Load each pair's model when it is first needed, and again when its file appears or changes."""
         now = time.monotonic()
         for pair in self.pairs.values():
-            if now - pair.model_checked < MODEL_RETRY_S:
+            if now - pair.model_checked < self.settings.model_retry_s:
                 continue
             pair.model_checked = now
             path = model_path(self.settings, pair.name)
@@ -246,11 +244,8 @@ class RegisterNode(Node):
     def _load_model(self, pair: PairRuntime, path: Path) -> None:
         s = self.settings
         try:
-            from nmr.inference import create_registrar
-
-            registrar = create_registrar(path, backend=s.backend, device=s.device, net_hw=s.net_hw,
-                                         log=lambda text: self.get_logger().info(f'{pair.name}: {text}'),
-                                         expected_pair=pair.name)
+            registrar = create_registrar(path, s, pair.name,
+                                         log=lambda text: self.get_logger().info(f'{pair.name}: {text}'))
             model_pair = getattr(registrar, 'pair', pair.name)
             if model_pair != pair.name:
                 raise ModelFileError(f'model file {path} was trained for pair {model_pair!r}, not '
@@ -341,11 +336,11 @@ class RegisterNode(Node):
     # -- diagnostics -------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
         name = self.get_fully_qualified_name()
-        statuses = [stream_status(name, self.streams, STOPPED_AFTER_S)]
+        statuses = [stream_status(name, self.streams, self.settings.input_timeout_s)]
         for pair in self.pairs.values():
             fixed = self.streams[pair.fixed_stream]
             silent = fixed.received.silent_for()
-            if pair.processor is not None and (silent is None or silent > STOPPED_AFTER_S):
+            if pair.processor is not None and (silent is None or silent > self.settings.input_timeout_s):
                 with pair.stats.lock:
                     pair.stats.state = f'waiting: no {pair.fixed_stream} messages on {fixed.topic}'
                     pair.stats.level = WARN
