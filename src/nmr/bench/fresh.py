@@ -12,21 +12,41 @@ from pathlib import Path
 import torch
 
 
-def fresh_checkpoint(path: str | Path, arch: str = 'fast', pair: str = 'rgb_lwir',
-                     net_hw: tuple[int, int] = (256, 320), flow_scale: float = 0.0, seed: int = 0) -> Path:
-    """Write a checkpoint with freshly initialised R_Phi weights; returns its path."""
+def fresh_checkpoint(
+    path: str | Path,
+    arch: str = 'fast',
+    pair: str = 'rgb_lwir',
+    net_hw: tuple[int, int] = (256, 320),
+    flow_scale: float = 0.0,
+    seed: int = 0,
+    zero_flow: bool = False,
+) -> Path:
+    """Write a checkpoint with freshly initialised R_Phi weights; returns its path.
+
+    `zero_flow` zeroes the flow head: the network then outputs exactly zero flow (identity registration),
+    which makes the registered image exactly predictable in behavioural tests.
+    """
     from nmr.models.checkpoint import ModelMetadata, save_checkpoint
     from nmr.models.registration import RegistrationConfig, RegistrationNet
 
     torch.manual_seed(seed)
     net = RegistrationNet(RegistrationConfig(arch=arch))
+    weight, bias = net.flow_head.weight, net.flow_head.bias
+    assert bias is not None
     if flow_scale > 0:
-        head = net.flow_head
         with torch.no_grad():
-            head.weight.normal_(0.0, 0.02 * flow_scale)
-            head.bias.normal_(0.0, 0.2 * flow_scale)
-    metadata = ModelMetadata(pair=pair, registration=net.config.to_dict(), net_hw=tuple(net_hw),  # type: ignore[arg-type]
-                             train_data={'note': f'untrained ({arch}), for benchmarks and tests'})
+            weight.normal_(0.0, 0.02 * flow_scale)
+            bias.normal_(0.0, 0.2 * flow_scale)
+    if zero_flow:
+        with torch.no_grad():
+            weight.zero_()
+            bias.zero_()
+    metadata = ModelMetadata(
+        pair=pair,
+        registration=net.config.to_dict(),
+        net_hw=tuple(net_hw),  # type: ignore[arg-type]
+        train_data={'note': f'untrained ({arch}), for benchmarks and tests'},
+    )
     path = Path(path)
     save_checkpoint(path, {'registration': net.state_dict()}, metadata)
     return path

@@ -127,12 +127,16 @@ class Registrar(ABC):
         from nmr.data import preprocess as pp
 
         moving = as_tensor(moving_rgb, self.device)
-        fixed = as_tensor(fixed_raw, self.device)
         if moving.ndim != 3 or moving.shape[-1] != 3:
             raise ConfigError(f'moving image must be HxWx3 RGB, got shape {tuple(moving.shape)}')
         moving_in = pp.rgb_input(moving).to(self.device, torch.float32)
+        # raw fixed images go to preprocess as they are: it widens uint16 (few torch ops take it) itself
         fixed_in = pp.fixed_input(
-            self.info.fixed_kind, fixed, fixed_encoding, self.info.normalisation or None
+            self.info.fixed_kind,
+            fixed_raw,
+            fixed_encoding,
+            self.info.normalisation or None,
+            device=self.device,
         )
         fixed_in = fixed_in.to(self.device, torch.float32)
         moving_full = moving.permute(2, 0, 1)[None].to(torch.float32)
