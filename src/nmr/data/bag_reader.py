@@ -366,7 +366,7 @@ class BagPairDataset:
             item.gt_flow = flow
         if self.gt_valid_topic in gt:
             item.valid = (
-                np.asarray(image_to_numpy(self._read(gt[self.gt_valid_topic]), self.gt_valid_topic)) > 127
+                np.asarray(image_to_numpy(self._read(gt[self.gt_valid_topic]), self.gt_valid_topic)) > 0
             )
         return item
 

@@ -1,0 +1,332 @@
+"""Image-pair datasets from files: a manifest CSV, or two folders matched by file stem. Lazy, torch-free.
+
+Manifest columns (SPEC): ``name,moving,fixed,flow,valid,landmarks``; only ``moving`` and ``fixed`` are
+required, paths are relative to the CSV (absolute ones are allowed). ``flow`` is a ``.npy`` ``HxWx2``
+float32 ground truth on the fixed grid; ``valid`` a uint8 PNG mask (non-zero = valid); ``landmarks`` a
+JSON list of ``[x, y]`` fixed-grid points (or ``{"points": [...]}``). An optional ``fixed_kind`` column
+(``lwir``/``depth``) overrides the guess below.
+
+The fixed kind decides the pre-processing, and 16-bit files are ambiguous (raw thermal counts or depth
+in mm): pass ``fixed_kind``, else it is guessed per file: 8-bit is LWIR, float is depth, 16-bit is
+depth when the path mentions "depth", LWIR otherwise. Images are read with OpenCV
+(``IMREAD_UNCHANGED`` for the fixed image; the moving image is converted to RGB), ``.npy`` with numpy.
+
+Both datasets can be split by scene (``split='train'|'val'``): a stable hash of the row name (or file
+stem) puts a fraction ``val_fraction`` of the scenes into validation, never splitting one scene.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from nmr.data.types import FramePair
+from nmr.errors import ConfigError
+
+MANIFEST_COLUMNS = ('name', 'moving', 'fixed', 'flow', 'valid', 'landmarks')
+REQUIRED_COLUMNS = ('moving', 'fixed')
+IMAGE_SUFFIXES = frozenset({'.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp', '.pgm', '.ppm', '.npy'})
+FIXED_KINDS = ('lwir', 'depth')
+
+
+def in_split(key: str, split: str, val_fraction: float) -> bool:
+    """Whether the scene ``key`` belongs to ``split`` (train/val/all), by a stable hash of the key."""
+    if split == 'all':
+        return True
+    if split not in ('train', 'val'):
+        raise ConfigError(f'split must be train, val or all, not {split!r}')
+    if not 0.0 <= val_fraction <= 1.0:
+        raise ConfigError(f'val_fraction must be in [0, 1], got {val_fraction}')
+    is_val = (zlib.crc32(key.encode()) % 10_000) < val_fraction * 10_000
+    return is_val == (split == 'val')
+
+
+def read_image(path: Path, what: str = 'image') -> np.ndarray:
+    """A file as stored (OpenCV ``IMREAD_UNCHANGED``; ``.npy`` via numpy); ConfigError if unreadable."""
+    if not path.is_file():
+        raise ConfigError(f'{what} file {path} does not exist')
+    if path.suffix.lower() == '.npy':
+        try:
+            return np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise ConfigError(f'{what} file {path} is not a readable .npy array: {exc}') from None
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ConfigError(f'{what} file {path} cannot be read as an image (corrupt or unsupported format)')
+    return img
+
+
+def read_moving(path: Path) -> np.ndarray:
+    """The moving image as ``HxWx3`` RGB uint8 (grey is replicated, alpha dropped, 16-bit scaled)."""
+    img = read_image(path, 'moving image')
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    if img.dtype != np.uint8:
+        raise ConfigError(f'moving image {path} is {img.dtype}: expected an 8-bit colour image')
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    code = {3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}.get(img.shape[2])
+    if code is None:
+        raise ConfigError(f'moving image {path} has {img.shape[2]} channels: expected 1, 3 or 4')
+    return cv2.cvtColor(img, code)
+
+
+def guess_fixed_kind(path: Path, img: np.ndarray) -> str:
+    """lwir or depth from the pixel type (and, for 16-bit, whether the path mentions depth)."""
+    if img.dtype == np.uint8:
+        return 'lwir'
+    if img.dtype.kind == 'f':
+        return 'depth'
+    return 'depth' if 'depth' in str(path).lower() else 'lwir'
+
+
+def read_fixed(path: Path, fixed_kind: str | None = None) -> tuple[np.ndarray, str, str]:
+    """The fixed image raw ``HxW`` -> (array, kind, ROS encoding)."""
+    img = read_image(path, 'fixed image')
+    if img.ndim == 3 and img.shape[2] in (3, 4) and img.dtype == np.uint8:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY if img.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+    elif img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim != 2:
+        raise ConfigError(f'fixed image {path} has shape {img.shape}: expected a single-channel image')
+    kind = fixed_kind or guess_fixed_kind(path, img)
+    if kind not in FIXED_KINDS:
+        raise ConfigError(f'unknown fixed kind {kind!r} for {path}: use lwir or depth')
+    if img.dtype == np.uint8:
+        if kind == 'depth':
+            raise ConfigError(f'fixed depth image {path} is 8-bit: depth needs 16-bit mm or float metres')
+        encoding = 'mono8'
+    elif img.dtype == np.uint16:
+        encoding = 'mono16' if kind == 'lwir' else '16UC1'
+    elif img.dtype.kind == 'f':
+        img = img.astype(np.float32, copy=False)
+        encoding = '32FC1'
+    else:
+        raise ConfigError(f'fixed image {path} is {img.dtype}: expected uint8, uint16 or float')
+    return img, kind, encoding
+
+
+def read_landmarks(path: Path) -> np.ndarray:
+    """``Nx2`` float (x, y) fixed-grid points from a JSON list (or a dict with ``points``/``landmarks``)."""
+    if not path.is_file():
+        raise ConfigError(f'landmarks file {path} does not exist')
+    try:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):
+            data = data.get('points', data.get('landmarks', data.get('fixed')))
+        pts = np.asarray(data, dtype=np.float64)
+        if pts.size == 0:
+            return np.zeros((0, 2))
+        if pts.ndim != 2 or pts.shape[1] != 2:
+            raise ValueError(f'shape {pts.shape}')
+    except Exception as exc:
+        raise ConfigError(f'landmarks file {path} must hold a JSON list of [x, y] points ({exc})') from None
+    return pts
+
+
+def _attach_ground_truth(
+    item: FramePair, flow: Path | None, valid: Path | None, landmarks: Path | None
+) -> None:
+    hw = item.fixed.shape[:2]
+    if flow is not None:
+        f = read_image(flow, 'flow')
+        if f.ndim != 3 or f.shape[2] != 2 or f.shape[:2] != hw:
+            raise ConfigError(
+                f'flow {flow} has shape {f.shape}: expected {hw[0]}x{hw[1]}x2 (the fixed image)'
+            )
+        item.gt_flow = f.astype(np.float32, copy=False)
+    if valid is not None:
+        v = read_image(valid, 'valid mask')
+        if v.ndim == 3:
+            v = v[:, :, 0]
+        if v.shape != hw:
+            raise ConfigError(f'valid mask {valid} has shape {v.shape}: expected {hw} (the fixed image)')
+        item.valid = v > 0
+    if landmarks is not None:
+        item.landmarks = read_landmarks(landmarks)
+
+
+@dataclass(frozen=True)
+class _Row:
+    name: str
+    moving: Path
+    fixed: Path
+    flow: Path | None
+    valid: Path | None
+    landmarks: Path | None
+    fixed_kind: str | None
+
+
+class ManifestDataset:
+    """Rows of a manifest CSV; items are read from disk on ``__getitem__`` (``FramePair``)."""
+
+    def __init__(
+        self,
+        csv_path: str | Path,
+        fixed_kind: str | None = None,
+        split: str = 'all',
+        val_fraction: float = 0.2,
+    ) -> None:
+        self.csv_path = Path(csv_path)
+        if fixed_kind is not None and fixed_kind not in FIXED_KINDS:
+            raise ConfigError(f'unknown fixed kind {fixed_kind!r}: use lwir or depth')
+        self.fixed_kind = fixed_kind
+        rows = self._parse()
+        self.rows = [r for r in rows if in_split(r.name, split, val_fraction)]
+
+    def _parse(self) -> list[_Row]:
+        path = self.csv_path
+        if not path.is_file():
+            raise ConfigError(
+                f'manifest {path} does not exist: pass a CSV with columns {",".join(MANIFEST_COLUMNS)}'
+            )
+        base = path.parent
+        with path.open(newline='', encoding='utf-8-sig') as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            missing = [c for c in REQUIRED_COLUMNS if c not in header]
+            if missing:
+                raise ConfigError(
+                    f'manifest {path} lacks column(s) {", ".join(missing)} '
+                    f'(it has {", ".join(header) or "none"}); '
+                    f'columns are {",".join(MANIFEST_COLUMNS)}, moving and fixed required'
+                )
+            rows = []
+            names: set[str] = set()
+            for line_no, raw in enumerate(reader, start=2):
+                rec = {(k or '').strip(): (v or '').strip() for k, v in raw.items()}
+                if not any(rec.values()):
+                    continue
+
+                def file(
+                    column: str, required: bool = False, rec: dict[str, str] = rec, line: int = line_no
+                ) -> Path | None:
+                    value = rec.get(column, '')
+                    if not value:
+                        if required:
+                            raise ConfigError(f'manifest {path} line {line}: column {column} is empty')
+                        return None
+                    p = Path(value)
+                    p = p if p.is_absolute() else base / p
+                    if not p.is_file():
+                        raise ConfigError(f'manifest {path} line {line}: {column} file {p} does not exist')
+                    return p
+
+                moving, fixed = file('moving', True), file('fixed', True)
+                assert moving is not None and fixed is not None
+                name = rec.get('name') or moving.stem
+                if name in names:
+                    raise ConfigError(f'manifest {path} line {line_no}: name {name!r} is used twice')
+                names.add(name)
+                kind = rec.get('fixed_kind') or self.fixed_kind
+                if kind is not None and kind not in FIXED_KINDS:
+                    raise ConfigError(
+                        f'manifest {path} line {line_no}: fixed_kind {kind!r} is not lwir or depth'
+                    )
+                rows.append(_Row(name, moving, fixed, file('flow'), file('valid'), file('landmarks'), kind))
+        return rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> FramePair:
+        row = self.rows[i]
+        fixed, kind, encoding = read_fixed(row.fixed, row.fixed_kind)
+        item = FramePair(row.name, read_moving(row.moving), fixed, kind, encoding)
+        _attach_ground_truth(item, row.flow, row.valid, row.landmarks)
+        return item
+
+
+def read_manifest(
+    csv_path: str | Path, fixed_kind: str | None = None, split: str = 'all', val_fraction: float = 0.2
+) -> ManifestDataset:
+    """The manifest as a lazy dataset (``len``, indexing -> ``FramePair``); files are checked up front."""
+    return ManifestDataset(csv_path, fixed_kind, split, val_fraction)
+
+
+def write_manifest(csv_path: str | Path, rows: Sequence[dict[str, str | Path]]) -> None:
+    """Write a manifest; paths are made relative to the CSV's folder where possible."""
+    path = Path(csv_path)
+    base = path.parent.resolve()
+    with path.open('w', newline='', encoding='utf-8') as f:
+        writer = csv.DictWriter(f, fieldnames=list(MANIFEST_COLUMNS), extrasaction='raise')
+        writer.writeheader()
+        for row in rows:
+            out = {}
+            for key, value in row.items():
+                if key != 'name' and value not in ('', None):
+                    p = Path(value).resolve()
+                    try:
+                        value = p.relative_to(base)
+                    except ValueError:
+                        value = p
+                out[key] = str(value)
+            writer.writerow(out)
+
+
+class FolderPairDataset:
+    """Pairs from two folders matched by file stem (e.g. roadscene ``crop_LR_visible`` + ``cropinfrared``).
+
+    ``moving_suffix``/``fixed_suffix`` are removed from the end of stems before matching (rgbdd:
+    ``_RGB`` and ``_HR_gt``). Files without a partner are ignored and counted.
+    """
+
+    def __init__(
+        self,
+        moving_dir: str | Path,
+        fixed_dir: str | Path,
+        fixed_kind: str,
+        moving_suffix: str = '',
+        fixed_suffix: str = '',
+        split: str = 'all',
+        val_fraction: float = 0.2,
+    ) -> None:
+        if fixed_kind not in FIXED_KINDS:
+            raise ConfigError(f'unknown fixed kind {fixed_kind!r}: use lwir or depth')
+        self.moving_dir, self.fixed_dir, self.fixed_kind = Path(moving_dir), Path(fixed_dir), fixed_kind
+        moving = self._scan(self.moving_dir, moving_suffix, 'moving')
+        fixed = self._scan(self.fixed_dir, fixed_suffix, 'fixed')
+        keys = sorted(set(moving) & set(fixed))
+        if not keys:
+            raise ConfigError(
+                f'no file stems in common between {self.moving_dir} ({len(moving)} images, e.g. '
+                f'{sorted(moving)[:2]}) and {self.fixed_dir} ({len(fixed)} images, '
+                f'e.g. {sorted(fixed)[:2]}): '
+                'check the folders or set moving_suffix/fixed_suffix'
+            )
+        self.unmatched_moving = len(moving) - len(keys)
+        self.unmatched_fixed = len(fixed) - len(keys)
+        self.items = [(k, moving[k], fixed[k]) for k in keys if in_split(k, split, val_fraction)]
+
+    @staticmethod
+    def _scan(folder: Path, suffix: str, what: str) -> dict[str, Path]:
+        if not folder.is_dir():
+            raise ConfigError(f'{what} folder {folder} does not exist')
+        out: dict[str, Path] = {}
+        for p in sorted(folder.iterdir()):
+            if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
+                continue
+            stem = p.stem
+            if suffix and stem.endswith(suffix):
+                stem = stem[: -len(suffix)]
+            if stem in out:
+                raise ConfigError(
+                    f'{what} folder {folder} has two images for stem {stem!r}: {out[stem].name}, {p.name}'
+                )
+            out[stem] = p
+        return out
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> FramePair:
+        key, moving, fixed_path = self.items[i]
+        fixed, kind, encoding = read_fixed(fixed_path, self.fixed_kind)
+        return FramePair(key, read_moving(moving), fixed, kind, encoding)
