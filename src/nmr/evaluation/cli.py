@@ -36,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--device', default='auto', help='auto (default), cpu, cuda[:N]')
     parser.add_argument('--net-size', metavar='WxH', help="network size (default: the model's)")
     parser.add_argument('--limit', type=int, help='evaluate only the first N rows')
+    parser.add_argument(
+        '--fixed-kind',
+        choices=('lwir', 'depth'),
+        help="kind of the fixed images (default: the model's pair; for baselines a guess per file)",
+    )
 
 
 def safe_name(name: str) -> str:
@@ -69,6 +74,7 @@ def evaluate(
     figures: str | Path | None = None,
     net_size: str | None = None,
     limit: int | None = None,
+    fixed_kind: str | None = None,
     log: Any = print,
 ) -> dict[str, Any]:
     """Run the model over every manifest row -> {'model', 'backend', 'pairs': [...], 'summary': {...}}."""
@@ -78,14 +84,18 @@ def evaluate(
     from nmr.evaluation.baselines import identity_flow
     from nmr.evaluation.metrics import evaluate_pair, format_table, summarise
 
-    rows = read_manifest(manifest)
+    pair = None
+    if model not in BASELINE_NAMES:  # the model's pair decides how the fixed images are read
+        from nmr.inference.model_file import FIXED_KIND, read_model_info
+
+        pair = read_model_info(model).pair
+        fixed_kind = fixed_kind or FIXED_KIND[pair]
+    rows = read_manifest(manifest, fixed_kind=fixed_kind)
     n = len(rows) if limit is None else min(limit, len(rows))
     if n == 0:
         from nmr.errors import ConfigError
 
         raise ConfigError(f'manifest {manifest} has no rows; add name,moving,fixed rows')
-    first = rows[0]
-    pair = {'lwir': 'rgb_lwir', 'depth': 'rgb_depth'}.get(getattr(first, 'fixed_kind', ''))
     registrar = make_registrar(model, backend, device, net_size, pair, log)
     flows_dir = Path(save_flows) if save_flows else None
     figs_dir = Path(figures) if figures else None
@@ -162,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         figures=args.figures,
         net_size=args.net_size,
         limit=args.limit,
+        fixed_kind=args.fixed_kind,
         log=log,
     )
     if args.out:
