@@ -127,3 +127,49 @@ def test_resize_flow_different_moving_size_matches_geometry():
     np.testing.assert_allclose(reg[valid], small[valid], atol=1e-3)
     with pytest.raises(ValueError):
         resize_flow(identity(3, 3), (4, 6), (4, 6), (4, 6), (4, 6))
+
+
+def middlebury_reference(flow: np.ndarray) -> np.ndarray:
+    """Baker et al.'s computeColor in float64 (as in flow_vis), written out plainly."""
+    ry, yg, gc, cb, bm, mr = 15, 6, 4, 11, 13, 6
+    wheel = np.zeros((55, 3))
+    col = 0
+    wheel[0:ry, 0] = 255
+    wheel[0:ry, 1] = np.floor(255 * np.arange(ry) / ry)
+    col += ry
+    wheel[col : col + yg, 0] = 255 - np.floor(255 * np.arange(yg) / yg)
+    wheel[col : col + yg, 1] = 255
+    col += yg
+    wheel[col : col + gc, 1] = 255
+    wheel[col : col + gc, 2] = np.floor(255 * np.arange(gc) / gc)
+    col += gc
+    wheel[col : col + cb, 1] = 255 - np.floor(255 * np.arange(cb) / cb)
+    wheel[col : col + cb, 2] = 255
+    col += cb
+    wheel[col : col + bm, 2] = 255
+    wheel[col : col + bm, 0] = np.floor(255 * np.arange(bm) / bm)
+    col += bm
+    wheel[col : col + mr, 2] = 255 - np.floor(255 * np.arange(mr) / mr)
+    wheel[col : col + mr, 0] = 255
+    u, v = flow[..., 0].astype(np.float64), flow[..., 1].astype(np.float64)
+    rad = np.sqrt(u**2 + v**2)
+    u, v, rad = u / rad.max(), v / rad.max(), rad / rad.max()
+    a = np.arctan2(-v, -u) / np.pi
+    fk = (a + 1) / 2 * 54
+    k0 = np.floor(fk).astype(int)
+    k1 = k0 + 1
+    k1[k1 == 55] = 0
+    f = fk - k0
+    out = np.zeros((*u.shape, 3), np.uint8)
+    for i in range(3):
+        c = (1 - f) * wheel[k0, i] / 255 + f * wheel[k1, i] / 255
+        c = np.where(rad <= 1, 1 - rad * (1 - c), c * 0.75)
+        out[..., i] = np.floor(255 * c)
+    return out
+
+
+def test_flow_to_rgb_matches_reference_implementation():
+    flow = np.random.default_rng(5).normal(size=(40, 50, 2)).astype(np.float32) * 4
+    ours, ref = flow_to_rgb(flow).astype(int), middlebury_reference(flow).astype(int)
+    assert np.abs(ours - ref).max() <= 1
+    assert (ours != ref).mean() < 0.01

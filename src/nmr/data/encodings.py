@@ -132,7 +132,8 @@ def numpy_to_image_fields(arr: np.ndarray, encoding: str, data_type: DataType = 
     if data_type == 'numpy':
         data = flat
     elif data_type == 'array':
-        data = array.array('B', flat.tobytes())
+        data = array.array('B')
+        data.frombytes(flat.data)  # one copy; array.array('B', bytes) would make two
     elif data_type == 'bytes':
         data = flat.tobytes()
     else:
