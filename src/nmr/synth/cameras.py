@@ -107,7 +107,7 @@ def default_rig(size_scale: float = 1.0) -> Rig:
     """Realistic sizes and lenses, coarsely pre-aligned (similar fields of view), a few cm apart.
 
     - RGB 640x480, ~69 deg horizontal field of view (RealSense-like colour camera), the reference.
-    - LWIR 640x512 (FLIR Boson 640), ~64 deg: a little narrower than the RGB, 6 cm to the right and
+    - LWIR 640x512 (FLIR Boson 640), ~67 deg: a little narrower than the RGB, 6 cm to the right and
       4 cm above it, rotated by under a degree, principal point off centre.
     - Depth 848x480 (RealSense depth stream), ~77 deg x 47 deg: its aspect ratio differs from the RGB's,
       so after resizing to a common grid a linear residual remains; 3.5 cm to the left.
@@ -117,8 +117,8 @@ def default_rig(size_scale: float = 1.0) -> Rig:
         'lwir',
         640,
         512,
-        512.0,
-        512.0,
+        480.0,
+        480.0,
         323.0,
         252.5,
         'flir_boson_optical_frame',

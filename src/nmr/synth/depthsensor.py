@@ -17,7 +17,7 @@ from nmr.synth.shading import Surface
 BASELINE_M = 0.05
 SUBPIXEL = 0.08  # disparity RMS error, pixels at 848 px width
 MIN_RANGE_M = 0.2
-MAX_RANGE_M = 10.0
+MAX_RANGE_M = 16.0
 
 
 def _blobs(rng: np.random.Generator, shape: tuple[int, int], cell: int) -> np.ndarray:
@@ -58,7 +58,7 @@ def render_depth(geom: Geometry, surf: Surface, rng: np.random.Generator) -> np.
     grazing = np.abs(np.sum(d * geom.normal, axis=2)) < 0.08
     ok &= ~grazing
     # range fall-off and random speckle
-    far = np.clip((z - 0.7 * MAX_RANGE_M) / (0.3 * MAX_RANGE_M), 0.0, 1.0)
+    far = np.clip((z - 0.6 * MAX_RANGE_M) / (0.4 * MAX_RANGE_M), 0.0, 1.0)
     ok &= rng.random((h, w)) > np.where(np.isfinite(far), far**2, 1.0) * 0.9 + 0.003
     # range-dependent noise (sigma = z^2 * subpixel / (f * B)) with some spatial correlation
     sigma = np.where(ok, z * z * SUBPIXEL * scale / (cam.fx * BASELINE_M), 0.0).astype(np.float32)

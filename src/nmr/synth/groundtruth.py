@@ -54,7 +54,7 @@ def moving_points(scene: Scene, fixed: Geometry, moving: Geometry) -> np.ndarray
     sky = fixed.obj.reshape(-1) < 0
     if sky.any():
         X[sky] = (fixed.rays.reshape(-1, 3)[sky] @ R_dir.T) * np.float32(1e6)
-    return X.reshape(fixed.obj.shape + (3,))
+    return X.reshape((*fixed.obj.shape, 3))
 
 
 def gt_flow(scene: Scene, fixed: Geometry, moving: Geometry) -> tuple[np.ndarray, np.ndarray]:

@@ -421,7 +421,7 @@ def generate_scene(seed: int, duration_s: float, motion: RigMotion | None = None
         # parked cars, in the parking strip, some gaps
         x = x_lo + rng.uniform(0, 8)
         while x < x_hi:
-            if rng.random() < 0.55:
+            if rng.random() < 0.7:
                 van = rng.random() < 0.2
                 yaw = 0.0 if side < 0 else math.pi
                 add(
