@@ -161,3 +161,23 @@ def test_metrics_directly() -> None:
     assert m.ratio_percent(1.0, 4.0) == 25.0 and math.isnan(m.ratio_percent(1.0, 0.0))
     grid = m.grid_landmarks((10, 12), valid)
     assert len(grid) > 0 and (grid[:, 1] >= 0.5).all()
+
+
+@pytest.mark.parametrize('name', ['dis', 'sitk-mi'])
+def test_classical_baselines_follow_the_flow_convention(name: str) -> None:
+    """On a mono-modal, textured pair shifted by a known amount the baselines must recover phi = (3, -2)."""
+    if name == 'sitk-mi':
+        pytest.importorskip('SimpleITK', reason='SimpleITK is optional (not a project dependency)')
+    from nmr.evaluation.baselines import create_baseline
+
+    rng = np.random.default_rng(5)
+    scene = cv2.GaussianBlur(rng.integers(0, 256, (112, 144), dtype=np.uint8), (0, 0), 2.0)
+    scene = cv2.normalize(scene, None, 0, 255, cv2.NORM_MINMAX)
+    shift = np.float32([[1, 0, 3], [0, 1, -2]])  # moving(x) = scene(x - (3, -2)) => phi = (3, -2)
+    moving = cv2.cvtColor(
+        cv2.warpAffine(scene, shift, (144, 112), borderMode=cv2.BORDER_REFLECT), cv2.COLOR_GRAY2RGB
+    )
+    out = create_baseline(name).register(moving, scene, 'mono8')
+    inner = (slice(16, -16), slice(16, -16))
+    assert np.median(out.flow[inner][..., 0]) == pytest.approx(3.0, abs=0.3)
+    assert np.median(out.flow[inner][..., 1]) == pytest.approx(-2.0, abs=0.3)
