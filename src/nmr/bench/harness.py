@@ -78,13 +78,15 @@ def _status_kb(field_name: str) -> float | None:
 
 
 class PeakMemory:
-    """Peak memory of a block: CUDA max_memory_allocated on GPU; on CPU the RSS high-water mark minus the
-    RSS at the start (the high-water mark is reset through /proc/self/clear_refs where Linux allows)."""
+    """Peak memory of a block. GPU: torch's max_memory_allocated, or the drop in free device memory if that
+    is larger (TensorRT and ONNX Runtime allocate outside torch). CPU: the RSS high-water mark minus the RSS
+    at the start (the high-water mark is reset through /proc/self/clear_refs where Linux allows)."""
 
     def __init__(self, device: str) -> None:
         self.cuda = device.startswith('cuda')
-        self.kind = 'cuda_max_allocated' if self.cuda else 'rss_delta'
+        self.kind = 'cuda_peak' if self.cuda else 'rss_delta'
         self.start_kb = 0.0
+        self.free_start = 0
 
     def __enter__(self) -> PeakMemory:
         gc.collect()
@@ -94,6 +96,7 @@ class PeakMemory:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self.start_kb = torch.cuda.memory_allocated() / 1024
+            self.free_start = torch.cuda.mem_get_info()[0]
         else:
             try:
                 with open('/proc/self/clear_refs', 'w') as f:
@@ -110,7 +113,9 @@ class PeakMemory:
         if self.cuda:
             import torch
 
-            return (torch.cuda.max_memory_allocated() / 1024 - self.start_kb) / 1024
+            torch_mb = (torch.cuda.max_memory_allocated() / 1024 - self.start_kb) / 1024
+            device_mb = (self.free_start - torch.cuda.mem_get_info()[0]) / 2**20
+            return max(torch_mb, device_mb)
         hwm = _status_kb('VmHWM')
         if hwm is None:
             return math.nan

@@ -149,4 +149,5 @@ class OnnxRuntimeRegistrar(Registrar):
         binding.bind_output(OUTPUT_NAME, 'cuda', index, np.float32, tuple(out.shape), out.data_ptr())
         torch.cuda.current_stream(self.device).synchronize()  # ORT runs on its own stream
         self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()  # `out` is complete before torch's stream reads it
         return out
