@@ -63,8 +63,10 @@ class ModelMetadata:
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
         if kw.get('pair') not in PAIRS:
-            raise ModelFileError(f'{source}: metadata pair {kw.get("pair")!r} is not one of {PAIRS}; '
-                                 're-create the model with `nmr train`')
+            raise ModelFileError(
+                f'{source}: metadata pair {kw.get("pair")!r} is not one of {PAIRS}; '
+                're-create the model with `nmr train`'
+            )
         net_hw = kw.get('net_hw', (256, 320))
         if not (isinstance(net_hw, list | tuple) and len(net_hw) == 2):
             raise ModelFileError(f'{source}: metadata net_hw {net_hw!r} is not (h, w); re-create the model')
@@ -91,8 +93,12 @@ def _plain(obj: Any) -> Any:
     raise TypeError(f'checkpoint value of type {type(obj).__name__} is not plain data')
 
 
-def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Mapping[str, torch.Tensor]],
-                    metadata: ModelMetadata, extra: Mapping[str, Any] | None = None) -> None:
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    state: Mapping[str, Mapping[str, torch.Tensor]],
+    metadata: ModelMetadata,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
     """Write atomically: a temporary file in the same directory, fsync, then os.replace.
 
     A crash mid-write leaves the previous file intact. `state` maps module names to state_dicts (moved to
@@ -138,8 +144,9 @@ class LoadedCheckpoint:
     extra: dict[str, Any]
 
 
-def read_checkpoint(path: str | os.PathLike[str],
-                    map_location: str | torch.device = 'cpu') -> LoadedCheckpoint:
+def read_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device = 'cpu'
+) -> LoadedCheckpoint:
     """Load with weights_only=True; every failure is a one-line ModelFileError naming the file."""
     path = Path(path)
     if not path.exists():
@@ -150,21 +157,27 @@ def read_checkpoint(path: str | os.PathLike[str],
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         if 'unsupported global' in str(err).lower():
-            raise ModelFileError(f'{path} contains objects other than tensors and plain data; refusing to '
-                                 'load it (untrusted pickle). Give a checkpoint written by `nmr train`'
-                                 ) from None
-        raise ModelFileError(f'{path} is corrupt or not a PyTorch file; give a checkpoint written by '
-                             '`nmr train`') from None
+            raise ModelFileError(
+                f'{path} contains objects other than tensors and plain data; refusing to '
+                'load it (untrusted pickle). Give a checkpoint written by `nmr train`'
+            ) from None
+        raise ModelFileError(
+            f'{path} is corrupt or not a PyTorch file; give a checkpoint written by `nmr train`'
+        ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, AttributeError):
-        raise ModelFileError(f'{path} is corrupt or not a PyTorch file; give a checkpoint written by '
-                             '`nmr train`') from None
+        raise ModelFileError(
+            f'{path} is corrupt or not a PyTorch file; give a checkpoint written by `nmr train`'
+        ) from None
     if not isinstance(payload, dict) or payload.get('format') != FORMAT:
-        raise ModelFileError(f'{path} is a PyTorch file but not an nmr checkpoint; give a checkpoint '
-                             'written by `nmr train`')
+        raise ModelFileError(
+            f'{path} is a PyTorch file but not an nmr checkpoint; give a checkpoint written by `nmr train`'
+        )
     version = payload.get('format_version')
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ModelFileError(f'{path} has checkpoint format version {version!r}, newer than this nmr '
-                             f'({FORMAT_VERSION}); upgrade nmr')
+        raise ModelFileError(
+            f'{path} has checkpoint format version {version!r}, newer than this nmr '
+            f'({FORMAT_VERSION}); upgrade nmr'
+        )
     state = payload.get('state')
     if not isinstance(state, dict):
         raise ModelFileError(f'{path} has no weights; give a checkpoint written by `nmr train`')
@@ -172,30 +185,36 @@ def read_checkpoint(path: str | os.PathLike[str],
     return LoadedCheckpoint(state=state, metadata=metadata, extra=dict(payload.get('extra') or {}))
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = 'cpu'
-                    ) -> tuple[dict[str, dict[str, torch.Tensor]], ModelMetadata]:
+def load_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device = 'cpu'
+) -> tuple[dict[str, dict[str, torch.Tensor]], ModelMetadata]:
     """(state_dicts by module name, metadata); see `read_checkpoint` for the training extras."""
     ckpt = read_checkpoint(path, map_location)
     return ckpt.state, ckpt.metadata
 
 
-def load_registration_net(path: str | os.PathLike[str], expected_pair: str | None = None,
-                          map_location: str | torch.device = 'cpu') -> tuple[RegistrationNet, ModelMetadata]:
+def load_registration_net(
+    path: str | os.PathLike[str], expected_pair: str | None = None, map_location: str | torch.device = 'cpu'
+) -> tuple[RegistrationNet, ModelMetadata]:
     """R_Phi from a checkpoint, in eval mode; ModelFileError if missing, corrupt or for another pair."""
     state, metadata = load_checkpoint(path, map_location)
     if expected_pair is not None and metadata.pair != expected_pair:
-        raise ModelFileError(f'model {path} is for pair {metadata.pair}, not {expected_pair}; give the '
-                             f'{expected_pair} model')
+        raise ModelFileError(
+            f'model {path} is for pair {metadata.pair}, not {expected_pair}; give the {expected_pair} model'
+        )
     if 'registration' not in state:
-        raise ModelFileError(f'{path} has no registration network weights; give a checkpoint written by '
-                             '`nmr train`')
+        raise ModelFileError(
+            f'{path} has no registration network weights; give a checkpoint written by `nmr train`'
+        )
     try:
         net = RegistrationNet(RegistrationConfig.from_dict(metadata.registration))
         net.load_state_dict(state['registration'])
     except (ValueError, TypeError, RuntimeError) as err:
         first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-        raise ModelFileError(f'{path}: registration weights do not match its architecture ({first}); '
-                             're-create the model with `nmr train`') from None
+        raise ModelFileError(
+            f'{path}: registration weights do not match its architecture ({first}); '
+            're-create the model with `nmr train`'
+        ) from None
     net.to(map_location)
     net.eval()
     return net, metadata

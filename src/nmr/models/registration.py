@@ -61,8 +61,10 @@ class RegistrationConfig:
         self.encoder_channels = [int(c) for c in self.encoder_channels]
         self.stem_channels = [int(c) for c in self.stem_channels]
         if self.flow_stride != 2 ** len(self.stem_channels):
-            raise ValueError(f'flow_stride {self.flow_stride} must be 2 ** len(stem_channels) '
-                             f'({2 ** len(self.stem_channels)})')
+            raise ValueError(
+                f'flow_stride {self.flow_stride} must be 2 ** len(stem_channels) '
+                f'({2 ** len(self.stem_channels)})'
+            )
         if len(self.encoder_channels) < 2:
             raise ValueError('encoder_channels needs at least 2 levels')
 
@@ -78,7 +80,10 @@ class RegistrationConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> RegistrationConfig:
         """Rebuild from a checkpoint / YAML dict; unknown keys are ignored (forward compatibility)."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if k in names})
+        kwargs: dict[str, Any] = {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if k in names
+        }
+        return cls(**kwargs)
 
 
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -149,7 +154,8 @@ class RegistrationNet(nn.Module):
         self.stem = nn.Sequential(*stem)
         enc = cfg.encoder_channels
         self.encoder = nn.ModuleList(
-            EncoderBlock(cin if i == 0 else enc[i - 1], c, pool=i > 0) for i, c in enumerate(enc))
+            EncoderBlock(cin if i == 0 else enc[i - 1], c, pool=i > 0) for i, c in enumerate(enc)
+        )
         dec: list[nn.Module] = []
         cur = enc[-1]
         for i in range(len(enc) - 2, -1, -1):
@@ -167,6 +173,7 @@ class RegistrationNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, a=0.2, nonlinearity='leaky_relu')
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        assert self.flow_head.bias is not None
         nn.init.normal_(self.flow_head.weight, std=OUTPUT_INIT_STD)
         nn.init.zeros_(self.flow_head.bias)
 
@@ -210,8 +217,11 @@ def count_macs(model: nn.Module, h: int, w: int, inputs: Sequence[torch.Tensor] 
         elif isinstance(mod, nn.Linear):
             total += out.numel() * mod.in_features
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear)]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear)
+    ]
     try:
         if inputs is None:
             cfg = getattr(model, 'config', None)

@@ -49,16 +49,18 @@ def warp(image: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, torch.T
     Differentiable with respect to both `image` and `flow`.
     """
     if image.ndim != 4 or flow.ndim != 4 or flow.shape[1] != 2:
-        raise ValueError(f'warp expects image BxCxHxW and flow Bx2xHxW, got {tuple(image.shape)} and '
-                         f'{tuple(flow.shape)}')
+        raise ValueError(
+            f'warp expects image BxCxHxW and flow Bx2xHxW, got {tuple(image.shape)} and {tuple(flow.shape)}'
+        )
     if image.shape[0] != flow.shape[0]:
         raise ValueError(f'warp: batch sizes differ ({image.shape[0]} images, {flow.shape[0]} flows)')
     hm, wm = image.shape[-2:]
     x, y = sample_positions(flow)
     grid = torch.stack(((2.0 * x + 1.0) / wm - 1.0, (2.0 * y + 1.0) / hm - 1.0), dim=-1)
     out_dtype = image.dtype if image.is_floating_point() else torch.float32
-    registered = F.grid_sample(image.to(grid.dtype), grid, mode='bilinear', padding_mode='zeros',
-                               align_corners=False).to(out_dtype)
+    registered = F.grid_sample(
+        image.to(grid.dtype), grid, mode='bilinear', padding_mode='zeros', align_corners=False
+    ).to(out_dtype)
     tol = VALID_TOLERANCE
     valid = (x >= -tol) & (x <= wm - 1 + tol) & (y >= -tol) & (y <= hm - 1 + tol)
     return registered, valid[:, None]

@@ -1,0 +1,153 @@
+"""`nmr train`: learn R (with T and D) from rosbag2 bags, a manifest CSV or two folders of image pairs.
+
+nmr train --config config/train.yaml --bag run1 run2 --pair rgb_lwir --out runs/lwir
+nmr train --manifest pairs.csv --pair rgb_lwir --out runs/lwir --set augment.enabled=true
+nmr train --pairs rgb_dir/ lwir_dir/ --pair rgb_lwir --out runs/lwir --resume
+torchrun --nproc_per_node 4 -m nmr.cli.main train ...        # DDP, one process per GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from nmr.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / 'config' / 'train.yaml'
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        '--config',
+        type=Path,
+        default=None,
+        help=f'training YAML (default: {DEFAULT_CONFIG.name} shipped with nmr, if present)',
+    )
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument('--bag', nargs='+', type=Path, metavar='BAG', help='rosbag2 bag folder(s) or file(s)')
+    src.add_argument(
+        '--manifest',
+        type=Path,
+        metavar='CSV',
+        help='CSV with columns name,moving,fixed[,flow,valid,landmarks] (paths relative to it)',
+    )
+    src.add_argument(
+        '--pairs',
+        nargs=2,
+        type=Path,
+        metavar=('MOVING_DIR', 'FIXED_DIR'),
+        help='two folders of images matched by file stem',
+    )
+    parser.add_argument(
+        '--val-manifest',
+        type=Path,
+        default=None,
+        metavar='CSV',
+        help='explicit validation pairs (default: a split of the training source)',
+    )
+    parser.add_argument(
+        '--pair',
+        choices=['rgb_lwir', 'rgb_depth'],
+        default=None,
+        help='which model to train (overrides data.pair)',
+    )
+    parser.add_argument('--out', type=Path, required=True, help='output folder (checkpoints, logs)')
+    parser.add_argument(
+        '--moving-suffix', default='', help='--pairs: suffix cut from moving stems (e.g. _RGB)'
+    )
+    parser.add_argument(
+        '--fixed-suffix', default='', help='--pairs: suffix cut from fixed stems (e.g. _HR_gt)'
+    )
+    parser.add_argument('--resume', action='store_true', help='continue from OUT/last.pt')
+    parser.add_argument(
+        '--set',
+        dest='overrides',
+        action='append',
+        default=[],
+        metavar='KEY=VALUE',
+        help='override a config value, e.g. --set optim.lr=2e-4 (repeatable)',
+    )
+    parser.add_argument('--print-config', action='store_true', help='print the resolved config and exit')
+
+
+def build_data(args: argparse.Namespace, cfg: Any) -> Any:
+    """The train / val FramePair datasets for the chosen source (nmr.data), split as the config says."""
+    from nmr.training.trainer import FIXED_KIND, TrainData
+
+    d = cfg.data
+    kind = FIXED_KIND[d.pair]
+    split_val = d.val_fraction > 0 and not args.val_manifest
+    train: Any
+    val: Any = None
+    if args.bag:
+        from nmr.data.bag_reader import BagPairDataset
+
+        kw: dict[str, Any] = {
+            'pair': d.pair,
+            'topics': d.topics,
+            'val_fraction': d.val_fraction,
+            'block_s': d.block_s,
+            'slop_s': d.slop_s,
+        }
+        train = BagPairDataset(args.bag, split='train' if split_val else 'all', **kw)
+        val = BagPairDataset(args.bag, split='val', **kw) if split_val else None
+        summary: dict[str, Any] = {'source': 'bags', **train.summary()}
+    elif args.manifest:
+        from nmr.data.pairs import ManifestDataset
+
+        train = ManifestDataset(args.manifest, kind, 'train' if split_val else 'all', d.val_fraction)
+        val = ManifestDataset(args.manifest, kind, 'val', d.val_fraction) if split_val else None
+        summary = {'source': 'manifest', 'manifest': str(args.manifest)}
+    else:
+        from nmr.data.pairs import FolderPairDataset
+
+        fkw: dict[str, Any] = {
+            'moving_suffix': args.moving_suffix,
+            'fixed_suffix': args.fixed_suffix,
+            'val_fraction': d.val_fraction,
+        }
+        train = FolderPairDataset(
+            args.pairs[0], args.pairs[1], kind, split='train' if split_val else 'all', **fkw
+        )
+        val = FolderPairDataset(args.pairs[0], args.pairs[1], kind, split='val', **fkw) if split_val else None
+        summary = {'source': 'folders', 'moving_dir': str(args.pairs[0]), 'fixed_dir': str(args.pairs[1])}
+    if args.val_manifest:
+        from nmr.data.pairs import ManifestDataset
+
+        val = ManifestDataset(args.val_manifest, kind)
+        summary['val_manifest'] = str(args.val_manifest)
+    if d.max_pairs > 0 and len(train) > d.max_pairs:
+        from torch.utils.data import Subset
+
+        train = Subset(train, range(d.max_pairs))
+    summary['split'] = f'val_fraction {d.val_fraction}' if split_val else 'explicit or none'
+    return TrainData(train=train, val=val, summary=summary)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nmr.training.config import dump_config, load_config
+
+    overrides = list(args.overrides)
+    if args.pair:
+        overrides.append(f'data.pair={args.pair}')
+    config_path = (
+        args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    )
+    cfg = load_config(config_path, overrides)
+    if args.print_config:
+        print(dump_config(cfg), end='')
+        return 0
+    for p in (args.bag or []) + ([args.manifest] if args.manifest else []) + list(args.pairs or []):
+        if not Path(p).exists():
+            raise ConfigError(f'training data {p} does not exist; check the path')
+    from nmr.training.trainer import Trainer
+
+    data = build_data(args, cfg)
+    result = Trainer(cfg, data, args.out, resume=args.resume).fit()
+    best = result.get('best')
+    print(
+        f'done: {result["steps"]} steps; best validation score {best if best is not None else "n/a"}; '
+        f'model {args.out / "best.pt"}'
+    )
+    return 0

@@ -1,0 +1,110 @@
+"""From FramePairs (nmr.data datasets) to network tensors: preprocess, optional misalignment, resize.
+
+Each item: the moving and fixed images in network units ([-1, 1]) resized to the network size, plus the
+native-size ground truth (when the data has it, or when synthetic misalignment made it) for validation
+EPE. Misalignment is seeded by (seed, epoch, index), so every epoch sees new fields, validation always
+the same ones, and a resumed run the same as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from nmr.training.augment import misalign, sample_misalignment
+from nmr.training.config import AugmentConfig
+
+
+def resize_to(x: torch.Tensor, hw: Sequence[int]) -> torch.Tensor:
+    """BxCxHxW -> BxCxhxw, bilinear with pixel centres aligned (align_corners=False), antialiased when
+    shrinking: the same resize as the inference layer's, so the network sees the same inputs in training
+    and at run time."""
+    hw = (int(hw[0]), int(hw[1]))
+    if tuple(x.shape[-2:]) == hw:
+        return x
+    shrink = x.shape[-2] > hw[0] or x.shape[-1] > hw[1]
+    return F.interpolate(x, size=hw, mode='bilinear', align_corners=False, antialias=shrink)
+
+
+class TrainingPairs(Dataset):
+    """FramePair dataset -> dicts of tensors for the trainer (see `collate`)."""
+
+    def __init__(
+        self,
+        pairs: Any,
+        fixed_kind: str,
+        net_hw: Sequence[int],
+        normalisation: dict | None = None,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+        deterministic: bool = False,
+    ) -> None:
+        self.pairs = pairs
+        self.fixed_kind = fixed_kind
+        self.net_hw = (int(net_hw[0]), int(net_hw[1]))
+        self.normalisation = dict(normalisation or {})
+        self.augment = augment if (augment is not None and augment.enabled) else None
+        self.seed = seed
+        self.deterministic = deterministic
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        from nmr.data import preprocess
+
+        fp = self.pairs[i]
+        moving = preprocess.rgb_input(fp.moving)
+        fixed = preprocess.fixed_input(
+            self.fixed_kind, fp.fixed, fp.fixed_encoding, self.normalisation or None
+        )
+        gt = torch.from_numpy(fp.gt_flow).permute(2, 0, 1).float() if fp.gt_flow is not None else None
+        valid = torch.from_numpy(fp.valid).bool() if fp.valid is not None else None
+        if self.augment is not None:
+            if moving.shape[-2:] != fixed.shape[-2:]:
+                raise ValueError(
+                    f'pair {fp.name}: synthetic misalignment needs pre-aligned images of the same '
+                    f'size, got moving {tuple(moving.shape[-2:])} and fixed {tuple(fixed.shape[-2:])}'
+                )
+            g = torch.Generator().manual_seed(self._item_seed(i))
+            mis = sample_misalignment(moving.shape[-2], moving.shape[-1], self.augment, g)
+            moving, gt = misalign(moving, mis)
+            valid = None
+        item: dict[str, Any] = {
+            'name': fp.name,
+            'moving': resize_to(moving[None], self.net_hw)[0],
+            'fixed': resize_to(fixed[None], self.net_hw)[0],
+            'moving_hw': tuple(moving.shape[-2:]),
+            'fixed_hw': tuple(fixed.shape[-2:]),
+            'gt_flow': gt,
+            'valid': valid,
+        }
+        return item
+
+    def _item_seed(self, i: int) -> int:
+        epoch = 0 if self.deterministic else self.epoch
+        base = self.augment.val_seed if (self.deterministic and self.augment is not None) else self.seed
+        key = f'{base}:{epoch}:{i}'.encode()
+        return int.from_bytes(hashlib.sha1(key).digest()[:8], 'big') & ((1 << 62) - 1)
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the network tensors; keep native-size fields (sizes differ between pairs) as lists."""
+    return {
+        'name': [it['name'] for it in items],
+        'moving': torch.stack([it['moving'] for it in items]),
+        'fixed': torch.stack([it['fixed'] for it in items]),
+        'moving_hw': [it['moving_hw'] for it in items],
+        'fixed_hw': [it['fixed_hw'] for it in items],
+        'gt_flow': [it['gt_flow'] for it in items],
+        'valid': [it['valid'] for it in items],
+    }

@@ -1,0 +1,313 @@
+"""Training: config, augmentation, the D/R+T step (loss goes down, Table-2 routing), LR decay, DDP parity,
+the trainer end to end with checkpoints and an exact resume. Everything tiny (CPU, 2 cores)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from nmr.data.types import FramePair
+from nmr.errors import ConfigError
+from nmr.models.checkpoint import load_registration_net, read_checkpoint
+from nmr.models.resampler import warp
+from nmr.training.augment import field_on_grid, misalign, sample_misalignment
+from nmr.training.config import AugmentConfig, TrainConfig, load_config
+from nmr.training.step import NemarSystem
+from nmr.training.trainer import TrainData, Trainer
+
+torch.set_num_threads(1)
+
+TINY = [
+    'model.registration={arch: fast, encoder_channels: [8, 16, 16], stem_channels: [8]}',
+    'model.translation_ngf=8',
+    'model.translation_blocks=1',
+    'model.discriminator_ndf=8',
+    'model.discriminator_layers=2',
+    'optim.lr=1e-3',
+]
+
+
+def tiny_config(*extra: str) -> TrainConfig:
+    return load_config(None, [*TINY, *extra])
+
+
+def shapes(b: int, h: int = 32, w: int = 48, dx: int = 3, dy: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed: bright rectangles (1 channel); moving: the same rectangles in another 'modality' (colour),
+    displaced by (dx, dy), so registered(v) = moving(v + (dx, dy))."""
+    fixed = -torch.ones(b, 1, h, w)
+    moving = -torch.ones(b, 3, h, w)
+    for i in range(b):
+        y0, x0 = 6 + 2 * i, 8 + 3 * i
+        fixed[i, 0, y0 : y0 + 12, x0 : x0 + 14] = 1.0
+        moving[i, :, y0 + dy : y0 + dy + 12, x0 + dx : x0 + dx + 14] = torch.tensor([0.5, -0.2, 0.8]).view(
+            3, 1, 1
+        )
+    return moving, fixed
+
+
+# -- config ---------------------------------------------------------------------------------------------
+def test_shipped_yaml_equals_defaults_and_overrides_apply() -> None:
+    yaml_path = Path(__file__).resolve().parents[1] / 'config' / 'train.yaml'
+    assert load_config(yaml_path) == TrainConfig().validate()
+    cfg = load_config(yaml_path, ['optim.lr=2e-4', 'data.net_hw=[128,160]', 'augment.enabled=true'])
+    assert cfg.optim.lr == 2e-4 and cfg.data.net_hw == [128, 160] and cfg.augment.enabled is True
+
+
+@pytest.mark.parametrize(
+    'override', ['optim.lrr=1', 'loss.flows=sideways', 'optim.epochs=abc', 'noequals', 'loss.gan_modules=T']
+)
+def test_bad_config_is_a_one_line_config_error(override: str) -> None:
+    extra = ['loss.l1_modules=T'] if override == 'loss.gan_modules=T' else []  # T-only: R gets nothing
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, [override, *extra])
+    assert '\n' not in str(exc.value)
+
+
+# -- augmentation ---------------------------------------------------------------------------------------
+def test_misalignment_ground_truth_registers_back_exactly() -> None:
+    g = torch.Generator().manual_seed(3)
+    ys, xs = torch.meshgrid(torch.arange(40.0), torch.arange(56.0), indexing='ij')
+    smooth = 0.5 * torch.sin(xs / 6.0) * torch.cos(ys / 7.0)  # smooth: bilinear re-sampling is accurate
+    aligned = torch.stack((smooth, -smooth, 0.3 * smooth))
+    mis = sample_misalignment(40, 56, AugmentConfig(enabled=True), g)
+    moving, gt = misalign(aligned, mis)
+    assert gt.shape == (2, 40, 56) and float(gt.norm(dim=0).mean()) > 0.2
+    registered, valid = warp(moving[None], gt[None])
+    # where the registered sample comes from moving pixels that themselves came from inside `aligned`
+    inner = valid[0, 0].clone()
+    inner[:3], inner[-3:], inner[:, :3], inner[:, -3:] = False, False, False, False
+    back = warp(((moving > -1).all(0, keepdim=True).float())[None], gt[None])[0][0, 0] > 0.999
+    mask = inner & back
+    assert mask.float().mean() > 0.3
+    err = (registered[0] - aligned).abs().amax(0)[mask]
+    assert float(err.mean()) < 0.02  # bilinear re-sampling twice, no geometric error
+
+
+def test_misalignment_magnitude_is_about_15px_at_640() -> None:
+    g = torch.Generator().manual_seed(0)
+    cfg = AugmentConfig(enabled=True)
+    mags = [float(field_on_grid(sample_misalignment(64, 80, cfg, g)).norm(dim=0).mean()) for _ in range(60)]
+    # 80 px wide = 1/8 of 640: expect ~15 / 8 px
+    assert 1.2 < float(np.mean(mags)) < 2.6
+
+
+# -- the step -------------------------------------------------------------------------------------------
+def test_a_few_steps_reduce_the_loss() -> None:
+    torch.manual_seed(0)
+    system = NemarSystem(tiny_config())
+    moving, fixed = shapes(4)
+    first = system.train_step(moving, fixed)
+    for _ in range(25):
+        last = system.train_step(moving, fixed)
+    assert float(last['recon']) < 0.5 * float(first['recon'])
+    assert float(last['loss_G']) < 0.5 * float(first['loss_G'])
+
+
+def test_registration_alone_learns_a_known_shift() -> None:
+    # Table-1 baseline machinery (R with NCC, mono-modal here): R must recover the (3, 2) px shift.
+    torch.manual_seed(0)
+    system = NemarSystem(tiny_config('loss.baseline=ncc', 'loss.lambda_smooth=1'))
+    moving, fixed = shapes(4, dx=3, dy=2)
+    moving = moving.mean(1, keepdim=True).expand(-1, 3, -1, -1) * 0 + (moving > -1).float() * 2 - 1
+    for _ in range(60):
+        system.train_step(moving, fixed)
+    with torch.no_grad():
+        flow = system.forward(moving, fixed)['flow']
+    on_object = fixed[:, 0] > 0
+    assert float(flow[:, 0][on_object].mean()) == pytest.approx(3.0, abs=0.6)
+    assert float(flow[:, 1][on_object].mean()) == pytest.approx(2.0, abs=0.6)
+
+
+def _grads(net: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in net.parameters()]
+
+
+def test_table2_routing_sends_each_term_only_to_its_modules() -> None:
+    moving, fixed = shapes(2)
+
+    def run(*extra: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        torch.manual_seed(0)
+        s = NemarSystem(tiny_config(*extra))
+        s.train_step(moving, fixed)
+        assert s.T is not None
+        return _grads(s.R), _grads(s.T)
+
+    # R gets only L1 (+ smoothness), T only the cGAN: changing lambda_gan must not change R's gradient
+    r1, t1 = run('loss.l1_modules=R', 'loss.gan_modules=T', 'loss.lambda_gan=1.0')
+    r2, t2 = run('loss.l1_modules=R', 'loss.gan_modules=T', 'loss.lambda_gan=3.0')
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(r1, r2))
+    assert not all(torch.allclose(a, b) for a, b in zip(t1, t2))
+    # default (both): R does feel the cGAN weight
+    r3, _ = run('loss.lambda_gan=1.0')
+    r4, _ = run('loss.lambda_gan=3.0')
+    assert not all(torch.allclose(a, b) for a, b in zip(r3, r4))
+
+
+@pytest.mark.parametrize('flows', ['register_first', 'translate_first'])
+def test_single_flow_ablations_train(flows: str) -> None:
+    torch.manual_seed(0)
+    s = NemarSystem(tiny_config(f'loss.flows={flows}'))
+    out = s.forward(*shapes(2))
+    assert ('fake_tr' in out) == (flows == 'register_first') and ('fake_rt' in out) == (
+        flows == 'translate_first'
+    )
+    logs = s.train_step(*shapes(2))
+    assert all(torch.isfinite(v) for v in logs.values())
+
+
+def test_linear_lr_decay_over_second_half() -> None:
+    s = NemarSystem(tiny_config('optim.epochs=4'))
+    lrs = []
+    for _ in range(4):
+        lrs.append(s.optimizers['registration'].param_groups[0]['lr'])
+        for opt in s.optimizers.values():
+            opt.step()  # (no gradients: a no-op) keeps the scheduler's call-order check quiet
+        s.step_schedulers()
+    assert lrs == pytest.approx([1e-3, 1e-3, 1e-3 * 2 / 3, 1e-3 / 3])
+
+
+# -- DDP parity -----------------------------------------------------------------------------------------
+def _ddp_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        s = NemarSystem(tiny_config(), distributed=True)
+        moving, fixed = shapes(4)
+        half = slice(2 * rank, 2 * rank + 2)
+        s.train_step(moving[half], fixed[half])
+        if rank == 0:
+            torch.save(
+                {
+                    'params': {k: v for k, v in s.state().items()},
+                    'grads': {n: _grads(net) for n, net in s.networks().items()},
+                },
+                out_file,
+            )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_processes_match_one_process_on_the_same_data(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    single = NemarSystem(tiny_config())
+    moving, fixed = shapes(4)
+    # One iteration (D step, then R+T step through the updated D): a second one would compare Adam's
+    # amplified rounding noise rather than the reduction.
+    single.train_step(moving, fixed)
+    fd, init_file = tempfile.mkstemp(dir=tmp_path)
+    os.close(fd)
+    os.unlink(init_file)
+    out_file = str(tmp_path / 'ddp.pt')
+    mp.spawn(_ddp_worker, args=(2, init_file, out_file), nprocs=2, join=True)
+    ddp = torch.load(out_file, weights_only=True)
+    for name, net in single.networks().items():
+        grads = _grads(net)
+        for a, b in zip(grads, ddp['grads'][name]):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-3)
+        # Parameters: Adam divides by sqrt(v), so gradients that are zero up to rounding (conv biases in
+        # front of instance norm) move by +-lr in BOTH runs, in unrelated directions; compare the rest.
+        for (k, v), g in zip(net.named_parameters(), grads):
+            real = g.abs() > 1e-5
+            assert real.any() or v.numel() < 64, k
+            torch.testing.assert_close(ddp['params'][name][k][real], v.detach()[real], atol=2e-5, rtol=0)
+
+
+# -- trainer end to end ---------------------------------------------------------------------------------
+def _frame_pairs(n: int, h: int = 40, w: int = 56) -> list[FramePair]:
+    rng = np.random.default_rng(0)
+    pairs = []
+    for i in range(n):
+        lwir = np.zeros((h, w), np.uint8)
+        y0, x0 = rng.integers(4, h - 20), rng.integers(4, w - 24)
+        lwir[y0 : y0 + 14, x0 : x0 + 18] = 200
+        lwir[:, : w // 6] = 90
+        rgb = np.zeros((h, w, 3), np.uint8)
+        rgb[lwir == 200] = (30, 160, 220)
+        rgb[lwir == 90] = (200, 40, 40)
+        pairs.append(
+            FramePair(name=f'p{i}', moving=rgb, fixed=lwir, fixed_kind='lwir', fixed_encoding='mono8')
+        )
+    return pairs
+
+
+def _trainer(out: Path, epochs: int, resume: bool = False) -> Trainer:
+    cfg = tiny_config(
+        f'optim.epochs={epochs}',
+        'optim.batch_size=2',
+        'data.net_hw=[32,48]',
+        'data.workers=0',
+        'augment.enabled=true',
+        'run.log_every=1',
+        'run.keep_every=1',
+    )
+    data = TrainData(train=_frame_pairs(4), val=_frame_pairs(2), summary={'source': 'test'})
+    return Trainer(cfg, data, out, resume=resume, log=lambda s: None)
+
+
+def test_trainer_writes_checkpoints_validates_and_resumes_exactly(tmp_path: Path) -> None:
+    straight = _trainer(tmp_path / 'a', epochs=2).fit()
+    assert straight['steps'] == 4 and 'epe' in straight['last'] and 'epe_pct_identity' in straight['last']
+    for f in ('last.pt', 'best.pt', 'epoch_001.pt', 'epoch_002.pt', 'config.yaml', 'metrics.jsonl'):
+        assert (tmp_path / 'a' / f).is_file(), f
+    assert any((tmp_path / 'a' / 'tb').iterdir())
+    net, meta = load_registration_net(tmp_path / 'a' / 'best.pt', expected_pair='rgb_lwir')
+    assert meta.net_hw == (32, 48) and meta.normalisation['low_percentile'] == 1.0
+    assert net(torch.zeros(1, 3, 32, 48), torch.zeros(1, 1, 32, 48)).shape == (1, 2, 32, 48)
+    last = read_checkpoint(tmp_path / 'a' / 'last.pt')
+    assert last.extra['epoch'] == 2 and last.extra['schedulers']['registration']['last_epoch'] == 2
+
+    _trainer(tmp_path / 'b', epochs=2).fit(stop_after_epoch=1)  # 'interrupted' after epoch 1
+    resumed = _trainer(tmp_path / 'b', epochs=2, resume=True).fit()
+    assert resumed['steps'] == 4
+    a = read_checkpoint(tmp_path / 'a' / 'last.pt').state
+    b = read_checkpoint(tmp_path / 'b' / 'last.pt').state
+    for name in a:
+        for k in a[name]:
+            assert torch.equal(a[name][k], b[name][k]), (name, k)
+
+
+def test_nmr_train_cli_on_image_folders(tmp_path: Path) -> None:
+    cv2 = pytest.importorskip('cv2')
+    from nmr.cli.main import main
+
+    (tmp_path / 'rgb').mkdir()
+    (tmp_path / 'lwir').mkdir()
+    for fp in _frame_pairs(5):
+        cv2.imwrite(str(tmp_path / 'rgb' / f'{fp.name}.png'), fp.moving[:, :, ::-1])
+        cv2.imwrite(str(tmp_path / 'lwir' / f'{fp.name}.png'), fp.fixed)
+    out = tmp_path / 'run'
+    sets = [
+        *TINY,
+        'optim.epochs=1',
+        'optim.batch_size=1',
+        'data.net_hw=[32,48]',
+        'data.workers=0',
+        'data.val_fraction=0.4',
+        'augment.enabled=true',
+        'run.keep_every=0',
+    ]
+    argv = [
+        'train',
+        '--pairs',
+        str(tmp_path / 'rgb'),
+        str(tmp_path / 'lwir'),
+        '--pair',
+        'rgb_lwir',
+        '--out',
+        str(out),
+    ]
+    for s in sets:
+        argv += ['--set', s]
+    assert main(argv) == 0
+    assert (out / 'best.pt').is_file() and (out / 'last.pt').is_file()
+    _, meta = load_registration_net(out / 'best.pt', expected_pair='rgb_lwir')
+    assert meta.train_data['source'] == 'folders'
+    assert main(['train', '--pairs', str(tmp_path / 'nope'), str(tmp_path / 'lwir'), '--out', str(out)]) == 2
