@@ -32,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar='DIR',
         help='also write DIR/rgb_lwir/manifest.csv and DIR/rgb_depth/manifest.csv for nmr evaluate',
     )
+    parser.add_argument(
+        '--workers',
+        type=int,
+        default=0,
+        help='processes rendering in parallel (default 0: one per core, at most 4)',
+    )
     parser.add_argument('--overwrite', action='store_true', help='replace an existing bag at --out')
 
 
@@ -55,11 +61,12 @@ def run(args: argparse.Namespace) -> int:
         depth_rate=args.depth_rate,
         export_pairs=args.export_pairs,
         overwrite=args.overwrite,
+        workers=args.workers,
     )
     result = generate(cfg, log=print)
     print(
         f'nmr synth: wrote {result.path} ({cfg.storage}, seed {cfg.seed}, {duration:.2f} s, '
-        f'{result.scene_objects} scene objects) in {result.elapsed_s:.1f} s'
+        f'{result.scene_objects} scene objects) in {result.elapsed_s:.1f} s with {result.workers} worker(s)'
     )
     for name, cam in result.rig.cameras().items():
         topic = IMAGE_TOPICS[name]

@@ -1,19 +1,22 @@
 """Render a synthetic rig recording into a rosbag2 bag (and optionally an image-pair manifest).
 
-Frames are processed in stamp order, as a recorder would see them. Each fixed frame (LWIR, depth) is
-paired with the RGB frame nearest in stamp (``groundtruth.nearest_index``); that RGB view is rendered on
-demand and cached until the RGB stream has moved past it, so nothing is rendered twice. Every random
-draw comes from a generator seeded by ``(seed, stream, frame)``, so the same seed gives the same bag
-content whatever the processing order.
+Frames are written in stamp order, as a recorder would see them. Each fixed frame (LWIR, depth) is
+paired with the RGB frame nearest in stamp (``groundtruth.nearest_index``), whose geometry is rendered
+on demand and cached. Runs of consecutive frames can be rendered in worker processes (``workers``):
+every random draw comes from a generator seeded by ``(seed, stream, frame)`` and the scene is a pure
+function of the seed, so the same seed gives the same bag content whatever the number of workers.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 
 import cv2
@@ -64,10 +67,13 @@ class SynthConfig:
     depth_rate: float = 30.0
     export_pairs: Path | None = None
     overwrite: bool = False
+    workers: int = 1  # processes rendering in parallel; 0 = one per CPU core (at most 4)
 
     def validate(self) -> None:
         if not self.duration_s > 0:
             raise ConfigError(f'duration {self.duration_s} s: give a positive --duration or --frames')
+        if self.workers < 0:
+            raise ConfigError(f'--workers {self.workers}: use 0 (one per core) or a positive number')
         if not 0.05 <= self.size_scale <= 4.0:
             raise ConfigError(f'--size-scale {self.size_scale}: use a value between 0.05 and 4')
         for name in ('rgb_rate', 'lwir_rate', 'depth_rate'):
@@ -123,6 +129,112 @@ class SynthResult:
     elapsed_s: float
     rig: Rig
     scene_objects: int
+    workers: int = 1
+
+
+def _write_frame(bw: BagWriter, cam: Camera, topic: str, stamp: int, img: np.ndarray, encoding: str) -> None:
+    bw.write_image(topic, stamp, cam.frame_id, img, encoding)
+    bw.write_camera_info(info_topic(topic), stamp, cam.frame_id, cam.K, (cam.width, cam.height))
+
+
+Event = tuple[int, int, str, int]  # (stamp, stream code, stream name, frame index)
+
+
+@dataclass
+class _Record:
+    """One rendered frame (and, for a fixed frame, its ground truth), as a worker returns it."""
+
+    stamp: int
+    name: str
+    index: int
+    image: np.ndarray
+    render_s: float
+    rgb_index: int = -1
+    flow: np.ndarray | None = None
+    valid: np.ndarray | None = None
+    points: np.ndarray | None = None
+    gt_s: float = 0.0
+    extra_rgb_s: float = 0.0  # RGB geometry rendered for this frame's GT (not cached yet)
+
+
+@dataclass
+class _Plan:
+    """Everything a worker needs, cheap to send: the scene is regenerated from the seed."""
+
+    cfg: SynthConfig
+    stamps: dict[str, np.ndarray]
+
+
+def plan(cfg: SynthConfig) -> tuple[_Plan, list[Event]]:
+    """Stamps of every stream and all frames in stamp order."""
+    timings = stream_timings(cfg, np.random.default_rng([cfg.seed, 11]))
+    stamps = {
+        name: frame_stamps(timings[name], cfg.duration_s, np.random.default_rng([cfg.seed, 12, code]))
+        for name, code in _STREAM_CODE.items()
+    }
+    if len(stamps['rgb']) == 0:
+        raise ConfigError(
+            f'duration {cfg.duration_s} s holds no RGB frame at {cfg.rgb_rate} Hz: make it longer'
+        )
+    events = sorted(
+        (int(s), _STREAM_CODE[name], name, i) for name in _STREAM_CODE for i, s in enumerate(stamps[name])
+    )
+    return _Plan(cfg, stamps), events
+
+
+_SETUP_CACHE: dict[tuple[int, float, float], tuple[Scene, Rig, dict[str, np.ndarray]]] = {}
+
+
+def _setup(cfg: SynthConfig) -> tuple[Scene, Rig, dict[str, np.ndarray]]:
+    """Scene, rig and ray tables for ``cfg`` (cached: a worker renders many runs of the same scene)."""
+    key = (cfg.seed, cfg.duration_s, cfg.size_scale)
+    if key not in _SETUP_CACHE:
+        _SETUP_CACHE.clear()
+        rig = default_rig(cfg.size_scale)
+        rays = {name: cam.rays() for name, cam in rig.cameras().items()}
+        _SETUP_CACHE[key] = (generate_scene(cfg.seed, cfg.duration_s), rig, rays)
+    return _SETUP_CACHE[key]
+
+
+def render_events(job: tuple[_Plan, list[Event]]) -> list[_Record]:
+    """Render a run of consecutive frames (and the GT of the fixed ones); a pure function of ``job``."""
+    pl, events = job
+    cfg = pl.cfg
+    scene, rig, rays = _setup(cfg)
+    cams = rig.cameras()
+    rgb_views: dict[int, Geometry] = {}
+
+    def frame_rng(name: str, i: int) -> np.random.Generator:
+        return np.random.default_rng([cfg.seed, 13, _STREAM_CODE[name], i])
+
+    def rgb_view(j: int) -> tuple[Geometry, float]:
+        if j in rgb_views:
+            return rgb_views[j], 0.0
+        t0 = time.perf_counter()
+        rgb_views[j] = render_geometry(scene, rig.rgb, seconds(pl.stamps['rgb'][j]), rays['rgb'])
+        return rgb_views[j], time.perf_counter() - t0
+
+    out: list[_Record] = []
+    for stamp, _, name, i in events:
+        t0 = time.perf_counter()
+        if name == 'rgb':
+            geom, _ = rgb_view(i)
+            img = render_rgb(scene, geom, surface(scene, geom), frame_rng('rgb', i))
+            out.append(_Record(stamp, name, i, img, time.perf_counter() - t0))
+            continue
+        geom = render_geometry(scene, cams[name], seconds(stamp), rays[name])
+        surf = surface(scene, geom)
+        rng = frame_rng(name, i)
+        img = render_lwir(scene, geom, surf, rng) if name == 'lwir' else render_depth(geom, surf, rng)
+        rec = _Record(stamp, name, i, img, time.perf_counter() - t0)
+        rec.rgb_index = nearest_index(pl.stamps['rgb'], stamp)
+        moving, rec.extra_rgb_s = rgb_view(rec.rgb_index)
+        t0 = time.perf_counter()
+        rec.flow, rec.valid = gt_flow(scene, geom, moving)
+        rec.gt_s = time.perf_counter() - t0
+        rec.points = landmarks(geom, rec.valid) if cfg.export_pairs is not None else None
+        out.append(rec)
+    return out
 
 
 class _PairExporter:
@@ -133,33 +245,22 @@ class _PairExporter:
         for sub in ('moving', 'fixed', 'flow', 'valid', 'landmarks'):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self.rows: list[list[str]] = []
-        self.moving_written: set[int] = set()
 
-    def add(
-        self,
-        index: int,
-        rgb_index: int,
-        rgb: Callable[[], np.ndarray],
-        fixed: np.ndarray,
-        flow: np.ndarray,
-        valid: np.ndarray,
-        points: np.ndarray,
-    ) -> None:
-        name = f'{self.dir.name}_{index:05d}'
-        moving = f'moving/rgb_{rgb_index:05d}.png'
-        if rgb_index not in self.moving_written:
-            cv2.imwrite(str(self.dir / moving), cv2.cvtColor(rgb(), cv2.COLOR_RGB2BGR))
-            self.moving_written.add(rgb_index)
-        cv2.imwrite(str(self.dir / f'fixed/{name}.png'), fixed)
-        np.save(self.dir / f'flow/{name}.npy', flow.astype(np.float32))
-        cv2.imwrite(str(self.dir / f'valid/{name}.png'), valid.astype(np.uint8) * 255)
-        (self.dir / f'landmarks/{name}.json').write_text(
-            json.dumps(np.round(points.astype(np.float64), 3).tolist())
-        )
+    def add_moving(self, rgb_index: int, rgb: np.ndarray) -> None:
+        cv2.imwrite(str(self.dir / f'moving/rgb_{rgb_index:05d}.png'), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+    def add(self, rec: _Record) -> None:
+        assert rec.flow is not None and rec.valid is not None and rec.points is not None
+        name = f'{self.dir.name}_{rec.index:05d}'
+        cv2.imwrite(str(self.dir / f'fixed/{name}.png'), rec.image)
+        np.save(self.dir / f'flow/{name}.npy', rec.flow.astype(np.float32))
+        cv2.imwrite(str(self.dir / f'valid/{name}.png'), rec.valid.astype(np.uint8) * 255)
+        points = np.round(rec.points.astype(np.float64), 3).tolist()
+        (self.dir / f'landmarks/{name}.json').write_text(json.dumps(points))
         self.rows.append(
             [
                 name,
-                moving,
+                f'moving/rgb_{rec.rgb_index:05d}.png',
                 f'fixed/{name}.png',
                 f'flow/{name}.npy',
                 f'valid/{name}.png',
@@ -176,96 +277,68 @@ class _PairExporter:
         return path
 
 
-def _write_frame(bw: BagWriter, cam: Camera, topic: str, stamp: int, img: np.ndarray, encoding: str) -> None:
-    bw.write_image(topic, stamp, cam.frame_id, img, encoding)
-    bw.write_camera_info(info_topic(topic), stamp, cam.frame_id, cam.K, (cam.width, cam.height))
+def _init_worker() -> None:
+    cv2.setNumThreads(1)
 
 
 def generate(cfg: SynthConfig, log: Callable[[str], None] | None = None) -> SynthResult:
     """Render the recording described by ``cfg`` into ``cfg.out``; return what was written and timings."""
     cfg.validate()
     started = time.perf_counter()
-    scene: Scene = generate_scene(cfg.seed, cfg.duration_s)
-    rig = default_rig(cfg.size_scale)
+    pl, events = plan(cfg)
+    scene, rig, _ = _setup(cfg)
     cams = rig.cameras()
-    rays = {name: cam.rays() for name, cam in cams.items()}
-    timings = stream_timings(cfg, np.random.default_rng([cfg.seed, 11]))
-    stamps = {
-        name: frame_stamps(
-            timings[name], cfg.duration_s, np.random.default_rng([cfg.seed, 12, _STREAM_CODE[name]])
-        )
-        for name in cams
-    }
-    if len(stamps['rgb']) == 0:
-        raise ConfigError(
-            f'duration {cfg.duration_s} s holds no RGB frame at {cfg.rgb_rate} Hz: make it longer'
-        )
-    events = sorted(
-        (int(s), _STREAM_CODE[name], name, i) for name in cams for i, s in enumerate(stamps[name])
-    )
+    chunk = 24
+    jobs = [(pl, events[k : k + chunk]) for k in range(0, len(events), chunk)]
+    workers = cfg.workers if cfg.workers > 0 else min(4, os.cpu_count() or 1)
+    workers = max(1, min(workers, len(jobs)))
     render_s = {name: 0.0 for name in cams}
     render_n = {name: 0 for name in cams}
     gt_s = 0.0
-    rgb_views: dict[int, Geometry] = {}
-    rgb_images: dict[int, np.ndarray] = {}
-
-    def frame_rng(name: str, i: int) -> np.random.Generator:
-        return np.random.default_rng([cfg.seed, 13, _STREAM_CODE[name], i])
-
-    def rgb_view(j: int) -> Geometry:
-        if j not in rgb_views:
-            t0 = time.perf_counter()
-            rgb_views[j] = render_geometry(scene, rig.rgb, seconds(stamps['rgb'][j]), rays['rgb'])
-            render_s['rgb'] += time.perf_counter() - t0
-        return rgb_views[j]
-
-    def rgb_image(j: int) -> np.ndarray:
-        if j not in rgb_images:
-            geom = rgb_view(j)
-            t0 = time.perf_counter()
-            rgb_images[j] = render_rgb(scene, geom, surface(scene, geom), frame_rng('rgb', j))
-            render_s['rgb'] += time.perf_counter() - t0
-            render_n['rgb'] += 1
-        return rgb_images[j]
-
     exporters = {pair: _PairExporter(cfg.export_pairs, pair) for pair in PAIRS} if cfg.export_pairs else {}
+    needed_rgb = {nearest_index(pl.stamps['rgb'], int(s)) for kind in PAIRS.values() for s in pl.stamps[kind]}
     stats = {pair: PairStats() for pair in PAIRS}
     resize = {pair: resize_flow_field(cams[kind].hw, rig.rgb.hw) for pair, kind in PAIRS.items()}
-    with BagWriter(cfg.out, storage=cfg.storage, overwrite=cfg.overwrite) as bw:
-        for n, (stamp, _, name, i) in enumerate(events):
-            cam = cams[name]
-            if name == 'rgb':
-                _write_frame(bw, cam, IMAGE_TOPICS['rgb'], stamp, rgb_image(i), 'rgb8')
-                for j in [k for k in rgb_views if k < i]:  # later fixed frames pair with i or newer
-                    rgb_views.pop(j)
-                    rgb_images.pop(j, None)
-                continue
-            t0 = time.perf_counter()
-            geom = render_geometry(scene, cam, seconds(stamp), rays[name])
-            surf = surface(scene, geom)
-            rng = frame_rng(name, i)
-            img = render_lwir(scene, geom, surf, rng) if name == 'lwir' else render_depth(geom, surf, rng)
-            render_s[name] += time.perf_counter() - t0
-            render_n[name] += 1
-            _write_frame(bw, cam, IMAGE_TOPICS[name], stamp, img, ENCODINGS[name])
-            pair = f'rgb_{name}'
-            j = nearest_index(stamps['rgb'], stamp)
-            moving = rgb_view(j)
-            t0 = time.perf_counter()
-            flow, valid = gt_flow(scene, geom, moving)
-            gt_s += time.perf_counter() - t0
-            flow_topic, valid_topic = gt_topics(pair)
-            bw.write_image(flow_topic, stamp, cam.frame_id, flow, '32FC2')
-            bw.write_image(valid_topic, stamp, cam.frame_id, valid.astype(np.uint8) * 255, 'mono8')
-            stats[pair].add(flow, valid, resize[pair])
-            if pair in exporters:
-                exporters[pair].add(i, j, lambda j=j: rgb_image(j), img, flow, valid, landmarks(geom, valid))
-            if log is not None and (n + 1) % 30 == 0:
-                log(f'  {n + 1}/{len(events)} frames rendered')
-        counts = dict(bw.counts)
+    pool = None
+    if workers > 1:
+        pool = ProcessPoolExecutor(workers, mp_context=get_context('spawn'), initializer=_init_worker)
+    try:
+        with BagWriter(cfg.out, storage=cfg.storage, overwrite=cfg.overwrite) as bw:
+            results = pool.map(render_events, jobs) if pool is not None else map(render_events, jobs)
+            done = 0
+            for records in results:
+                for rec in records:
+                    cam = cams[rec.name]
+                    _write_frame(bw, cam, IMAGE_TOPICS[rec.name], rec.stamp, rec.image, ENCODINGS[rec.name])
+                    render_s[rec.name] += rec.render_s
+                    render_n[rec.name] += 1
+                    render_s['rgb'] += rec.extra_rgb_s
+                    if rec.name == 'rgb':
+                        if rec.index in needed_rgb:
+                            for exporter in exporters.values():
+                                exporter.add_moving(rec.index, rec.image)
+                        continue
+                    assert rec.flow is not None and rec.valid is not None
+                    pair = f'rgb_{rec.name}'
+                    flow_topic, valid_topic = gt_topics(pair)
+                    bw.write_image(flow_topic, rec.stamp, cam.frame_id, rec.flow, '32FC2')
+                    bw.write_image(
+                        valid_topic, rec.stamp, cam.frame_id, rec.valid.astype(np.uint8) * 255, 'mono8'
+                    )
+                    stats[pair].add(rec.flow, rec.valid, resize[pair])
+                    gt_s += rec.gt_s
+                    if pair in exporters:
+                        exporters[pair].add(rec)
+                done += len(records)
+                if log is not None and len(jobs) > 1:
+                    log(f'  {done}/{len(events)} frames rendered')
+            counts = dict(bw.counts)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     for exporter in exporters.values():
         exporter.close()
-    n_gt = sum(s.frames for s in stats.values())
+    n_gt = sum(st.frames for st in stats.values())
     return SynthResult(
         path=cfg.out,
         counts=counts,
@@ -275,4 +348,5 @@ def generate(cfg: SynthConfig, log: Callable[[str], None] | None = None) -> Synt
         elapsed_s=time.perf_counter() - started,
         rig=rig,
         scene_objects=len(scene.objects),
+        workers=workers,
     )
