@@ -306,23 +306,15 @@ def test_cli_prints_summary_and_refuses_existing_output(
     from nmr.cli.main import main
 
     out = tmp_path / 'cli_bag'
-    argv = [
-        'synth',
-        '--out',
-        str(out),
-        '--frames',
-        '2',
-        '--size-scale',
-        '0.2',
-        '--seed',
-        '1',
-        '--workers',
-        '1',
-    ]
+    opts = ['--frames', '3', '--size-scale', '0.2', '--seed', '1', '--lwir-rate', '60', '--workers', '1']
+    argv = ['synth', *opts, '--out', str(out)]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert '/nmr_gt/rgb_lwir/flow' in text and 'ms/frame' in text
-    assert (out / 'metadata.yaml').is_file()
+    msgs = _read_bag(out)
+    assert len(msgs[IMAGE_TOPICS['rgb']]) == 3
+    assert len(msgs[IMAGE_TOPICS['lwir']]) == 6  # a 60 Hz Boson: two LWIR frames per RGB frame
+    assert len(msgs[gt_topics('rgb_lwir')[0]]) == 6
     assert main(['synth', '--out', str(out), '--frames', '2', '--size-scale', '0.2']) == 2
     assert 'already exists' in capsys.readouterr().err
     assert main(['synth', '--out', str(tmp_path / 'x'), '--frames', '0']) == 2
