@@ -242,7 +242,7 @@ def render_rgb(scene: Scene, geom: Geometry, surf: Surface, rng: np.random.Gener
     tone = 1.0 - np.exp(-1.6 * img)
     h, w = geom.prim.shape
     tone *= (1.0 - 0.18 * radial2(h, w))[..., None]
-    out = np.power(np.clip(tone, 0.0, 1.0), 1 / 2.2) * 255.0
-    out = cv2.GaussianBlur(out.astype(np.float32), (0, 0), 0.5 * max(w / 640, 0.5))
+    encoded = (np.power(np.clip(tone, 0.0, 1.0), 1 / 2.2) * 255.0).astype(np.float32)
+    out: np.ndarray = cv2.GaussianBlur(encoded, (0, 0), 0.5 * max(w / 640, 0.5))
     out += rng.normal(0.0, 1.8, out.shape).astype(np.float32)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)

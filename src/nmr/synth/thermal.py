@@ -49,7 +49,7 @@ def render_lwir(scene: Scene, geom: Geometry, surf: Surface, rng: np.random.Gene
     counts = temperature_to_counts(scene_temperature(scene, geom, surf))
     h, w = counts.shape
     scale = max(w / 640.0, 0.25)
-    counts = cv2.GaussianBlur(counts, (0, 0), 1.0 * scale)
+    counts = np.asarray(cv2.GaussianBlur(counts, (0, 0), 1.0 * scale), dtype=np.float32)
     counts += 90.0 * (1.0 - radial2(h, w))  # warm centre (lens/housing non-uniformity)
     counts += column_pattern(w, scene.seed)[None, :]
     counts += rng.normal(0.0, 4.0, counts.shape).astype(np.float32)
