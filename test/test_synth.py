@@ -318,3 +318,23 @@ def test_cli_prints_summary_and_refuses_existing_output(
     assert main(['synth', '--out', str(out), '--frames', '2', '--size-scale', '0.2']) == 2
     assert 'already exists' in capsys.readouterr().err
     assert main(['synth', '--out', str(tmp_path / 'x'), '--frames', '0']) == 2
+
+
+@pytest.mark.parametrize('pair', sorted(PAIRS))
+def test_data_layer_pairs_each_fixed_frame_with_the_gt_rgb_frame(bag, pair: str) -> None:
+    """The synchroniser of nmr.data picks the RGB frame the GT was computed against (nearest stamp)."""
+    from nmr.data.bag_reader import BagPairDataset, synchronized_pairs
+
+    path = bag[0]
+    kind = PAIRS[pair]
+    msgs = _read_bag(path)
+    rgb_stamps = np.array([s for s, _, _ in msgs[IMAGE_TOPICS['rgb']]], dtype=np.int64)
+    pairs = list(synchronized_pairs([path], IMAGE_TOPICS['rgb'], IMAGE_TOPICS[kind], slop_ns=20_000_000))
+    assert len(pairs) >= len(rgb_stamps) - 1
+    for p in pairs:
+        assert p.moving_stamp_ns == rgb_stamps[nearest_index(rgb_stamps, p.fixed_stamp_ns)]
+    topics = {'rgb': IMAGE_TOPICS['rgb'], kind: IMAGE_TOPICS[kind]}
+    ds = BagPairDataset([path], pair, topics, split='all')
+    item = ds[0]
+    assert item.gt_flow is not None and item.gt_flow.shape == (*item.fixed.shape, 2)
+    assert item.valid is not None and 0.3 < item.valid.mean() < 1.0
