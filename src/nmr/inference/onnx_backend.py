@@ -116,6 +116,7 @@ class OnnxRuntimeRegistrar(Registrar):
                 f'{list(INPUT_NAMES)} -> {OUTPUT_NAME}; export it with `nmr export`'
             )
         self.providers = self.session.get_providers()
+        self.prepost_threads = 1  # torch pre/post on one thread: no fork/join fights with ORT's pool
         self._binding = self.session.io_binding() if device.type == 'cuda' else None
 
     def describe(self) -> str:
