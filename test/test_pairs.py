@@ -168,3 +168,22 @@ def test_folder_grey_jpeg_as_lwir_and_split(tmp_path: Path):
     assert in_split('FLIR_00001', 'val', 0.25) == ('FLIR_00001' in names_v)
     with pytest.raises(ConfigError):
         in_split('x', 'test', 0.2)
+
+
+def test_folder_split_by_scene_prefix_keeps_a_scene_together(tmp_path: Path):
+    """Time-stamped stems (rgbdd): frames of one 10-minute block never straddle train and val."""
+    (tmp_path / 'm').mkdir()
+    (tmp_path / 'f').mkdir()
+    stems = [f'2020050911{block}{second:03d}' for block in range(6) for second in range(0, 600, 150)]
+    for stem in stems:
+        cv2.imwrite(str(tmp_path / 'm' / f'{stem}.png'), np.zeros((4, 4, 3), np.uint8))
+        cv2.imwrite(str(tmp_path / 'f' / f'{stem}.png'), np.zeros((4, 4), np.uint16))
+    kw = {'fixed_kind': 'depth', 'val_fraction': 0.5, 'scene_prefix': 11}
+    train = FolderPairDataset(tmp_path / 'm', tmp_path / 'f', split='train', **kw)
+    val = FolderPairDataset(tmp_path / 'm', tmp_path / 'f', split='val', **kw)
+    train_scenes = {k[:11] for k, _, _ in train.items}
+    val_scenes = {k[:11] for k, _, _ in val.items}
+    assert len(train) + len(val) == len(stems)
+    assert train_scenes and val_scenes and not train_scenes & val_scenes
+    with pytest.raises(ConfigError, match='scene_prefix'):
+        FolderPairDataset(tmp_path / 'm', tmp_path / 'f', 'depth', scene_prefix=-1)

@@ -275,7 +275,8 @@ class FolderPairDataset:
     """Pairs from two folders matched by file stem (e.g. roadscene ``crop_LR_visible`` + ``cropinfrared``).
 
     ``moving_suffix``/``fixed_suffix`` are removed from the end of stems before matching (rgbdd:
-    ``_RGB`` and ``_HR_gt``). Files without a partner are ignored and counted.
+    ``_RGB`` and ``_HR_gt``). Files without a partner are ignored and counted. ``scene_prefix`` > 0 makes
+    the first that many characters of a stem name its scene for the train/val split.
     """
 
     def __init__(
@@ -287,9 +288,12 @@ class FolderPairDataset:
         fixed_suffix: str = '',
         split: str = 'all',
         val_fraction: float = 0.2,
+        scene_prefix: int = 0,
     ) -> None:
         if fixed_kind not in FIXED_KINDS:
             raise ConfigError(f'unknown fixed kind {fixed_kind!r}: use lwir or depth')
+        if scene_prefix < 0:
+            raise ConfigError(f'scene_prefix must be >= 0 (0 = the whole stem names the scene), got {scene_prefix}')
         self.moving_dir, self.fixed_dir, self.fixed_kind = Path(moving_dir), Path(fixed_dir), fixed_kind
         moving = self._scan(self.moving_dir, moving_suffix, 'moving')
         fixed = self._scan(self.fixed_dir, fixed_suffix, 'fixed')
@@ -303,7 +307,10 @@ class FolderPairDataset:
             )
         self.unmatched_moving = len(moving) - len(keys)
         self.unmatched_fixed = len(fixed) - len(keys)
-        self.items = [(k, moving[k], fixed[k]) for k in keys if in_split(k, split, val_fraction)]
+        # the scene is the whole stem, or its first `scene_prefix` characters (time-stamped stems such as
+        # rgbdd's 20200509112638: 11 characters = 10-minute blocks, so near-identical frames stay together)
+        self.items = [(k, moving[k], fixed[k]) for k in keys
+                      if in_split(k[:scene_prefix] if scene_prefix else k, split, val_fraction)]
 
     @staticmethod
     def _scan(folder: Path, suffix: str, what: str) -> dict[str, Path]:

@@ -106,12 +106,14 @@ def build_data(args: argparse.Namespace, cfg: Any) -> Any:
             'moving_suffix': args.moving_suffix,
             'fixed_suffix': args.fixed_suffix,
             'val_fraction': d.val_fraction,
+            'scene_prefix': d.scene_prefix,
         }
         train = FolderPairDataset(
             args.pairs[0], args.pairs[1], kind, split='train' if split_val else 'all', **fkw
         )
         val = FolderPairDataset(args.pairs[0], args.pairs[1], kind, split='val', **fkw) if split_val else None
-        summary = {'source': 'folders', 'moving_dir': str(args.pairs[0]), 'fixed_dir': str(args.pairs[1])}
+        summary = {'source': 'folders', 'moving_dir': str(args.pairs[0]), 'fixed_dir': str(args.pairs[1]),
+                   'scene_prefix': d.scene_prefix, 'val_fraction': d.val_fraction}
     if args.val_manifest:
         from nmr.data.pairs import ManifestDataset
 

@@ -43,6 +43,7 @@ class DataConfig:
     slop_s: float = 0.02  # bag pair synchronisation tolerance
     block_s: float = 10.0  # bags: train/val split in time blocks of this length
     val_fraction: float = 0.2  # bags: by time block; manifests/folders: by a hash of the pair's name
+    scene_prefix: int = 0  # folders: the first N characters of a stem name its scene (0 = whole stem)
     normalisation: dict[str, Any] = field(default_factory=dict)  # fixed-kind preprocess kwargs
     workers: int = 2  # DataLoader workers per process
     max_pairs: int = 0  # 0 = all; else the first N train pairs (quick experiments)
