@@ -120,7 +120,9 @@ def stream_status(node_name: str, streams: dict[str, StreamStats],
 
 
 def pair_status(node_name: str, pair: str, stats: PairStats, backend: str, device: str,
-                model: str, unmatched: list[int] | None) -> DiagnosticStatus:
+                model: str, unmatched: list[int] | None, state: str | None = None,
+                level: bytes | None = None) -> DiagnosticStatus:
+    """One pair's status; `state`/`level` override the pair's own (e.g. waiting for a stopped input)."""
     now = time.monotonic()
     with stats.lock:
         latency = stats.latency.percentiles()
@@ -136,8 +138,9 @@ def pair_status(node_name: str, pair: str, stats: PairStats, backend: str, devic
         values += [_kv(f'inference_ms.{k}', v) for k, v in inference.items()]
         if unmatched is not None:
             values.append(_kv('unmatched_dropped', sum(unmatched)))
-        return DiagnosticStatus(level=stats.level, name=f'{node_name}: {pair}', message=stats.state,
-                                hardware_id='', values=values)
+        return DiagnosticStatus(level=level if level is not None else stats.level,
+                                name=f'{node_name}: {pair}', hardware_id='', values=values,
+                                message=state if state is not None else stats.state)
 
 
 def diagnostic_array(stamp, statuses: list[DiagnosticStatus]) -> DiagnosticArray:

@@ -13,7 +13,9 @@ node keeps running and recovers (a model file that appears or changes later is l
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
 import sys
 import threading
 import time
@@ -340,16 +342,16 @@ class RegisterNode(Node):
         for pair in self.pairs.values():
             fixed = self.streams[pair.fixed_stream]
             silent = fixed.received.silent_for()
+            state, level = None, None
             if pair.processor is not None and (silent is None or silent > self.settings.input_timeout_s):
-                with pair.stats.lock:
-                    pair.stats.state = f'waiting: no {pair.fixed_stream} messages on {fixed.topic}'
-                    pair.stats.level = WARN
+                state, level = f'waiting: no {pair.fixed_stream} messages on {fixed.topic}', WARN
                 if silent is not None:
                     self._warn(f'stopped:{pair.name}', f'{pair.name}: no {pair.fixed_stream} messages on '
                                f'{fixed.topic} for {silent:.1f} s; this pair waits (others keep running)')
             unmatched = getattr(pair.sync, 'dropped', None)
             statuses.append(pair_status(name, pair.name, pair.stats, pair.backend, pair.device,
-                                        str(pair.model_file or ''), list(unmatched) if unmatched else None))
+                                        str(pair.model_file or ''), list(unmatched) if unmatched else None,
+                                        state, level))
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), statuses))
 
     def stop(self) -> None:
@@ -362,6 +364,8 @@ class RegisterNode(Node):
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script `register_node`: 0 on shutdown, 2 on invalid parameters (one line, no traceback)."""
     args = list(sys.argv if argv is None else argv)
+    if hasattr(signal, 'SIGUSR1'):  # `kill -USR1 <pid>` prints every thread's stack (diagnosing hangs)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         rclpy.init(args=args)
     except Exception as err:

@@ -1,0 +1,255 @@
+"""Helpers for tests and benchmarks of the ROS side: tiny models, synthetic frames, DDS set-up, collectors.
+
+Real rclpy over DDS between processes; everything waits on matched counts or received messages with a
+deadline (`wait_for`), never on a bare sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[3]
+FASTDDS_PROFILE = ROOT / 'config' / 'fastdds_large_images.xml'
+INPUT_TOPICS = {'rgb': '/camera/camera/color/image_raw', 'lwir': '/flir_boson/image_raw',
+                'depth': '/camera/camera/depth/image_rect_raw'}
+
+
+def ros_env(domain_id: int | None = None) -> dict[str, str]:
+    """Set (in os.environ, for this process and its children) a private DDS domain and the image profile."""
+    domain = domain_id if domain_id is not None else random.randint(1, 232)
+    os.environ['ROS_DOMAIN_ID'] = str(domain)
+    os.environ['ROS_LOCALHOST_ONLY'] = '1'
+    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = str(FASTDDS_PROFILE)
+    os.environ['PYTHONUNBUFFERED'] = '1'
+    return dict(os.environ)
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, poll_s: float = 0.02) -> Any:
+    """Poll `predicate` until truthy; AssertionError naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f'timed out after {timeout_s} s waiting for {what}')
+        time.sleep(poll_s)
+
+
+def make_tiny_model(path: Path, pair: str, net_hw: tuple[int, int] = (32, 32), seed: int = 0) -> Path:
+    """A freshly initialised `fast` RegistrationNet at a tiny size, saved as an nmr checkpoint.
+
+    Parameters are re-drawn from a seeded normal so that the flow is non-zero (a zero-initialised flow
+    head would make "live flow equals offline flow" trivially true).
+    """
+    import torch
+
+    from nmr.models.checkpoint import ModelMetadata, save_checkpoint
+    from nmr.models.registration import RegistrationConfig, RegistrationNet
+
+    torch.manual_seed(seed)
+    config = RegistrationConfig(arch='fast', encoder_channels=[8, 8], output_blocks=0, stem_channels=[8])
+    net = RegistrationNet(config)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    meta = ModelMetadata(pair=pair, registration=config.to_dict(), normalisation={}, net_hw=net_hw,
+                         train_data={'note': 'random test model'})
+    save_checkpoint(path, {'registration': net.state_dict()}, meta)
+    return path
+
+
+@dataclass
+class FrameSet:
+    """One synthetic rig capture: RGB (moving) and the two fixed images, at their own sizes."""
+
+    rgb: np.ndarray      # HxWx3 uint8
+    lwir: np.ndarray     # HxW uint16 (mono16)
+    depth: np.ndarray    # HxW uint16 (16UC1, mm)
+
+
+def make_frames(index: int, rgb_hw: tuple[int, int] = (48, 64), lwir_hw: tuple[int, int] = (40, 48),
+                depth_hw: tuple[int, int] = (36, 48)) -> FrameSet:
+    """Deterministic textured frames that change with `index` (so flows differ frame to frame)."""
+    import cv2
+
+    rng = np.random.default_rng(index)
+    base = cv2.GaussianBlur(rng.random((64, 80), dtype=np.float32), (0, 0), 3)
+    base = (base - base.min()) / max(float(np.ptp(base)), 1e-6)
+    rgb = cv2.resize(base, rgb_hw[::-1])
+    rgb = np.stack([rgb, 1 - rgb, rgb * rgb], -1)
+    lwir = (cv2.resize(base, lwir_hw[::-1]) * 20000 + 10000).astype(np.uint16)
+    depth = (cv2.resize(base, depth_hw[::-1]) * 8000 + 500).astype(np.uint16)
+    depth[:2] = 0  # some pixels without depth
+    return FrameSet((rgb * 255).astype(np.uint8), lwir, depth)
+
+
+class RosHarness:
+    """An rclpy node in the test process: publishers for the inputs, subscribers that store messages.
+
+    Single-threaded on purpose: messages are taken while `wait` (or `spin`) runs in the caller's thread,
+    so rclpy is never used from two threads at once.
+    """
+
+    def __init__(self, name: str = 'nmr_test_harness') -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        if not rclpy.ok():
+            rclpy.init()
+        self.node = rclpy.create_node(name)
+        self.messages: dict[str, list[Any]] = defaultdict(list)
+        self.lock = threading.Lock()
+        self.pubs: dict[str, Any] = {}
+        self.subs: dict[str, Any] = {}
+        self._executor = SingleThreadedExecutor()
+        self._executor.add_node(self.node)
+
+    def spin(self, duration_s: float = 0.0) -> None:
+        """Handle incoming messages for `duration_s` (at least one pass)."""
+        deadline = time.monotonic() + duration_s
+        while True:
+            self._executor.spin_once(timeout_sec=min(0.01, duration_s))
+            if time.monotonic() >= deadline:
+                return
+
+    def wait(self, predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+        """Spin until `predicate` is truthy; AssertionError naming `what` after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f'timed out after {timeout_s} s waiting for {what}')
+            self._executor.spin_once(timeout_sec=0.02)
+
+    def publisher(self, topic: str, msg_type: Any = None, reliable: bool = False) -> Any:
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        if topic not in self.pubs:
+            qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE if reliable
+                             else ReliabilityPolicy.BEST_EFFORT)
+            self.pubs[topic] = self.node.create_publisher(msg_type or Image, topic, qos)
+        return self.pubs[topic]
+
+    def subscribe(self, topics: Iterable[str], msg_type: Any = None) -> None:
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        for topic in topics:
+            if topic in self.subs:
+                continue
+            qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+
+            def store(msg: Any, topic: str = topic) -> None:
+                with self.lock:
+                    self.messages[topic].append(msg)
+
+            self.subs[topic] = self.node.create_subscription(msg_type or Image, topic, store, qos)
+
+    def unsubscribe(self, topics: Iterable[str]) -> None:
+        for topic in topics:
+            sub = self.subs.pop(topic, None)
+            if sub is not None:
+                self.node.destroy_subscription(sub)
+
+    def received(self, topic: str) -> list[Any]:
+        with self.lock:
+            return list(self.messages[topic])
+
+    def clear(self) -> None:
+        with self.lock:
+            self.messages.clear()
+
+    def wait_matched(self, timeout_s: float = 15.0) -> None:
+        """Every publisher has a subscriber and every subscription a publisher (DDS discovery done)."""
+        self.wait(lambda: all(p.get_subscription_count() > 0 for p in self.pubs.values())
+                 and all(s.get_publisher_count() > 0 for s in self.subs.values()), timeout_s,
+                 'publishers and subscriptions to match: '
+                 + ', '.join([t for t, p in self.pubs.items() if p.get_subscription_count() == 0]
+                             + [t for t, s in self.subs.items() if s.get_publisher_count() == 0]))
+
+    def publish_image(self, topic: str, arr: np.ndarray, encoding: str, stamp_ns: int, frame_id: str,
+                      width_override: int | None = None) -> None:
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import Header
+
+        from nmr.ros.convert import time_from_ns, to_image_msg
+
+        header = Header(stamp=time_from_ns(stamp_ns), frame_id=frame_id)
+        if arr.size == 0:
+            msg = Image(header=header, height=0, width=0, encoding=encoding, step=0)
+        else:
+            msg = to_image_msg(arr, encoding, header)
+        self.publisher(topic).publish(msg)
+
+    def publish_set(self, frames: FrameSet, stamp_ns: int, streams: Sequence[str] = ('rgb', 'lwir', 'depth'),
+                    topics: dict[str, str] | None = None) -> None:
+        topics = topics or INPUT_TOPICS
+        if 'rgb' in streams:
+            self.publish_image(topics['rgb'], frames.rgb, 'rgb8', stamp_ns, 'camera_color_optical_frame')
+        if 'lwir' in streams:
+            self.publish_image(topics['lwir'], frames.lwir, 'mono16', stamp_ns + 1_000_000, 'flir_boson')
+        if 'depth' in streams:
+            self.publish_image(topics['depth'], frames.depth, '16UC1', stamp_ns - 1_000_000,
+                               'camera_depth_optical_frame')
+
+    def close(self) -> None:
+        self._executor.shutdown()
+        self.node.destroy_node()
+
+
+def start_node(params: dict[str, Any], log_path: Path, extra_args: Sequence[str] = ()) -> subprocess.Popen:
+    """register_node as a subprocess (console script of this environment) with `-p name:=value` params."""
+    exe = Path(sys.executable).with_name('register_node')
+    cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ['-m', 'nmr.ros.node'])]
+    cmd += ['--ros-args', *extra_args]
+    for name, value in params.items():
+        if isinstance(value, (list, tuple)):
+            text = '[' + ','.join(str(v) for v in value) + ']'
+        elif isinstance(value, bool):
+            text = 'true' if value else 'false'
+        else:
+            text = str(value)
+        cmd += ['-p', f'{name}:={text}']
+    log = open(log_path, 'w')  # noqa: SIM115 - handed to the child, closed with it
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+
+
+def stop_node(proc: subprocess.Popen, timeout_s: float = 10.0) -> int:
+    """SIGINT (as Ctrl-C), then wait; kill only if it hangs. Returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(2)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
+def diagnostic_values(msg: Any) -> dict[str, dict[str, str]]:
+    """DiagnosticArray -> {status name suffix: {key: value, 'level': .., 'message': ..}}."""
+    out: dict[str, dict[str, str]] = {}
+    for status in msg.status:
+        values = {kv.key: kv.value for kv in status.values}
+        level = status.level
+        values['level'] = str(level[0] if isinstance(level, (bytes, bytearray)) else int(level))
+        values['message'] = status.message
+        out[status.name.split(': ')[-1]] = values
+    return out

