@@ -5,8 +5,9 @@
    outputs recorded into a bag) or, where DDS is unavailable or `--mode offline`, `nmr register-bag`;
 3. the outputs are scored against the rig's ground truth and drawn as Figure-4 contact sheets.
 
-Everything it writes goes under `--out`: `input_rig/` (the synthetic bag), `registered.mcap` (the outputs),
-`contact_<pair>.png`, `summary.json`.
+Everything it writes goes under `--out`: `input_rig/` (the synthetic rosbag2 bag), `registered/` (rosbag2
+bag, mcap storage: the node's outputs; its .mcap file opens in Foxglove), `contact_<pair>.png`,
+`summary.json`.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def score_and_draw(bag: Path, out_bag: Path, out_dir: Path, sheets: int) -> tupl
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    bag, out_bag = out / 'input_rig', out / 'registered.mcap'
+    bag, out_bag = out / 'input_rig', out / 'registered'
     models = default_models(args)
     for stale in (bag, out_bag):
         if stale.exists():
@@ -186,12 +187,13 @@ def run(args: argparse.Namespace) -> int:
                 raise
             print(f'live pipeline unavailable ({err}); falling back to nmr register-bag', file=sys.stderr)
             if out_bag.exists():
-                out_bag.unlink()
+                shutil.rmtree(out_bag)
             run_info = run_offline(args, bag, models, out_bag)
     print('[3/3] scoring against the rig ground truth and drawing contact sheets')
     scores, sheets = score_and_draw(bag, out_bag, out, args.sheets)
     summary = {'models': {p: str(m) for p, m in models.items()}, **run_info, 'alignment': scores,
-               'outputs': {'bag': str(out_bag), 'contact_sheets': [str(s) for s in sheets]},
+               'outputs': {'bag': str(out_bag), 'mcap': [str(p) for p in sorted(out_bag.glob('*.mcap'))],
+                           'contact_sheets': [str(s) for s in sheets]},
                'total_s': round(time.monotonic() - start, 1)}
     (out / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
     print_summary(summary, out)
@@ -208,5 +210,6 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
     for pair, s in summary['alignment'].items():
         print(f'{pair}: {s["frames"]} frames scored, EPE {s["epe_before_px"]} px unregistered -> '
               f'{s["epe_after_px"]} px registered ({s["epe_percent_of_unregistered"]} % of unregistered)')
-    print(f'outputs in {out}/: registered.mcap (opens in Foxglove), '
+    mcap = ', '.join(str(Path(p).relative_to(out)) for p in summary['outputs']['mcap'])
+    print(f'outputs in {out}/: {mcap} (the outputs bag: open it in Foxglove), '
           + ', '.join(Path(p).name for p in summary['outputs']['contact_sheets']) + ', summary.json')
