@@ -18,6 +18,8 @@ arrives. Per rate it reports:
   p99 over both pairs' flow messages;
 - node CPU: utime + stime of the node process (/proc/<pid>/stat) over the window first input seen ->
   last output, in % of one core;
+- sync: `--restamp` stamps each message when it is published, so at playback rate r the recorded offsets
+  between cameras become 1/r times larger; the node runs with `--slop` (0.04 s) so that 10 Hz still pairs;
 - input Hz: RGB frames per second as this script saw them (whether the player kept up);
 - the node's own counters from /diagnostics over the rate's run: inputs received (fewer than offered =
   lost on the way in) and sets dropped as stale (inference fell behind).
@@ -249,6 +251,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument('--device', default='auto', help='register_node device (default auto)')
     parser.add_argument('--warmup', type=int, default=10,
                         help='sets played at 10 Hz before measuring, not reported (default 10)')
+    parser.add_argument('--slop', type=float, default=0.04,
+                        help='node sync.slop_s (default 0.04: --restamp at rate r stretches the recorded '
+                             'camera offsets, LWIR 4-8 ms after RGB in the synth rig, by 1/r)')
     parser.add_argument('--json', type=Path, help='also write the results here')
     parser.add_argument('--workdir', type=Path, help='keep the bag, models and node log here')
     return parser.parse_args(argv)
@@ -271,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             models[pair] = make_tiny_model(work / f'{pair}_tiny.pt', pair, seed=i)
     log = work / 'register_node.log'
     params = {'models.rgb_lwir': str(models['rgb_lwir']), 'models.rgb_depth': str(models['rgb_depth']),
-              'backend': args.backend, 'device': args.device, 'diagnostics_period_s': 0.5}
+              'backend': args.backend, 'device': args.device, 'diagnostics_period_s': 0.5,
+              'sync.slop_s': args.slop}
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
