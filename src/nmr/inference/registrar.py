@@ -82,6 +82,8 @@ def as_tensor(img: Any, device: torch.device) -> torch.Tensor:
     if isinstance(img, torch.Tensor):
         return img.to(device, non_blocking=True)
     arr = np.ascontiguousarray(img)
+    if not arr.flags.writeable:  # a view of a message buffer: torch.from_numpy needs a writable array
+        arr = arr.copy()
     return torch.from_numpy(arr).to(device, non_blocking=True)
 
 

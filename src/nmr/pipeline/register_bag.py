@@ -1,4 +1,4 @@
-"""`nmr register-bag IN... --out OUT.mcap`: the register node's processing, offline, bag in -> bag out.
+"""`nmr register-bag IN... --out OUT_BAG`: the register node's processing, offline, bag in -> bag out.
 
 Same parameters (config/register.yaml format, `--config`, `--set NAME=VALUE`), same synchroniser (one
 ApproxTimeSynchronizer per pair, fed in bag order), same PairProcessor and same fused resampling as
@@ -35,7 +35,8 @@ from nmr.pipeline.settings import (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('inputs', nargs='+', type=Path, metavar='IN', help='input rosbag2 bag(s)')
-    parser.add_argument('--out', required=True, type=Path, help='output bag (.mcap, or a folder for sqlite3)')
+    parser.add_argument('--out', required=True, type=Path, metavar='OUT_BAG',
+                        help='output rosbag2 bag folder (metadata.yaml + OUT_BAG.mcap inside)')
     parser.add_argument('--config', type=Path, default=None,
                         help='register_node parameters file (default: the built-in defaults = '
                              'config/register.yaml)')
