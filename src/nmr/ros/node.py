@@ -6,6 +6,12 @@ completed set goes into the pair's single "pending" slot; a set still waiting th
 completes is dropped and counted (stale). One worker thread takes the newest pending sets and runs
 inference, which releases the GIL, so callbacks keep up while the network runs. Nothing queues up.
 
+Time jumps: each stream's stamp going backwards (bag loop, clock reset) restarts the synchronisation of
+the pairs that use that stream, and only of those; the partner's frames that already lie on the new time
+line are kept. The topics are independent, so the streams' jumps reach the node one after the other: a
+reset of everything at each stream's jump would throw away the sets the streams that jumped first had
+already formed (that lost sets after every bag loop and stalled the node tests).
+
 Lazy: a pair is only computed when one of its outputs (or the fused output) has subscribers.
 Robustness: every problem caused by inputs, parameters or model files is a throttled one-line log; the
 node keeps running and recovers (a model file that appears or changes later is loaded then).
@@ -96,6 +102,9 @@ class PairRuntime:
     device: str = '-'
     pending: tuple[Frame, Frame] | None = None
     last: PairResult | None = None
+    queued: tuple[list[Frame], list[Frame]] = field(default_factory=lambda: ([], []))
+    """Frames given to `sync` since its last reset and not yet used in a set, per index, by stamp: what a
+    restart after a time jump can keep (the synchroniser's own queues are private)."""
 
 
 def _file_stamp(path: Path) -> tuple[float, int] | None:
@@ -146,8 +155,17 @@ class RegisterNode(Node):
 
     # -- logging -----------------------------------------------------------------------------------
     def _warn(self, key: str, text: str, error: bool = False) -> None:
-        if self._throttle.ready(key):
-            (self.get_logger().error if error else self.get_logger().warning)(text)
+        """Throttled warning or error.
+
+        The two severities need two separate call instructions: rclpy keys each log call site by its
+        bytecode position and raises ValueError when one site logs at another severity than before.
+        """
+        if not self._throttle.ready(key):
+            return
+        if error:
+            self.get_logger().error(text)
+        else:
+            self.get_logger().warning(text)
 
     # -- callbacks ---------------------------------------------------------------------------------
     def _on_image(self, stream: str, msg: Image) -> None:
@@ -172,15 +190,13 @@ class RegisterNode(Node):
         frame = Frame(arr, msg.encoding, msg.header, stamp)
         with self._cond:
             last = self._last_stamp.get(stream)
-            if last is not None and stamp < last:
+            jumped = last is not None and stamp < last
+            if jumped:
+                assert last is not None
                 st.backwards += 1
                 self._warn(f'back:{stream}', f'topic {topic}: header stamp went backwards by '
-                           f'{(last - stamp) / 1e9:.3f} s (bag loop or clock reset); synchronisers reset')
-                for pair in self.pairs.values():
-                    pair.sync.reset()
-                    pair.pending = None
-                    pair.last = None
-                self._last_stamp.clear()
+                           f'{(last - stamp) / 1e9:.3f} s (bag loop or clock reset); synchronisation of '
+                           f'the pairs using {stream} restarted')
             self._last_stamp[stream] = stamp
             for pair in self.pairs.values():
                 if stream == 'rgb':
@@ -189,7 +205,10 @@ class RegisterNode(Node):
                     index = 1
                 else:
                     continue
-                sets = pair.sync.add(index, stamp, frame)
+                if jumped:
+                    assert last is not None
+                    self._restart(pair, index, stamp, last)
+                sets = self._feed(pair, index, frame)
                 if not sets:
                     continue
                 for _ in sets:
@@ -198,6 +217,36 @@ class RegisterNode(Node):
                     pair.stats.stale_dropped += len(sets) - 1 + (pair.pending is not None)
                 pair.pending = (sets[-1][0], sets[-1][1])
                 self._cond.notify()
+
+    def _feed(self, pair: PairRuntime, index: int, frame: Frame) -> list[tuple[Any, ...]]:
+        """Add `frame` to the pair's synchroniser (caller holds `_cond`); returns the completed sets."""
+        queued = pair.queued[index]
+        if all(f.stamp_ns != frame.stamp_ns for f in queued):
+            queued.append(frame)
+            queued.sort(key=lambda f: f.stamp_ns)
+            del queued[:-self.settings.sync_queue_size]
+        sets = pair.sync.add(index, frame.stamp_ns, frame)
+        for done in sets:  # used frames, and older ones on the same stream, have left the synchroniser
+            for i, used in enumerate(done):
+                pair.queued[i][:] = [f for f in pair.queued[i] if f.stamp_ns > used.stamp_ns]
+        return sets
+
+    def _restart(self, pair: PairRuntime, index: int, stamp: int, previous: int) -> None:
+        """Stream `index` of `pair` jumped back from `previous` to `stamp`: restart the synchroniser.
+
+        The partner's queued frames that are already on the new time line (nearer `stamp` than the old
+        one) are given back to it; its frames from the old time line could never match again. A set
+        already completed (pending) is a valid set and stays for the worker.
+        """
+        other = 1 - index
+        horizon = stamp + max(self.settings.sync_slop_ns, (previous - stamp) // 2)
+        keep = [f for f in pair.queued[other] if f.stamp_ns <= horizon]
+        pair.sync.reset()
+        pair.queued = ([], [])
+        pair.last = None
+        self._fused_done = None
+        for f in keep:
+            self._feed(pair, other, f)
 
     # -- worker ------------------------------------------------------------------------------------
     def _work(self) -> None:
