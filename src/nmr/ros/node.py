@@ -295,8 +295,10 @@ class RegisterNode(Node):
     def _load_model(self, pair: PairRuntime, path: Path) -> None:
         s = self.settings
         try:
-            registrar = create_registrar(path, s, pair.name,
-                                         log=lambda text: self.get_logger().info(f'{pair.name}: {text}'))
+            def log(text: str) -> None:
+                self.get_logger().info(f'{pair.name}: {text}')
+
+            registrar = create_registrar(path, s, pair.name, log=log)
             model_pair = getattr(registrar, 'pair', pair.name)
             if model_pair != pair.name:
                 raise ModelFileError(f'model file {path} was trained for pair {model_pair!r}, not '
