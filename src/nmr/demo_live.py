@@ -68,6 +68,7 @@ class _Recorder:
         self.writer.__enter__()
         self.lock = threading.Lock()
         self.count = 0
+        self.flows = 0  # /flow messages: one per processed set, whether or not sim time was known
         self.last_arrival = time.monotonic()
         self.latency_ms: list[float] = []
         qos = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
@@ -84,8 +85,10 @@ class _Recorder:
             self.writer.write_image(topic, stamp, msg.header.frame_id, image_to_numpy(msg, topic), msg.encoding)
             self.count += 1
             self.last_arrival = time.monotonic()
-            if topic.endswith('/flow') and now > 0:
-                self.latency_ms.append((now - stamp) / 1e6)
+            if topic.endswith('/flow'):
+                self.flows += 1
+                if now > 0:  # 0: this node has not received /clock (yet); no latency for this set
+                    self.latency_ms.append((now - stamp) / 1e6)
 
     def matched(self) -> bool:
         return all(s.get_publisher_count() > 0 for s in self.subs)
@@ -154,7 +157,8 @@ def run_live_pipeline(bag: Path, models: dict[str, Path], out_bag: Path, namespa
         raise RuntimeError('register_node published nothing (see register_node.log)')
     lat = np.array(recorder.latency_ms)
     return {'mode': 'live (nmr play -> register_node over DDS)', 'wall_s': round(wall, 2),
-            'frames_processed': len(lat), 'messages_recorded': recorder.count,
+            'frames_processed': recorder.flows, 'latency_samples': len(lat),
+            'messages_recorded': recorder.count,
             'latency_ms_median': round(float(np.median(lat)), 1) if len(lat) else None,
             'latency_ms_p99': round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
             'node_log': str(log_dir / 'register_node.log')}

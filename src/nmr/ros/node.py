@@ -14,7 +14,9 @@ already formed (that lost sets after every bag loop and stalled the node tests).
 
 Lazy: a pair is only computed when one of its outputs (or the fused output) has subscribers.
 Robustness: every problem caused by inputs, parameters or model files is a throttled one-line log; the
-node keeps running and recovers (a model file that appears or changes later is loaded then).
+node keeps running and recovers (a model file that appears or changes later is loaded then). The first
+load happens in the constructor, before the node advertises any topic, so that being discovered means
+being ready.
 """
 
 from __future__ import annotations
@@ -135,6 +137,11 @@ class RegisterNode(Node):
         used = ['rgb', *(PAIRS[p] for p in s.pairs)]
         self.streams: dict[str, StreamStats] = {n: StreamStats(s.inputs[n].topic) for n in used}
         self._last_stamp: dict[str, int] = {}
+        # Load the models before any publisher or subscription exists: a peer that discovers the node
+        # (a player waiting for subscribers, a recorder waiting for outputs) must find it able to compute.
+        # Loaded lazily in the worker, the first seconds of input (the whole first second of a demo bag)
+        # were synchronised and dropped as stale while onnxruntime/torch were still being imported.
+        self._check_models()
         out_qos = output_qos()
         for pair in self.pairs.values():
             for out in s.pair_outputs:
