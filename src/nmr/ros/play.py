@@ -106,13 +106,29 @@ class Player:
         self.total = sum(c.msgcount for c in connections)
         self.published = 0
 
+    def _all_publishers(self) -> list[Any]:
+        return [*self.pubs.values(), *([self.clock_pub] if self.clock_pub is not None else [])]
+
     def wait_for_subscribers(self, timeout_s: float) -> bool:
+        """Until every topic (and /clock with --clock) has a subscriber: use_sim_time nodes need /clock too."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if all(p.get_subscription_count() > 0 for p in self.pubs.values()):
+            if all(p.get_subscription_count() > 0 for p in self._all_publishers()):
                 return True
             time.sleep(0.02)
         return False
+
+    def wait_for_acks(self, timeout_s: float = 5.0) -> bool:
+        """Before exiting: let reliable readers that matched late fetch what they missed.
+
+        A writer that is destroyed right after its last publish takes its unacknowledged samples with
+        it; a reader that discovered the player late would then never see the end of the bag.
+        """
+        from rclpy.duration import Duration
+
+        if not self.args.reliable:
+            return True
+        return all(p.wait_for_all_acked(Duration(seconds=timeout_s)) for p in self.pubs.values())
 
     def _publish_clock(self, bag_ns: int) -> None:
         if self.clock_pub is not None:
@@ -183,6 +199,9 @@ def run(args: argparse.Namespace) -> int:
                       f'{args.wait_for_subscribers} s; playing anyway', file=sys.stderr)
             while player.play_once() and args.loop:
                 pass
+            if not player.wait_for_acks():
+                print('nmr play: warning: not every reliable subscriber acknowledged the last messages',
+                      file=sys.stderr)
             if not args.quiet:
                 sys.stderr.write('\n')
             print(f'nmr play: published {player.published} messages on {len(player.pubs)} topics')
