@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -156,10 +157,13 @@ def run_live_pipeline(bag: Path, models: dict[str, Path], out_bag: Path, namespa
     if recorder.count == 0:
         raise RuntimeError('register_node published nothing (see register_node.log)')
     lat = np.array(recorder.latency_ms)
+    chosen = sorted({m.group(1).strip() for m in re.finditer(r'backend \S+ chosen: ([^(]+)',
+                                                               (log_dir / 'register_node.log').read_text())})
     return {'mode': 'live (nmr play -> register_node over DDS)', 'wall_s': round(wall, 2),
             'frames_processed': recorder.flows, 'latency_samples': len(lat),
             'messages_recorded': recorder.count,
             'latency_ms_median': round(float(np.median(lat)), 1) if len(lat) else None,
             'latency_ms_p99': round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
+            'backend': ', '.join(chosen) or 'see register_node.log',
             'node_log': str(log_dir / 'register_node.log')}
 
