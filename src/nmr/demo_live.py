@@ -20,20 +20,16 @@ from typing import Any
 
 import numpy as np
 
+from nmr.resources import share_path
+
 PAIR_OUTPUTS = ('registered', 'flow', 'flow_viz', 'overlay')
 DISCOVERY_TIMEOUT_S = 20.0
 DRAIN_S = 2.0  # after the player ends: stop once no output arrived for this long
 
 
 def _shipped_profile() -> Path | None:
-    candidates = [Path(__file__).resolve().parents[2] / 'config' / 'fastdds_large_images.xml']
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        candidates.insert(0, Path(get_package_share_directory('nmr')) / 'config' / 'fastdds_large_images.xml')
-    except Exception:
-        pass
-    return next((c for c in candidates if c.is_file()), None)
+    profile = share_path('config', 'fastdds_large_images.xml')
+    return profile if profile.is_file() else None
 
 
 def _dds_env() -> dict[str, str]:

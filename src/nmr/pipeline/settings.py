@@ -283,14 +283,9 @@ def default_model_path(pair: str) -> Path:
 
     Returns the .onnx path when neither exists, so the error message names the preferred file.
     """
-    dirs: list[Path] = []
-    try:
-        from ament_index_python.packages import get_package_share_directory
+    from nmr.resources import share_dirs, share_path
 
-        dirs.append(Path(get_package_share_directory('nmr')) / 'models')
-    except Exception:
-        pass
-    dirs.append(Path(__file__).resolve().parents[3] / 'models')
+    dirs = [d / 'models' for d in share_dirs()] or [share_path('models')]
     for folder in dirs:
         for ext in ('.onnx', '.pt'):
             candidate = folder / f'{pair}{ext}'

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[3]
-FASTDDS_PROFILE = ROOT / 'config' / 'fastdds_large_images.xml'
+from nmr.resources import share_path
+
+FASTDDS_PROFILE = share_path('config', 'fastdds_large_images.xml')
 INPUT_TOPICS = {'rgb': '/camera/camera/color/image_raw', 'lwir': '/flir_boson/image_raw',
                 'depth': '/camera/camera/depth/image_rect_raw'}
 

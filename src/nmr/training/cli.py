@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from nmr.errors import ConfigError
+from nmr.resources import share_path
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / 'config' / 'train.yaml'
+DEFAULT_CONFIG = share_path('config', 'train.yaml')
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
