@@ -3,6 +3,7 @@ the trainer end to end with checkpoints and an exact resume. Everything tiny (CP
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 from pathlib import Path
@@ -90,12 +91,34 @@ def test_misalignment_ground_truth_registers_back_exactly() -> None:
     assert float(err.mean()) < 0.02  # bilinear re-sampling twice, no geometric error
 
 
+def test_coarse_inverse_matches_the_exact_one() -> None:
+    """Training solves the inverse field every `stride` pixels; it must stay within a small fraction of a
+    pixel of the exact solution at native size (640-wide magnitudes)."""
+    from nmr.training.augment import inverse_on_grid
+
+    g = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        mis = sample_misalignment(250, 500, AugmentConfig(enabled=True), g)
+        exact = inverse_on_grid(mis)
+        coarse = inverse_on_grid(mis, stride=4)
+        assert coarse.shape == exact.shape == (2, 250, 500)
+        assert float((coarse - exact).abs().max()) < 0.1
+        assert float(exact.norm(dim=0).mean()) > 3.0
+
+
 def test_misalignment_magnitude_is_about_15px_at_640() -> None:
     g = torch.Generator().manual_seed(0)
     cfg = AugmentConfig(enabled=True)
     mags = [float(field_on_grid(sample_misalignment(64, 80, cfg, g)).norm(dim=0).mean()) for _ in range(60)]
     # 80 px wide = 1/8 of 640: expect ~15 / 8 px
     assert 1.2 < float(np.mean(mags)) < 2.6
+
+
+def test_registration_learning_rate_applies_to_r_only() -> None:
+    system = NemarSystem(tiny_config('optim.lr_registration=5e-3'))
+    lrs = {k: o.param_groups[0]['lr'] for k, o in system.optimizers.items()}
+    assert lrs == {'registration': 5e-3, 'translation': 1e-3, 'discriminator': 1e-3}
+    assert NemarSystem(tiny_config()).optimizers['registration'].param_groups[0]['lr'] == 1e-3
 
 
 # -- the step -------------------------------------------------------------------------------------------
@@ -311,3 +334,54 @@ def test_nmr_train_cli_on_image_folders(tmp_path: Path) -> None:
     _, meta = load_registration_net(out / 'best.pt', expected_pair='rgb_lwir')
     assert meta.train_data['source'] == 'folders'
     assert main(['train', '--pairs', str(tmp_path / 'nope'), str(tmp_path / 'lwir'), '--out', str(out)]) == 2
+
+
+def test_nmr_train_cli_pools_a_rig_bag_with_image_folders(tmp_path: Path) -> None:
+    """`--bag` and `--pairs` together: rig pairs (own ground truth, different sizes) are used as they are,
+    pre-aligned folder pairs get the synthetic misalignment; validation sees ground truth from both."""
+    cv2 = pytest.importorskip('cv2')
+    from nmr.cli.main import main
+    from nmr.data.pairs import write_manifest
+    from nmr.synth.generator import SynthConfig, generate
+    from nmr.training.cli import add_arguments, build_data
+
+    bag = tmp_path / 'rig'
+    generate(SynthConfig(out=bag, duration_s=4 / 30, seed=3, size_scale=0.1))
+    (tmp_path / 'rgb').mkdir()
+    (tmp_path / 'lwir').mkdir()
+    for fp in _frame_pairs(5):
+        cv2.imwrite(str(tmp_path / 'rgb' / f'{fp.name}.png'), fp.moving[:, :, ::-1])
+        cv2.imwrite(str(tmp_path / 'lwir' / f'{fp.name}.png'), fp.fixed)
+    argv = ['--bag', str(bag), '--pairs', str(tmp_path / 'rgb'), str(tmp_path / 'lwir'), '--out', 'x']
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = tiny_config('data.val_fraction=0.4', 'augment.enabled=true')
+    data = build_data(parser.parse_args(argv), cfg)
+    assert data.summary['source'] == 'mixed' and len(data.summary['sources']) == 2
+    n_bag = data.summary['sources'][0]['train_pairs']
+    assert n_bag >= 3 and len(data.train) == n_bag + data.summary['sources'][1]['train_pairs']
+    from nmr.training.data import TrainingPairs
+
+    items = TrainingPairs(data.train, 'lwir', (32, 48), augment=cfg.augment)
+    rig_item, folder_item = items[0], items[len(data.train) - 1]
+    rig_pair = data.train[0]
+    assert rig_item['moving_hw'] != rig_item['fixed_hw']  # rig: native sizes differ, used as recorded
+    assert torch.equal(rig_item['gt_flow'], torch.from_numpy(rig_pair.gt_flow).permute(2, 0, 1))
+    assert folder_item['gt_flow'] is not None  # folder pair: synthetic misalignment made ground truth
+
+    # --val-manifest replaces the validation pairs, but the sources' held-out split stays out of training
+    write_manifest(tmp_path / 'val.csv', [{'name': 'v', 'moving': tmp_path / 'rgb' / 'p0.png',
+                                            'fixed': tmp_path / 'lwir' / 'p0.png'}])
+    with_val = build_data(parser.parse_args([*argv, '--val-manifest', str(tmp_path / 'val.csv')]), cfg)
+    assert len(with_val.train) == len(data.train) and len(with_val.val) == 1
+
+    out = tmp_path / 'run'
+    sets = [*TINY, 'optim.epochs=1', 'optim.batch_size=2', 'data.net_hw=[32,48]', 'data.workers=0',
+            'data.val_fraction=0.4', 'augment.enabled=true', 'run.keep_every=0']
+    cmd = ['train', *argv[:-2], '--pair', 'rgb_lwir', '--out', str(out)]
+    for s in sets:
+        cmd += ['--set', s]
+    assert main(cmd) == 0
+    _, meta = load_registration_net(out / 'best.pt', expected_pair='rgb_lwir')
+    assert meta.train_data['source'] == 'mixed'
+    assert main(['train', '--out', str(out)]) == 2  # no source: one-line error, exit 2

@@ -3,6 +3,7 @@
 nmr train --config config/train.yaml --bag run1 run2 --pair rgb_lwir --out runs/lwir
 nmr train --manifest pairs.csv --pair rgb_lwir --out runs/lwir --set augment.enabled=true
 nmr train --pairs rgb_dir/ lwir_dir/ --pair rgb_lwir --out runs/lwir --resume
+nmr train --pairs rgb_dir/ lwir_dir/ --bag rig1 rig2 --pair rgb_lwir --out runs/mix   # sources mix
 torchrun --nproc_per_node 4 -m nmr.cli.main train ...        # DDP, one process per GPU
 """
 
@@ -25,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f'training YAML (default: {DEFAULT_CONFIG.name} shipped with nmr, if present)',
     )
-    src = parser.add_mutually_exclusive_group(required=True)
+    src = parser.add_argument_group(
+        'training data (one or more sources; their pairs are pooled, each split on its own)'
+    )
     src.add_argument('--bag', nargs='+', type=Path, metavar='BAG', help='rosbag2 bag folder(s) or file(s)')
     src.add_argument(
         '--manifest',
@@ -45,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar='CSV',
-        help='explicit validation pairs (default: a split of the training source)',
+        help='validation pairs instead of the sources\' own validation split (which is still left out '
+        'of training; set data.val_fraction=0 to train on all of it)',
     )
     parser.add_argument(
         '--pair',
@@ -73,14 +77,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_data(args: argparse.Namespace, cfg: Any) -> Any:
-    """The train / val FramePair datasets for the chosen source (nmr.data), split as the config says."""
+    """The train / val FramePair datasets of every given source (nmr.data), each split as the config says,
+    pooled. Pre-aligned pairs (no ground truth) get the synthetic misalignment in training; pairs with
+    ground truth (rig bags, manifests with `flow`) are used as they are (nmr.training.data)."""
+    from torch.utils.data import ConcatDataset, Subset
+
     from nmr.training.trainer import FIXED_KIND, TrainData
 
     d = cfg.data
     kind = FIXED_KIND[d.pair]
-    split_val = d.val_fraction > 0 and not args.val_manifest
-    train: Any
-    val: Any = None
+    # The sources are split even when --val-manifest replaces their validation pairs, so that scenes held
+    # out by the split never reach training (data.val_fraction=0 trains on everything).
+    split_val = d.val_fraction > 0
+    parts: list[tuple[Any, Any, dict[str, Any]]] = []
     if args.bag:
         from nmr.data.bag_reader import BagPairDataset
 
@@ -91,16 +100,24 @@ def build_data(args: argparse.Namespace, cfg: Any) -> Any:
             'block_s': d.block_s,
             'slop_s': d.slop_s,
         }
-        train = BagPairDataset(args.bag, split='train' if split_val else 'all', **kw)
-        val = BagPairDataset(args.bag, split='val', **kw) if split_val else None
-        summary: dict[str, Any] = {'source': 'bags', **train.summary()}
-    elif args.manifest:
+        # One dataset per bag: each bag is its own recording (own clock, own time blocks). Read as one,
+        # bags recorded over the same time span would pair one bag's RGB with another's LWIR.
+        for bag in args.bag:
+            bag_train = BagPairDataset(bag, split='train' if split_val else 'all', **kw)
+            parts.append((
+                bag_train,
+                BagPairDataset(bag, split='val', **kw) if split_val else None,
+                {'source': 'bags', **bag_train.summary()},
+            ))
+    if args.manifest:
         from nmr.data.pairs import ManifestDataset
 
-        train = ManifestDataset(args.manifest, kind, 'train' if split_val else 'all', d.val_fraction)
-        val = ManifestDataset(args.manifest, kind, 'val', d.val_fraction) if split_val else None
-        summary = {'source': 'manifest', 'manifest': str(args.manifest)}
-    else:
+        parts.append((
+            ManifestDataset(args.manifest, kind, 'train' if split_val else 'all', d.val_fraction),
+            ManifestDataset(args.manifest, kind, 'val', d.val_fraction) if split_val else None,
+            {'source': 'manifest', 'manifest': str(args.manifest)},
+        ))
+    if args.pairs:
         from nmr.data.pairs import FolderPairDataset
 
         fkw: dict[str, Any] = {
@@ -109,20 +126,27 @@ def build_data(args: argparse.Namespace, cfg: Any) -> Any:
             'val_fraction': d.val_fraction,
             'scene_prefix': d.scene_prefix,
         }
-        train = FolderPairDataset(
-            args.pairs[0], args.pairs[1], kind, split='train' if split_val else 'all', **fkw
-        )
-        val = FolderPairDataset(args.pairs[0], args.pairs[1], kind, split='val', **fkw) if split_val else None
-        summary = {'source': 'folders', 'moving_dir': str(args.pairs[0]), 'fixed_dir': str(args.pairs[1]),
-                   'scene_prefix': d.scene_prefix, 'val_fraction': d.val_fraction}
+        folder_split = 'train' if split_val else 'all'
+        parts.append((
+            FolderPairDataset(args.pairs[0], args.pairs[1], kind, split=folder_split, **fkw),
+            FolderPairDataset(args.pairs[0], args.pairs[1], kind, split='val', **fkw) if split_val else None,
+            {'source': 'folders', 'moving_dir': str(args.pairs[0]), 'fixed_dir': str(args.pairs[1]),
+             'scene_prefix': d.scene_prefix},
+        ))
+    train = parts[0][0] if len(parts) == 1 else ConcatDataset([p[0] for p in parts])
+    vals = [p[1] for p in parts if p[1] is not None and len(p[1]) > 0]
+    val: Any = None if not vals else (vals[0] if len(vals) == 1 else ConcatDataset(vals))
+    summary: dict[str, Any] = (
+        dict(parts[0][2])
+        if len(parts) == 1
+        else {'source': 'mixed', 'sources': [{**p[2], 'train_pairs': len(p[0])} for p in parts]}
+    )
     if args.val_manifest:
         from nmr.data.pairs import ManifestDataset
 
         val = ManifestDataset(args.val_manifest, kind)
         summary['val_manifest'] = str(args.val_manifest)
     if d.max_pairs > 0 and len(train) > d.max_pairs:
-        from torch.utils.data import Subset
-
         train = Subset(train, range(d.max_pairs))
     summary['split'] = f'val_fraction {d.val_fraction}' if split_val else 'explicit or none'
     return TrainData(train=train, val=val, summary=summary)
@@ -141,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_config(cfg), end='')
         return 0
+    if not (args.bag or args.manifest or args.pairs):
+        raise ConfigError('nmr train needs training data: --bag, --manifest and/or --pairs')
     for p in (args.bag or []) + ([args.manifest] if args.manifest else []) + list(args.pairs or []):
         if not Path(p).exists():
             raise ConfigError(f'training data {p} does not exist; check the path')
