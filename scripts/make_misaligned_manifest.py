@@ -34,14 +34,19 @@ def main() -> int:
     parser.add_argument('--scene-prefix', type=int, default=0, help='as data.scene_prefix in training')
     parser.add_argument('--val-fraction', type=float, default=0.2, help='as data.val_fraction in training')
     parser.add_argument('--seed', type=int, default=2026, help='misalignment seed')
+    parser.add_argument('--split', choices=('val', 'train'), default='val',
+                        help='val: held-out scenes (evaluation); train: training scenes (for tuning '
+                             'optimisation settings without touching the held-out ones)')
+    parser.add_argument('--max-pairs', type=int, default=0, help='first N pairs of the split (0 = all)')
     parser.add_argument('--out', type=Path, required=True, help='folder for images, flows and manifest.csv')
     args = parser.parse_args()
 
     data = FolderPairDataset(args.pairs[0], args.pairs[1], args.kind, args.moving_suffix, args.fixed_suffix,
-                             split='val', val_fraction=args.val_fraction, scene_prefix=args.scene_prefix)
+                             split=args.split, val_fraction=args.val_fraction, scene_prefix=args.scene_prefix)
     args.out.mkdir(parents=True, exist_ok=True)
     cfg, generator, rows = AugmentConfig(enabled=True), torch.Generator().manual_seed(args.seed), []
-    for i in range(len(data)):
+    count = len(data) if args.max_pairs <= 0 else min(len(data), args.max_pairs)
+    for i in range(count):
         pair = data[i]
         h, w = pair.fixed.shape[:2]
         moving = cv2.resize(pair.moving, (w, h), interpolation=cv2.INTER_AREA) \
@@ -62,7 +67,8 @@ def main() -> int:
                      'flow': f'{stem}_flow.npy', 'valid': f'{stem}_valid.png'})
     write_manifest(args.out / 'manifest.csv', rows)
     mags = [np.linalg.norm(np.load(r['flow']), axis=2).mean() for r in rows]
-    print(f'{len(rows)} held-out pairs -> {args.out / "manifest.csv"} (mean misalignment {np.mean(mags):.1f} px)')
+    what = 'held-out' if args.split == 'val' else 'training-scene'
+    print(f'{len(rows)} {what} pairs -> {args.out / "manifest.csv"} (mean misalignment {np.mean(mags):.1f} px)')
     return 0
 
 

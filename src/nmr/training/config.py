@@ -101,6 +101,9 @@ class LossConfig:
 @dataclass
 class OptimConfig:
     lr: float = 1e-4
+    # R_Phi's own learning rate (0 = `lr`). R is a small network fed by a smooth, low-noise L1 signal, so it
+    # tolerates (and on short CPU budgets needs) a larger step than the GAN pair T / D.
+    lr_registration: float = 0.0
     beta1: float = 0.5
     beta2: float = 0.999
     batch_size: int = 12  # per process
@@ -148,6 +151,8 @@ class TrainConfig:
             raise ConfigError(f'data.val_fraction {self.data.val_fraction} must be in [0, 1)')
         if self.optim.batch_size < 1 or self.optim.epochs < 1:
             raise ConfigError('optim.batch_size and optim.epochs must be >= 1')
+        if self.optim.lr <= 0 or self.optim.lr_registration < 0:
+            raise ConfigError('optim.lr must be > 0 and optim.lr_registration >= 0 (0 = optim.lr)')
         if not 0.0 <= self.optim.decay_start <= 1.0:
             raise ConfigError(f'optim.decay_start {self.optim.decay_start} must be in [0, 1]')
         if self.loss.baseline == 'none':

@@ -69,8 +69,9 @@ class NemarSystem:
             if self.channels_last:
                 net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         betas = (cfg.optim.beta1, cfg.optim.beta2)
+        lr_r = cfg.optim.lr_registration or cfg.optim.lr
         self.optimizers: dict[str, torch.optim.Optimizer] = {
-            name: torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, betas=betas)
+            name: torch.optim.Adam(net.parameters(), lr=lr_r if name == 'registration' else cfg.optim.lr, betas=betas)
             for name, net in self.networks().items()
         }
         self.amp = amp_dtype(cfg, self.device)
