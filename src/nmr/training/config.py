@@ -66,6 +66,9 @@ class AugmentConfig:
     elastic_grid: int = 4  # control points per axis (smoothness of the elastic part)
     reference_width: int = 640
     val_seed: int = 12345  # fixed misalignment per validation pair
+    # Curriculum: magnitudes x warmup_start at epoch 0, rising linearly to full at warmup_epochs (0 = off).
+    warmup_epochs: int = 0
+    warmup_start: float = 0.0
 
 
 @dataclass
@@ -151,6 +154,8 @@ class TrainConfig:
             raise ConfigError(f'data.val_fraction {self.data.val_fraction} must be in [0, 1)')
         if self.optim.batch_size < 1 or self.optim.epochs < 1:
             raise ConfigError('optim.batch_size and optim.epochs must be >= 1')
+        if self.augment.warmup_epochs < 0 or not 0.0 <= self.augment.warmup_start <= 1.0:
+            raise ConfigError('augment.warmup_epochs must be >= 0 and augment.warmup_start in [0, 1]')
         if self.optim.lr <= 0 or self.optim.lr_registration < 0:
             raise ConfigError('optim.lr must be > 0 and optim.lr_registration >= 0 (0 = optim.lr)')
         if not 0.0 <= self.optim.decay_start <= 1.0:

@@ -9,12 +9,13 @@ the same ones, and a resumed run the same as an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from nmr.training.augment import misalign, sample_misalignment
 from nmr.training.config import AugmentConfig
@@ -56,14 +57,19 @@ class TrainingPairs(Dataset):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """The epoch for plain indices. DataLoader workers keep their own copy of the dataset (persistent
+        workers never see this call): training indexes through `EpochTaggedSampler` instead."""
         self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int) -> dict[str, Any]:
+        """Item `key` of the current epoch, or item `key % len` of epoch `key // len` (tagged index)."""
         from nmr.data import preprocess
 
+        n = len(self.pairs)
+        epoch, i = divmod(key, n) if key >= n else (self.epoch, key)
         fp = self.pairs[i]
         moving = preprocess.rgb_input(fp.moving)
         fixed = preprocess.fixed_input(
@@ -79,8 +85,9 @@ class TrainingPairs(Dataset):
                     f'pair {fp.name}: synthetic misalignment needs pre-aligned images of the same '
                     f'size, got moving {tuple(moving.shape[-2:])} and fixed {tuple(fixed.shape[-2:])}'
                 )
-            g = torch.Generator().manual_seed(self._item_seed(i))
-            mis = sample_misalignment(moving.shape[-2], moving.shape[-1], self.augment, g)
+            g = torch.Generator().manual_seed(self._item_seed(i, epoch))
+            strength = 1.0 if self.deterministic else warmup_strength(self.augment, epoch)
+            mis = sample_misalignment(moving.shape[-2], moving.shape[-1], scaled(self.augment, strength), g)
             # Training never reads the ground truth, so its inverse field may be solved on a coarse grid
             # (~0.03 px off, 15x cheaper); validation keeps the exact one for EPE.
             moving, gt = misalign(moving, mis, stride=1 if self.deterministic else TRAIN_INVERSE_STRIDE)
@@ -96,11 +103,60 @@ class TrainingPairs(Dataset):
         }
         return item
 
-    def _item_seed(self, i: int) -> int:
-        epoch = 0 if self.deterministic else self.epoch
+    def _item_seed(self, i: int, epoch: int) -> int:
+        epoch = 0 if self.deterministic else epoch
         base = self.augment.val_seed if (self.deterministic and self.augment is not None) else self.seed
         key = f'{base}:{epoch}:{i}'.encode()
         return int.from_bytes(hashlib.sha1(key).digest()[:8], 'big') & ((1 << 62) - 1)
+
+
+class EpochTaggedSampler(Sampler[int]):
+    """Wraps a sampler so that each index also carries the epoch (`epoch * len + index`).
+
+    The epoch seeds the synthetic misalignment. Setting it on the dataset does not reach persistent
+    DataLoader workers (each holds a copy made when it started), so every epoch would replay the first
+    epoch's fields; indices are drawn in the main process and so always carry the right epoch.
+    """
+
+    def __init__(self, sampler: DistributedSampler[Any], dataset_len: int) -> None:
+        self.sampler = sampler
+        self.dataset_len = dataset_len
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        offset = self.epoch * self.dataset_len
+        return (offset + int(i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+def warmup_strength(cfg: AugmentConfig, epoch: int) -> float:
+    """Misalignment magnitude factor for a training epoch: `warmup_start` at epoch 0, rising linearly to 1
+    at `warmup_epochs`. T can only learn a sharp, content-specific translation from pairs whose geometry
+    it can follow; early on R does not align them yet, so small misalignments let T learn first (and
+    give R a signal), then the full range trains R. Validation always uses the full magnitudes."""
+    if cfg.warmup_epochs <= 0:
+        return 1.0
+    return cfg.warmup_start + (1.0 - cfg.warmup_start) * min(1.0, epoch / cfg.warmup_epochs)
+
+
+def scaled(cfg: AugmentConfig, strength: float) -> AugmentConfig:
+    """The config with every misalignment magnitude multiplied by `strength`."""
+    if strength == 1.0:
+        return cfg
+    return replace(
+        cfg,
+        shift_px=cfg.shift_px * strength,
+        rotation_deg=cfg.rotation_deg * strength,
+        scale=cfg.scale * strength,
+        shear=cfg.shear * strength,
+        elastic_px=cfg.elastic_px * strength,
+    )
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from nmr.errors import ConfigError
 from nmr.models.checkpoint import ModelMetadata, read_checkpoint, save_checkpoint
 from nmr.models.resampler import flow_to_native
 from nmr.training.config import TrainConfig, config_to_dict, dump_config
-from nmr.training.data import TrainingPairs, collate
+from nmr.training.data import EpochTaggedSampler, TrainingPairs, collate
 from nmr.training.losses import baseline_similarity_loss, endpoint_error
 from nmr.training.step import NemarSystem
 
@@ -192,7 +192,7 @@ class Trainer:
         self.loader = DataLoader(
             self.train_set,
             batch_size=cfg.optim.batch_size,
-            sampler=self.sampler,
+            sampler=EpochTaggedSampler(self.sampler, len(self.train_set)),
             num_workers=cfg.data.workers,
             collate_fn=collate,
             drop_last=True,
@@ -318,7 +318,7 @@ class Trainer:
         last_metrics: dict[str, float] = {}
         end = cfg.optim.epochs if stop_after_epoch is None else min(cfg.optim.epochs, stop_after_epoch)
         for epoch in range(self.start_epoch, end):
-            self.sampler.set_epoch(epoch)
+            self.loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
             self.train_set.set_epoch(epoch)
             self.system.train(True)
             running: dict[str, torch.Tensor] = {}
