@@ -5,8 +5,9 @@ R learns only through T: `L_recon = |R_S(T(a), phi) - b|_1 + |T(R_S(a, phi)) - b
 that loss is not lower at the ground-truth flow than at zero flow, no gradient can lead R towards alignment
 (T is still blurry or content-blind) and more R steps are wasted. This script loads a training checkpoint
 (`last.pt`, which holds T), takes pairs of the TRAINING split with the trainer's synthetic misalignment
-(validation seed) and prints both reconstruction terms and lambda_S x smoothness for flow = alpha x ground
-truth, alpha from 0 (unregistered) to 1.25.
+(validation seed) and prints both reconstruction terms (plain mean and masked to where R_S sampled inside the
+image, `loss.mask_invalid`) and lambda_S x smoothness for flow = alpha x ground truth, alpha from 0
+(unregistered) to 1.25.
 
     .venv/bin/python benchmarks/nemar_signal.py --checkpoint runs/x/last.pt \
         --pairs ../shared/data/roadscene/crop_LR_visible ../shared/data/roadscene/cropinfrared
@@ -24,7 +25,7 @@ from nmr.models.checkpoint import read_checkpoint
 from nmr.models.resampler import resize_flow_same_size, warp
 from nmr.training.config import config_from_dict
 from nmr.training.data import TrainingPairs, collate
-from nmr.training.losses import bilateral_smoothness
+from nmr.training.losses import bilateral_smoothness, reconstruction_l1
 from nmr.training.step import NemarSystem
 from nmr.training.trainer import FIXED_KIND
 
@@ -55,17 +56,19 @@ def main() -> int:
     lam_s = cfg.loss.lambda_smooth
     print(f'{args.checkpoint} (step {ckpt.extra.get("global_step")}), {moving.shape[0]} training pairs, '
           f'mean |gt| {float(gt.norm(dim=1).mean()):.2f} net px')
-    print('alpha  L1 R_S(T(a))  L1 T(R_S(a))  lambda_R x sum  lambda_S x smooth')
+    print('L1 of each fake over all pixels (plain, the paper) and over R_S-valid pixels (masked, ours)')
+    print('alpha  R_S(T(a)) plain masked  T(R_S(a)) plain masked  lambda_R x masked sum  lambda_S x smooth')
     with torch.no_grad():
         translated = system.T(moving)
         for alpha in (0.0, 0.25, 0.5, 0.75, 1.0, 1.25):
             phi = alpha * gt
-            registered = warp(moving, phi)[0]
-            rt = float((warp(translated, phi)[0] - fixed).abs().mean())
-            tr = float((system.T(registered) - fixed).abs().mean())
+            registered, valid = warp(moving, phi)
+            fake_rt, fake_tr = warp(translated, phi)[0], system.T(registered)
+            rt = [float(reconstruction_l1(fake_rt, fixed, m)) for m in (None, valid)]
+            tr = [float(reconstruction_l1(fake_tr, fixed, m)) for m in (None, valid)]
             smooth = float(bilateral_smoothness(phi, registered, cfg.loss.bilateral_alpha, cfg.loss.bilateral))
-            print(f'{alpha:5.2f}  {rt:12.4f}  {tr:12.4f}  {cfg.loss.lambda_recon * (rt + tr):14.3f}  '
-                  f'{lam_s * smooth:17.3f}')
+            print(f'{alpha:5.2f}  {rt[0]:15.4f} {rt[1]:6.4f}  {tr[0]:15.4f} {tr[1]:6.4f}  '
+                  f'{cfg.loss.lambda_recon * (rt[1] + tr[1]):21.3f}  {lam_s * smooth:16.3f}')
     return 0
 
 

@@ -117,3 +117,19 @@ def test_endpoint_error_respects_mask() -> None:
     assert float(endpoint_error(pred, gt)) == pytest.approx(5.0 / 4)
     valid = torch.tensor([[False, True], [True, True]])
     assert float(endpoint_error(pred, gt, valid)) == 0.0
+
+
+def test_reconstruction_l1_ignores_samples_from_outside_the_moving_image() -> None:
+    from nmr.training.losses import reconstruction_l1
+
+    fixed = torch.zeros(2, 1, 4, 5)
+    fake = torch.zeros(2, 1, 4, 5)
+    fake[:, :, :, 0] = 3.0  # error only in the first column
+    valid = torch.ones(2, 1, 4, 5, dtype=torch.bool)
+    assert float(reconstruction_l1(fake, fixed, None)) == pytest.approx(3.0 / 5)
+    assert float(reconstruction_l1(fake, fixed, valid)) == pytest.approx(3.0 / 5)
+    valid[:, :, :, 0] = False
+    assert float(reconstruction_l1(fake, fixed, valid)) == 0.0
+    rgb = torch.zeros(2, 3, 4, 5)  # the mask broadcasts over channels
+    rgb[:, :, :, 1] = 1.0
+    assert float(reconstruction_l1(rgb, torch.zeros_like(rgb), valid)) == pytest.approx(1.0 / 4)

@@ -92,6 +92,9 @@ class LossConfig:
     gan_mode: str = 'vanilla'  # vanilla (BCE, paper eq. 5) | lsgan
     bilateral: bool = True
     bilateral_alpha: float = 1.0
+    # L_recon only where R_S sampled inside the moving image (false = the paper's plain mean, which biases R
+    # towards the identity: see nmr.training.losses.reconstruction_l1)
+    mask_invalid: bool = True
     flows: str = 'both'  # both | register_first (T o R) | translate_first (R o T)
     gan_modules: str = 'both'  # modules updated by the cGAN term (Table 2 columns): both | R | T | none
     l1_modules: str = 'both'  # modules updated by the reconstruction term (Table 2 rows)

@@ -53,6 +53,22 @@ def bilateral_smoothness(
     return 2.0 * total / (flow.shape[0] * h * w)
 
 
+def reconstruction_l1(fake: torch.Tensor, fixed: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """|fake - fixed|_1 averaged over the pixels where R_S sampled inside the moving image (`valid`
+    Bx1xHxW), or over all pixels when `valid` is None (the paper's plain mean).
+
+    Outside the moving image R_S returns zeros, which no T can predict: with the plain mean every pixel
+    that a non-zero flow moves past the border adds error, a bias towards the identity that is as large as
+    the alignment gain itself for a few-pixel misalignment (benchmarks/nemar_signal.py), and R cannot
+    leave the identity. The register-first fake T(R_S(a, phi)) uses the same mask.
+    """
+    diff = (fake.float() - fixed.float()).abs()
+    if valid is None:
+        return diff.mean()
+    mask = valid.to(diff.dtype).expand_as(diff)
+    return (diff * mask).sum() / mask.sum().clamp_min(1.0)
+
+
 class GANLoss(nn.Module):
     """'vanilla' (BCE with logits: the paper's log D / log(1 - D), eq. 5) or 'lsgan' (MSE to 1 / 0)."""
 

@@ -6,7 +6,8 @@ Per batch (moving a, fixed b, both at network size):
 2. D step: the conditional PatchGAN sees (b | a) as real and (O_RT | a), (O_TR | a) as fake (detached);
    one forward over the concatenated batch.
 3. R + T step: `lambda_gan * L_cGAN + lambda_R * L_recon + lambda_S * L_smooth` with
-   `L_recon = |O_RT - b|_1 + |O_TR - b|_1` (eq. 4) and the bilateral smoothness on `O = R_S(a, phi)`.
+   `L_recon = |O_RT - b|_1 + |O_TR - b|_1` (eq. 4; over the pixels R_S sampled inside the moving image
+   when `loss.mask_invalid`, see `reconstruction_l1`) and the bilateral smoothness on `O = R_S(a, phi)`.
    `loss.gan_modules` / `loss.l1_modules` route the cGAN / L1 gradients to R, T or both (Table 2) by
    back-propagating each module's own sum into its own parameters only.
 Baselines (Table 1, `loss.baseline`): R alone with a cross-modality similarity + smoothness; no T, no D.
@@ -30,7 +31,13 @@ from nmr.models.registration import RegistrationConfig, RegistrationNet
 from nmr.models.resampler import warp
 from nmr.models.translation import TranslationNet
 from nmr.training.config import TrainConfig
-from nmr.training.losses import GANLoss, baseline_similarity_loss, bilateral_smoothness, sobel_edges
+from nmr.training.losses import (
+    GANLoss,
+    baseline_similarity_loss,
+    bilateral_smoothness,
+    reconstruction_l1,
+    sobel_edges,
+)
 
 
 def _uses(modules: str, who: str) -> bool:
@@ -164,6 +171,10 @@ class NemarSystem:
                 out['fake_tr'] = nets['translation'](out['registered'])  # T o R: T(R_S(a, phi))
         return out
 
+    def recon_mask(self, out: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Where L_recon is measured: R_S's validity mask (`loss.mask_invalid`), else everywhere."""
+        return out['valid'] if self.cfg.loss.mask_invalid else None
+
     def fakes(self, out: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         return [out[k] for k in ('fake_rt', 'fake_tr') if k in out]
 
@@ -221,7 +232,8 @@ class NemarSystem:
                 gan_terms = [self.gan(self.D(f, moving), True) for f in fakes]
             gan = sum(gan_terms, torch.zeros((), device=self.device))
             recon = sum(
-                ((f.float() - fixed.float()).abs().mean() for f in fakes), torch.zeros((), device=self.device)
+                (reconstruction_l1(f, fixed, self.recon_mask(out)) for f in fakes),
+                torch.zeros((), device=self.device),
             )
             logs['gan'] = gan.detach()
             logs['recon'] = recon.detach()

@@ -35,7 +35,7 @@ from nmr.models.checkpoint import ModelMetadata, read_checkpoint, save_checkpoin
 from nmr.models.resampler import flow_to_native
 from nmr.training.config import TrainConfig, config_to_dict, dump_config
 from nmr.training.data import EpochTaggedSampler, TrainingPairs, collate
-from nmr.training.losses import baseline_similarity_loss, endpoint_error
+from nmr.training.losses import baseline_similarity_loss, endpoint_error, reconstruction_l1
 from nmr.training.step import NemarSystem
 
 FIXED_KIND = {'rgb_lwir': 'lwir', 'rgb_depth': 'depth'}
@@ -454,9 +454,8 @@ class Trainer:
                 lc.ssim_window,
             )
         fakes = self.system.fakes(out)
-        total = sum(
-            ((f.float() - fixed.float()).abs().mean() for f in fakes), torch.zeros((), device=self.device)
-        )
+        mask = self.system.recon_mask(out)
+        total = sum((reconstruction_l1(f, fixed, mask) for f in fakes), torch.zeros((), device=self.device))
         return total / max(1, len(fakes))
 
     def _log_images(
