@@ -311,7 +311,7 @@ def _trainer(out: Path, epochs: int, resume: bool = False) -> Trainer:
 
 def test_trainer_writes_checkpoints_validates_and_resumes_exactly(tmp_path: Path) -> None:
     straight = _trainer(tmp_path / 'a', epochs=2).fit()
-    assert straight['steps'] == 4 and 'epe' in straight['last'] and 'epe_pct_identity' in straight['last']
+    assert straight['steps'] == 4 and 'epe' in straight['last'] and 'epe_pct_unregistered' in straight['last']
     for f in ('last.pt', 'best.pt', 'epoch_001.pt', 'epoch_002.pt', 'config.yaml', 'metrics.jsonl'):
         assert (tmp_path / 'a' / f).is_file(), f
     assert any((tmp_path / 'a' / 'tb').iterdir())

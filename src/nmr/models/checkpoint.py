@@ -23,7 +23,7 @@ import torch
 
 from nmr import __version__
 from nmr.errors import ModelFileError
-from nmr.models.registration import RegistrationConfig, RegistrationNet
+from nmr.models.registration import RegistrationConfig, build_registration
 
 FORMAT = 'nmr-checkpoint'
 FORMAT_VERSION = 1
@@ -195,7 +195,7 @@ def load_checkpoint(
 
 def load_registration_net(
     path: str | os.PathLike[str], expected_pair: str | None = None, map_location: str | torch.device = 'cpu'
-) -> tuple[RegistrationNet, ModelMetadata]:
+) -> tuple[torch.nn.Module, ModelMetadata]:
     """R_Phi from a checkpoint, in eval mode; ModelFileError if missing, corrupt or for another pair."""
     state, metadata = load_checkpoint(path, map_location)
     if expected_pair is not None and metadata.pair != expected_pair:
@@ -207,7 +207,7 @@ def load_registration_net(
             f'{path} has no registration network weights; give a checkpoint written by `nmr train`'
         )
     try:
-        net = RegistrationNet(RegistrationConfig.from_dict(metadata.registration))
+        net = build_registration(RegistrationConfig.from_dict(metadata.registration))
         net.load_state_dict(state['registration'])
     except (ValueError, TypeError, RuntimeError) as err:
         first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__

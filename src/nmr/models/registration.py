@@ -10,7 +10,11 @@ Two architectures share one class (`RegistrationConfig.arch`):
   same kind predicts the flow there, and the flow is bilinearly up-sampled to full resolution with its
   values multiplied by 4 (flow is in pixels of the grid it lives on). No full-resolution feature maps.
 
-Both accept any input size: the inputs are replicate-padded to a multiple of the down-sampling factor and
+A third, `corr` (nmr.models.correlation), matches features through cost volumes instead of regressing the
+flow from stacked pixels; it shares this config (its pyramid channels are `encoder_channels`) and is built
+by `build_registration`.
+
+All accept any input size: the inputs are replicate-padded to a multiple of the down-sampling factor and
 the flow is cropped back. The padding amounts are computed from shapes only, so the model traces to ONNX
 with dynamic height and width. The last convolution starts with tiny weights and zero bias, so the
 untrained network is a near-identity registration (flow ~ 0).
@@ -26,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ARCHES = ('paper', 'fast')
+ARCHES = ('paper', 'fast', 'corr')
 OUTPUT_INIT_STD = 1e-5
 
 
@@ -45,6 +49,11 @@ class RegistrationConfig:
     flow_stride: int = -1
     # Channels of the strided stem convolutions (fast only; their count sets log2(flow_stride)).
     stem_channels: list[int] = field(default_factory=list)
+    # corr only: cost-volume radius per pyramid level (finest first), flow-decoder widths, and whether the
+    # fixed image gets a validity channel (depth: -1 marks holes).
+    corr_radii: list[int] = field(default_factory=list)
+    decoder_channels: list[int] = field(default_factory=list)
+    fixed_validity: bool = False
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHES:
@@ -56,6 +65,9 @@ class RegistrationConfig:
             self.output_blocks = int(defaults['output_blocks'])
         if not self.stem_channels:
             self.stem_channels = list(defaults['stem_channels'])
+        if self.arch == 'corr':
+            self._check_corr(defaults)
+            return
         if self.flow_stride < 0:
             self.flow_stride = 2 ** len(self.stem_channels)
         self.encoder_channels = [int(c) for c in self.encoder_channels]
@@ -68,9 +80,22 @@ class RegistrationConfig:
         if len(self.encoder_channels) < 2:
             raise ValueError('encoder_channels needs at least 2 levels')
 
+    def _check_corr(self, defaults: Mapping[str, Any]) -> None:
+        self.encoder_channels = [int(c) for c in self.encoder_channels]
+        self.corr_radii = [int(r) for r in (self.corr_radii or defaults['corr_radii'])]
+        self.decoder_channels = [int(c) for c in (self.decoder_channels or defaults['decoder_channels'])]
+        self.flow_stride = 2  # the finest level: the flow is refined at 1/2 and up-sampled once
+        if len(self.corr_radii) != len(self.encoder_channels):
+            raise ValueError(
+                f'corr_radii {self.corr_radii} needs one radius per level of encoder_channels '
+                f'{self.encoder_channels}'
+            )
+
     @property
     def down_factor(self) -> int:
         """Input sizes are padded to a multiple of this."""
+        if self.arch == 'corr':
+            return 2 ** len(self.encoder_channels)
         return self.flow_stride * 2 ** (len(self.encoder_channels) - 1)
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,7 +114,33 @@ class RegistrationConfig:
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     'paper': {'encoder_channels': [32, 64, 64, 64, 64, 64, 64], 'output_blocks': 2, 'stem_channels': []},
     'fast': {'encoder_channels': [32, 48, 64, 64, 64], 'output_blocks': 1, 'stem_channels': [16, 32]},
+    'corr': {
+        'encoder_channels': [16, 32, 64, 96],
+        'output_blocks': 0,
+        'stem_channels': [],
+        'corr_radii': [2, 3, 4, 4],
+        'decoder_channels': [64, 48, 32],
+    },
 }
+
+
+def build_registration(config: RegistrationConfig | None = None) -> nn.Module:
+    """R_Phi for a config: the U-Net (`paper`, `fast`) or the correlation network (`corr`)."""
+    cfg = config or RegistrationConfig()
+    if cfg.arch != 'corr':
+        return RegistrationNet(cfg)
+    from nmr.models.correlation import CorrRegistrationNet
+
+    net = CorrRegistrationNet(
+        cfg.moving_channels,
+        cfg.fixed_channels,
+        cfg.encoder_channels,
+        cfg.corr_radii,
+        cfg.decoder_channels,
+        cfg.fixed_validity,
+    )
+    net.config = cfg  # type: ignore[assignment]
+    return net
 
 
 def _act() -> nn.Module:

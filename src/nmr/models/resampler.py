@@ -100,3 +100,24 @@ def resize_flow_same_size(flow: torch.Tensor, out_hw: Sequence[int]) -> torch.Te
     (align_corners=False) with the values scaled by the size ratio per axis.
     """
     return flow_to_native(flow, out_hw, out_hw)
+
+
+def flow_to_net(
+    flow: torch.Tensor, fixed_hw: Sequence[int], moving_hw: Sequence[int], net_hw: Sequence[int]
+) -> torch.Tensor:
+    """The inverse of `flow_to_native`: a native flow (Bx2xH_fxW_f) -> the network-grid flow (Bx2xhxw).
+
+    Net pixel `u` sits at the native fixed position `v(u) = (u + 0.5) W_f / w - 0.5`, where bilinear
+    resizing (align_corners=False, no antialias) samples `phi`; then
+    `phi_n(u) = (phi(v(u)) - (u + 0.5) (W_m - W_f) / w) w / W_m` per axis. Used to supervise R_Phi on its
+    own grid with a native ground truth; exact for smooth flows (sampled, not averaged).
+    """
+    hf, wf = int(fixed_hw[0]), int(fixed_hw[1])
+    hm, wm = int(moving_hw[0]), int(moving_hw[1])
+    h, w = int(net_hw[0]), int(net_hw[1])
+    sampled = flow if (hf, wf) == (h, w) else F.interpolate(flow, size=(h, w), mode='bilinear', align_corners=False)
+    xs = torch.arange(w, device=flow.device, dtype=sampled.dtype).view(1, 1, w)
+    ys = torch.arange(h, device=flow.device, dtype=sampled.dtype).view(1, h, 1)
+    fx = (sampled[:, 0] - (xs + 0.5) * (wm - wf) / w) * (w / wm)
+    fy = (sampled[:, 1] - (ys + 0.5) * (hm - hf) / h) * (h / hm)
+    return torch.stack((fx, fy), dim=1)

@@ -66,6 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument('--resume', action='store_true', help='continue from OUT/last.pt')
     parser.add_argument(
+        '--init',
+        type=Path,
+        default=None,
+        metavar='CKPT',
+        help='warm start: R_Phi\'s weights from this checkpoint (e.g. a supervised model), then train with '
+        'the configured objective (NeMAR fine-tuning: loss.objective=nemar or mixed)',
+    )
+    parser.add_argument(
         '--set',
         dest='overrides',
         action='append',
@@ -173,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     from nmr.training.trainer import Trainer
 
     data = build_data(args, cfg)
-    result = Trainer(cfg, data, args.out, resume=args.resume).fit()
+    result = Trainer(cfg, data, args.out, resume=args.resume, init=args.init).fit()
     best = result.get('best')
     print(
         f'done: {result["steps"]} steps; best validation score {best if best is not None else "n/a"}; '

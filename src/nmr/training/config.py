@@ -24,6 +24,8 @@ FLOWS = ('both', 'register_first', 'translate_first')
 MODULE_SETS = ('both', 'R', 'T', 'none')
 BASELINES = ('none', 'ncc', 'ncc_edges', 'ssim_edges')
 GAN_MODES = ('vanilla', 'lsgan')
+OBJECTIVES = ('nemar', 'supervised', 'mixed')
+SCHEDULES = ('linear', 'onecycle')
 
 
 @dataclass
@@ -69,6 +71,11 @@ class AugmentConfig:
     # Curriculum: magnitudes x warmup_start at epoch 0, rising linearly to full at warmup_epochs (0 = off).
     warmup_epochs: int = 0
     warmup_start: float = 0.0
+    # Supervised objectives: misalign at network size (cheap; the ground truth is wanted there anyway) and
+    # randomise appearance (nmr.training.appearance) so R matches structure, not intensities.
+    appearance: bool = True
+    invert_fixed: float = 0.15  # LWIR polarity inversion probability
+    hflip: float = 0.5
 
 
 @dataclass
@@ -102,6 +109,14 @@ class LossConfig:
     lambda_similarity: float = 1.0  # weight of the baseline's similarity term
     ncc_window: int = 9
     ssim_window: int = 7
+    # What trains R_Phi: nemar (the paper; no ground truth), supervised (exact ground truth of synthetic
+    # misalignments / the rig; R alone), mixed (NeMAR plus lambda_supervised x the supervised terms on
+    # the pairs that have ground truth: keeps a warm-started R from drifting).
+    objective: str = 'nemar'
+    lambda_supervised: float = 1.0  # mixed only
+    lambda_contrastive: float = 0.1  # dense InfoNCE between the two encoders (corr arch; 0 = off)
+    contrastive_only_steps: int = 0  # first N steps train the encoders for matching only (pre-training)
+    level_weight: float = 0.5  # coarser levels' end-point loss relative to the output's
 
 
 @dataclass
@@ -116,6 +131,12 @@ class OptimConfig:
     epochs: int = 200
     decay_start: float = 0.5  # linear LR decay to 0 from this fraction of the epochs on
     grad_clip: float = 0.0  # 0 = off
+    # linear: constant, then linear decay from decay_start (per epoch; NeMAR). onecycle: warm-up over the
+    # first 5 % of steps, then cosine decay to 1 % (per step; supervised training converges faster).
+    schedule: str = 'linear'
+    weight_decay: float = 0.0
+    # NeMAR fine-tuning from a warm start (--init): R stays frozen for this many epochs while T and D learn.
+    freeze_registration_epochs: int = 0
 
 
 @dataclass
@@ -151,6 +172,12 @@ class TrainConfig:
         _choice('loss.baseline', self.loss.baseline, BASELINES)
         _choice('loss.gan_mode', self.loss.gan_mode, GAN_MODES)
         _choice('run.amp', self.run.amp, ('auto', 'bf16', 'fp16', 'off'))
+        _choice('loss.objective', self.loss.objective, OBJECTIVES)
+        _choice('optim.schedule', self.optim.schedule, SCHEDULES)
+        if self.loss.objective != 'nemar' and self.loss.baseline != 'none':
+            raise ConfigError(
+                f'loss.baseline={self.loss.baseline} is a NeMAR ablation; use it with loss.objective=nemar'
+            )
         if len(self.data.net_hw) != 2 or min(self.data.net_hw) < 16:
             raise ConfigError(f'data.net_hw {self.data.net_hw} must be [h, w], each >= 16')
         if not 0.0 <= self.data.val_fraction < 1.0:

@@ -46,6 +46,7 @@ class TrainingPairs(Dataset):
         augment: AugmentConfig | None = None,
         seed: int = 0,
         deterministic: bool = False,
+        net_grid_truth: bool = False,
     ) -> None:
         self.pairs = pairs
         self.fixed_kind = fixed_kind
@@ -54,6 +55,10 @@ class TrainingPairs(Dataset):
         self.augment = augment if (augment is not None and augment.enabled) else None
         self.seed = seed
         self.deterministic = deterministic
+        # Supervised training wants the ground truth on the network grid: pairs are resized once (cached)
+        # and misaligned there, ~10x cheaper than at native size.
+        self.net_grid_truth = net_grid_truth
+        self._net_cache: dict[int, tuple[torch.Tensor, ...]] = {}
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -70,6 +75,8 @@ class TrainingPairs(Dataset):
 
         n = len(self.pairs)
         epoch, i = divmod(key, n) if key >= n else (self.epoch, key)
+        if self.net_grid_truth:
+            return self._net_item(i, epoch)
         fp = self.pairs[i]
         moving = preprocess.rgb_input(fp.moving)
         fixed = preprocess.fixed_input(
@@ -102,6 +109,57 @@ class TrainingPairs(Dataset):
             'valid': valid,
         }
         return item
+
+    def _net_pair(self, i: int) -> tuple[torch.Tensor, ...]:
+        """(moving, fixed, gt_net or empty, valid_net or empty) at network size, decoded once."""
+        cached = self._net_cache.get(i)
+        if cached is not None:
+            return cached
+        from nmr.data import preprocess
+        from nmr.models.resampler import flow_to_net
+
+        fp = self.pairs[i]
+        moving = preprocess.rgb_input(fp.moving)
+        fixed = preprocess.fixed_input(self.fixed_kind, fp.fixed, fp.fixed_encoding, self.normalisation or None)
+        gt = torch.empty(0)
+        valid = torch.empty(0)
+        if fp.gt_flow is not None:
+            native = torch.from_numpy(fp.gt_flow).permute(2, 0, 1).float()[None]
+            gt = flow_to_net(native, fixed.shape[-2:], moving.shape[-2:], self.net_hw)[0]
+            if fp.valid is not None:
+                v = torch.from_numpy(fp.valid.astype('float32'))[None, None]
+                valid = F.interpolate(v, size=self.net_hw, mode='nearest')[0] > 0.5
+            else:
+                valid = torch.ones(1, *self.net_hw, dtype=torch.bool)
+        cached = (resize_to(moving[None], self.net_hw)[0], resize_to(fixed[None], self.net_hw)[0], gt, valid)
+        self._net_cache[i] = cached
+        return cached
+
+    def _net_item(self, i: int, epoch: int) -> dict[str, Any]:
+        """A training item with its ground truth on the network grid (synthetic misalignment made there)."""
+        moving, fixed, gt, valid = self._net_pair(i)
+        if gt.numel() == 0:
+            if self.augment is None:
+                raise ValueError(
+                    f'pair {i} has no ground truth and augment.enabled is false: supervised training needs '
+                    'one of them; set augment.enabled=true for pre-aligned pairs'
+                )
+            g = torch.Generator().manual_seed(self._item_seed(i, epoch))
+            strength = warmup_strength(self.augment, epoch)
+            mis = sample_misalignment(self.net_hw[0], self.net_hw[1], scaled(self.augment, strength), g)
+            moving, gt = misalign(moving, mis, stride=TRAIN_INVERSE_STRIDE)
+            valid = truth_inside(gt)
+        return {
+            'name': str(i),
+            'moving': moving,
+            'fixed': fixed,
+            'moving_hw': self.net_hw,
+            'fixed_hw': self.net_hw,
+            'gt_flow': None,
+            'valid': None,
+            'gt_net': gt,
+            'valid_net': valid,
+        }
 
     def _item_seed(self, i: int, epoch: int) -> int:
         epoch = 0 if self.deterministic else epoch
@@ -159,8 +217,24 @@ def scaled(cfg: AugmentConfig, strength: float) -> AugmentConfig:
     )
 
 
+def truth_inside(gt: torch.Tensor) -> torch.Tensor:
+    """1xHxW bool: where `v + gt(v)` lands inside the (same-size) moving image."""
+    h, w = gt.shape[-2:]
+    x = torch.arange(w, dtype=gt.dtype).view(1, w) + gt[0]
+    y = torch.arange(h, dtype=gt.dtype).view(h, 1) + gt[1]
+    return ((x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1))[None]
+
+
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack the network tensors; keep native-size fields (sizes differ between pairs) as lists."""
+    if 'gt_net' in items[0]:
+        return {
+            'name': [it['name'] for it in items],
+            'moving': torch.stack([it['moving'] for it in items]),
+            'fixed': torch.stack([it['fixed'] for it in items]),
+            'gt_net': torch.stack([it['gt_net'] for it in items]),
+            'valid_net': torch.stack([it['valid_net'] for it in items]),
+        }
     return {
         'name': [it['name'] for it in items],
         'moving': torch.stack([it['moving'] for it in items]),

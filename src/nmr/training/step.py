@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from nmr.models.discriminator import PatchDiscriminator
-from nmr.models.registration import RegistrationConfig, RegistrationNet
+from nmr.models.registration import build_registration
 from nmr.models.resampler import warp
 from nmr.models.translation import TranslationNet
 from nmr.training.config import TrainConfig
@@ -35,9 +35,11 @@ from nmr.training.losses import (
     GANLoss,
     baseline_similarity_loss,
     bilateral_smoothness,
+    endpoint_error,
     reconstruction_l1,
     sobel_edges,
 )
+from nmr.training.supervised import registration_config
 
 
 def _uses(modules: str, who: str) -> bool:
@@ -64,7 +66,9 @@ class NemarSystem:
         self.cfg = cfg
         self.device = torch.device(device)
         self.baseline = cfg.loss.baseline != 'none'
-        self.R = RegistrationNet(RegistrationConfig.from_dict(cfg.model.registration))
+        self.R = build_registration(registration_config(cfg))
+        # NeMAR fine-tuning from a warm start: R frozen while T and D catch up (optim.freeze_registration_epochs).
+        self.registration_frozen = False
         self.T: TranslationNet | None = None
         self.D: PatchDiscriminator | None = None
         if not self.baseline:
@@ -157,7 +161,8 @@ class NemarSystem:
         flows = self.cfg.loss.flows
         out: dict[str, torch.Tensor] = {}
         with self._autocast():
-            phi = nets['registration'](moving, fixed).float()
+            with torch.no_grad() if self.registration_frozen else nullcontext():
+                phi = nets['registration'](moving, fixed).float()
             out['flow'] = phi
             out['registered'], out['valid'] = warp(moving, phi)
             if self.baseline:
@@ -171,6 +176,23 @@ class NemarSystem:
                 out['fake_tr'] = nets['translation'](out['registered'])  # T o R: T(R_S(a, phi))
         return out
 
+    def val_loss(self, out: dict[str, torch.Tensor], moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        """Reconstruction L1 (NeMAR) or the baseline's similarity loss, as in the training step."""
+        lc = self.cfg.loss
+        if self.baseline:
+            return baseline_similarity_loss(
+                lc.baseline,
+                out['registered'].float(),
+                out.get('registered_edges'),
+                fixed.float(),
+                lc.ncc_window,
+                lc.ssim_window,
+            )
+        fakes = self.fakes(out)
+        mask = self.recon_mask(out)
+        total = sum((reconstruction_l1(f, fixed, mask) for f in fakes), torch.zeros((), device=self.device))
+        return total / max(1, len(fakes))
+
     def recon_mask(self, out: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Where L_recon is measured: R_S's validity mask (`loss.mask_invalid`), else everywhere."""
         return out['valid'] if self.cfg.loss.mask_invalid else None
@@ -179,8 +201,25 @@ class NemarSystem:
         return [out[k] for k in ('fake_rt', 'fake_tr') if k in out]
 
     # -- one iteration ------------------------------------------------------------------------------
-    def train_step(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One D step then one joint R+T step; returns detached scalar losses (local to this process)."""
+    def train_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The Trainer's entry point. Only `loss.objective=mixed` passes the batch's ground truth on (to a
+        separate supervised term); the NeMAR losses never see it."""
+        truth = None
+        if self.cfg.loss.objective == 'mixed' and 'gt_net' in batch:
+            truth = (batch['gt_net'].to(self.device), batch['valid_net'].to(self.device))
+        return self.train_step(batch['moving'], batch['fixed'], truth)
+
+    def train_step(
+        self,
+        moving: torch.Tensor,
+        fixed: torch.Tensor,
+        truth: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One D step then one joint R+T step; returns detached scalar losses (local to this process).
+
+        `truth` (ground-truth flow and validity on the network grid) adds `lambda_supervised` x its EPE to
+        R's loss (`loss.objective=mixed`); without it the step is the paper's, ground-truth free.
+        """
         cfg = self.cfg.loss
         moving, fixed = self._to_device(moving), self._to_device(fixed)
         for opt in self.optimizers.values():
@@ -241,9 +280,16 @@ class NemarSystem:
             sel_r = [k for k, mods in (('gan', cfg.gan_modules), ('l1', cfg.l1_modules)) if _uses(mods, 'R')]
             sel_t = [k for k, mods in (('gan', cfg.gan_modules), ('l1', cfg.l1_modules)) if _uses(mods, 'T')]
             smooth_term = cfg.lambda_smooth * smooth
+            if truth is not None and not self.registration_frozen:
+                supervised = endpoint_error(out['flow'], truth[0], truth[1])
+                logs['supervised_epe'] = supervised.detach()
+                smooth_term = smooth_term + cfg.lambda_supervised * supervised
             loss_r = sum((terms[k] for k in sel_r), smooth_term)
             logs['loss_G'] = (terms['gan'] + terms['l1'] + smooth_term).detach()
-            if sel_r == sel_t:
+            if self.registration_frozen:
+                loss_t = sum((terms[k] for k in sel_t), torch.zeros((), device=self.device))
+                self.scaler.scale(loss_t).backward()
+            elif sel_r == sel_t:
                 self.scaler.scale(loss_r).backward()
             else:
                 assert self.T is not None

@@ -35,8 +35,9 @@ from nmr.models.checkpoint import ModelMetadata, read_checkpoint, save_checkpoin
 from nmr.models.resampler import flow_to_native
 from nmr.training.config import TrainConfig, config_to_dict, dump_config
 from nmr.training.data import EpochTaggedSampler, TrainingPairs, collate
-from nmr.training.losses import baseline_similarity_loss, endpoint_error, reconstruction_l1
+from nmr.training.losses import endpoint_error
 from nmr.training.step import NemarSystem
+from nmr.training.supervised import SupervisedSystem
 
 FIXED_KIND = {'rgb_lwir': 'lwir', 'rgb_depth': 'depth'}
 
@@ -138,6 +139,7 @@ class Trainer:
         out_dir: str | Path,
         resume: bool = False,
         log: Callable[[str], None] | None = None,
+        init: str | Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.out = Path(out_dir)
@@ -153,7 +155,6 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed % (2**32))
         self.fixed_kind = FIXED_KIND[cfg.data.pair]
-        self.system = NemarSystem(cfg, self.device, distributed=self.info.enabled)
         self.data = data
         if len(data.train) == 0:
             raise ConfigError('no training pairs: check the data source (bag topics, manifest, folders)')
@@ -164,6 +165,7 @@ class Trainer:
             cfg.data.normalisation,
             cfg.augment,
             seed=cfg.run.seed,
+            net_grid_truth=cfg.loss.objective != 'nemar',
         )
         val = data.val
         if val is not None and cfg.run.val_max_pairs > 0 and len(val) > cfg.run.val_max_pairs:
@@ -204,12 +206,20 @@ class Trainer:
                 f'{len(self.train_set)} training pairs are fewer than one batch '
                 f'({cfg.optim.batch_size} x {self.info.world} processes); lower optim.batch_size'
             )
+        self.steps_per_epoch = (
+            len(self.loader)
+            if cfg.run.steps_per_epoch <= 0
+            else min(len(self.loader), cfg.run.steps_per_epoch)
+        )
+        self.system: Any = build_system(cfg, self.device, self.info, self.steps_per_epoch * cfg.optim.epochs)
         self.start_epoch = 0
         self.global_step = 0
         self.best: float | None = None
         self.writer: Any = None
         if resume:
             self._resume()
+        elif init is not None:
+            self._init_registration(Path(init))
 
     # -- checkpoints --------------------------------------------------------------------------------
     def metadata(self) -> ModelMetadata:
@@ -228,6 +238,7 @@ class Trainer:
                 'augment': self.cfg.augment.enabled,
                 'epochs': self.cfg.optim.epochs,
                 'loss': {
+                    'objective': self.cfg.loss.objective,
                     'flows': self.cfg.loss.flows,
                     'baseline': self.cfg.loss.baseline,
                     'bilateral': self.cfg.loss.bilateral,
@@ -252,6 +263,23 @@ class Trainer:
             save_checkpoint(
                 self.out / f'epoch_{epoch + 1:03d}.pt', r_only, meta, {'epoch': epoch + 1, 'metrics': metrics}
             )
+
+    def _init_registration(self, path: Path) -> None:
+        """Warm start (`--init`): R_Phi's weights from a checkpoint of the same pair and architecture."""
+        if not path.exists():
+            raise ConfigError(f'--init: {path} does not exist; give a checkpoint written by nmr train')
+        ckpt = read_checkpoint(path, map_location=self.device)
+        if ckpt.metadata.pair != self.cfg.data.pair:
+            raise ConfigError(f'--init: {path} is for pair {ckpt.metadata.pair}, not {self.cfg.data.pair}')
+        mine = self.system.R.config.to_dict()
+        if ckpt.metadata.registration != mine:
+            raise ConfigError(
+                f'--init: {path} has registration {ckpt.metadata.registration}, the config asks for {mine}; '
+                'set model.registration to the checkpoint\'s'
+            )
+        self.system.R.load_state_dict(ckpt.state['registration'])
+        if self.info.main:
+            self._log(f'R_Phi initialised from {path}')
 
     def _resume(self) -> None:
         path = self.out / 'last.pt'
@@ -300,17 +328,14 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / 'config.yaml').write_text(dump_config(cfg))
         self._open_writer()
-        steps = (
-            len(self.loader)
-            if cfg.run.steps_per_epoch <= 0
-            else min(len(self.loader), cfg.run.steps_per_epoch)
-        )
+        steps = self.steps_per_epoch
         total_steps = steps * (cfg.optim.epochs - self.start_epoch)
         if self.info.main:
             self._log(
                 f'training {cfg.data.pair} on {self.device} x{self.info.world}: '
                 f'{len(self.train_set)} train / {len(self.val_set) if self.val_set else 0} val pairs, '
                 f'net {cfg.data.net_hw[1]}x{cfg.data.net_hw[0]}, R={self.system.R.config.arch}, '
+                f'objective {cfg.loss.objective}, '
                 f'epochs {self.start_epoch}->{cfg.optim.epochs}, {steps} steps/epoch'
             )
         t_start = time.perf_counter()
@@ -321,19 +346,29 @@ class Trainer:
             self.loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
             self.train_set.set_epoch(epoch)
             self.system.train(True)
+            if hasattr(self.system, 'registration_frozen'):
+                self.system.registration_frozen = epoch < cfg.optim.freeze_registration_epochs
             running: dict[str, torch.Tensor] = {}
+            epoch_sums: dict[str, float] = {}
             n_running = 0
+            t_epoch = time.perf_counter()
+            data_wait = 0.0
+            t_wait = time.perf_counter()
             for i, batch in enumerate(self.loader):
                 if i >= steps:
                     break
-                logs = self.system.train_step(batch['moving'], batch['fixed'])
+                data_wait += time.perf_counter() - t_wait
+                logs = self.system.train_batch(batch)
+                t_wait = time.perf_counter()
                 for k, v in logs.items():
                     running[k] = running.get(k, torch.zeros((), device=v.device)) + v
                 n_running += 1
                 self.global_step += 1
                 done += 1
-                if (i + 1) % cfg.run.log_every == 0 or i + 1 == steps:
+                if (i + 1) % cfg.run.log_every == 0 or i + 1 == steps or done == 1:
                     avg = all_reduce_mean({k: v / n_running for k, v in running.items()}, self.info)
+                    for k, v in avg.items():
+                        epoch_sums[k] = epoch_sums.get(k, 0.0) + v * n_running
                     running, n_running = {}, 0
                     elapsed = time.perf_counter() - t_start
                     eta = elapsed / done * (total_steps - done)
@@ -346,9 +381,13 @@ class Trainer:
                         )
                         self._scalars('train', {**avg, 'lr': lr}, self.global_step)
             self.system.step_schedulers()
+            epoch_s = time.perf_counter() - t_epoch
             metrics: dict[str, float] = {}
             if self.val_set is not None and (epoch + 1) % cfg.run.val_every == 0:
                 metrics = self.validate(epoch)
+            train_stats = {f'train_{k}': v / max(1, steps) for k, v in epoch_sums.items()}
+            train_stats['steps_per_s'] = steps / max(epoch_s, 1e-9)
+            train_stats['data_wait_frac'] = data_wait / max(epoch_s, 1e-9)
             score = metrics.get('epe', metrics.get('val_loss'))
             improved = score is not None and (self.best is None or score < self.best)
             if improved:
@@ -363,7 +402,8 @@ class Trainer:
                         {'epoch': epoch + 1, 'metrics': metrics},
                     )
                 with (self.out / 'metrics.jsonl').open('a') as f:
-                    f.write(json.dumps({'epoch': epoch + 1, 'step': self.global_step, **metrics}) + '\n')
+                    record = {'epoch': epoch + 1, 'step': self.global_step, **metrics, **train_stats}
+                    f.write(json.dumps({k: _rounded(v) for k, v in record.items()}) + '\n')
                 if metrics:
                     self._log(
                         f'epoch {epoch + 1} validation: '
@@ -396,14 +436,14 @@ class Trainer:
             num_workers=0,
             collate_fn=collate,
         )
-        sums = {'epe': 0.0, 'identity_epe': 0.0, 'gt_pairs': 0.0, 'loss': 0.0, 'loss_pairs': 0.0}
+        sums = {'epe': 0.0, 'unregistered_epe': 0.0, 'gt_pairs': 0.0, 'loss': 0.0, 'loss_pairs': 0.0}
         images_logged = False
         for batch in loader:
             moving = batch['moving'].to(self.device)
             fixed = batch['fixed'].to(self.device)
             out = self.system.forward(moving, fixed, wrapped=False)
             b = moving.shape[0]
-            sums['loss'] += float(self._val_loss(out, moving, fixed)) * b
+            sums['loss'] += float(self.system.val_loss(out, moving, fixed)) * b
             sums['loss_pairs'] += b
             for j in range(b):
                 gt = batch['gt_flow'][j]
@@ -416,7 +456,12 @@ class Trainer:
                 valid = batch['valid'][j]
                 valid = valid.to(self.device) if valid is not None else None
                 sums['epe'] += float(endpoint_error(phi, gt, valid))
-                sums['identity_epe'] += float(endpoint_error(torch.zeros_like(gt), gt, valid))
+                # The unregistered reference of `nmr evaluate` and the demo: the moving image rescaled onto
+                # the fixed grid, i.e. zero flow on the network grid mapped to native size.
+                unregistered = flow_to_native(
+                    torch.zeros_like(out['flow'][j : j + 1]).float(), batch['fixed_hw'][j], batch['moving_hw'][j]
+                )
+                sums['unregistered_epe'] += float(endpoint_error(unregistered, gt, valid))
                 sums['gt_pairs'] += 1
             if (
                 not images_logged
@@ -433,30 +478,11 @@ class Trainer:
             metrics['val_loss'] = reduced['loss'] / reduced['loss_pairs']
         if reduced['gt_pairs'] > 0:
             metrics['epe'] = reduced['epe'] / reduced['gt_pairs']
-            metrics['identity_epe'] = reduced['identity_epe'] / reduced['gt_pairs']
-            metrics['epe_pct_identity'] = 100.0 * metrics['epe'] / max(metrics['identity_epe'], 1e-9)
+            metrics['unregistered_epe'] = reduced['unregistered_epe'] / reduced['gt_pairs']
+            metrics['epe_pct_unregistered'] = 100.0 * metrics['epe'] / max(metrics['unregistered_epe'], 1e-9)
         self._scalars('val', metrics, self.global_step)
         self.system.train(True)
         return metrics
-
-    def _val_loss(
-        self, out: dict[str, torch.Tensor], moving: torch.Tensor, fixed: torch.Tensor
-    ) -> torch.Tensor:
-        """Reconstruction L1 (NeMAR) or the baseline's similarity loss, on the validation pairs."""
-        lc = self.cfg.loss
-        if self.system.baseline:
-            return baseline_similarity_loss(
-                lc.baseline,
-                out['registered'].float(),
-                out.get('registered_edges'),
-                fixed.float(),
-                lc.ncc_window,
-                lc.ssim_window,
-            )
-        fakes = self.system.fakes(out)
-        mask = self.system.recon_mask(out)
-        total = sum((reconstruction_l1(f, fixed, mask) for f in fakes), torch.zeros((), device=self.device))
-        return total / max(1, len(fakes))
 
     def _log_images(
         self, out: dict[str, torch.Tensor], moving: torch.Tensor, fixed: torch.Tensor, epoch: int
@@ -476,6 +502,20 @@ class Trainer:
             rows.append(torch.cat(tiles, dim=2))
         grid = torch.cat(rows, dim=1)
         self.writer.add_image('val/moving_fixed_registered_T_RT_TR_flow', grid, epoch + 1)
+
+
+def _rounded(value: Any) -> Any:
+    """Floats to 4 significant digits for people and logs (metrics.jsonl, progress lines)."""
+    return float(f'{value:.4g}') if isinstance(value, float) else value
+
+
+def build_system(cfg: TrainConfig, device: torch.device, info: DistInfo, total_steps: int) -> Any:
+    """The networks and update rule for `loss.objective`: NeMAR (also `mixed`) or supervised R alone."""
+    if cfg.loss.objective == 'supervised':
+        if info.enabled:
+            raise ConfigError('loss.objective=supervised runs in one process; start it without torchrun')
+        return SupervisedSystem(cfg, device, total_steps=total_steps)
+    return NemarSystem(cfg, device, distributed=info.enabled)
 
 
 def _to_rgb01(x: torch.Tensor) -> torch.Tensor:
