@@ -291,9 +291,11 @@ def test_supervised_run_then_nemar_fine_tuning_from_init(tmp_path: Path) -> None
     assert any(not torch.equal(after['translation'][k], t_before[k]) for k in t_before)  # T trained
 
 
-def test_init_refuses_another_architecture(tmp_path: Path) -> None:
+def test_init_adopts_the_checkpoint_architecture_and_refuses_another_pair(tmp_path: Path) -> None:
     _run(tmp_path / 'sup', 'loss.objective=supervised', 'optim.epochs=1').fit()
+    warm = tmp_path / 'sup' / 'last.pt'
+    fast = 'model.registration={arch: fast, encoder_channels: [8, 16, 16], stem_channels: [8]}'
+    trainer = _run(tmp_path / 'ft', fast, init=warm)
+    assert trainer.system.R.config.arch == 'corr'
     with pytest.raises(ConfigError, match='--init'):
-        load = tmp_path / 'sup' / 'last.pt'
-        cfg_extra = 'model.registration={arch: fast, encoder_channels: [8, 16, 16], stem_channels: [8]}'
-        _run(tmp_path / 'x', cfg_extra, init=load)
+        _run(tmp_path / 'x', 'data.pair=rgb_depth', init=warm)

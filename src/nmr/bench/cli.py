@@ -1,4 +1,4 @@
-"""`nmr bench [--backends ...] [--sizes WxH,...] [--archs fast,paper] [--iters N] [--json OUT]`.
+"""`nmr bench [--backends ...] [--sizes WxH,...] [--archs corr,fast,paper] [--iters N] [--json OUT]`.
 
 Per available backend, resolution and architecture: median / p99 latency of R_Phi alone and of the whole
 register step, throughput, peak memory and FLOPs, plus classical baselines (OpenCV DIS on gradient
@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='comma list of tensorrt,onnxruntime,torch (default: every one available here)',
     )
     parser.add_argument('--sizes', default=DEFAULT_SIZES, help=f'WxH list (default {DEFAULT_SIZES})')
-    parser.add_argument('--archs', default='fast,paper', help='architectures, untrained (default fast,paper)')
+    parser.add_argument('--archs', default='corr,fast,paper', help='architectures, untrained (default corr,fast,paper)')
     parser.add_argument('--model', help='benchmark this model file instead of untrained --archs')
     parser.add_argument(
         '--baselines',

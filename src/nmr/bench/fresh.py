@@ -27,20 +27,21 @@ def fresh_checkpoint(
     which makes the registered image exactly predictable in behavioural tests.
     """
     from nmr.models.checkpoint import ModelMetadata, save_checkpoint
-    from nmr.models.registration import RegistrationConfig, RegistrationNet
+    from nmr.models.registration import RegistrationConfig, build_registration
 
     torch.manual_seed(seed)
-    net = RegistrationNet(RegistrationConfig(arch=arch))
-    weight, bias = net.flow_head.weight, net.flow_head.bias
-    assert bias is not None
-    if flow_scale > 0:
-        with torch.no_grad():
-            weight.normal_(0.0, 0.02 * flow_scale)
-            bias.normal_(0.0, 0.2 * flow_scale)
-    if zero_flow:
-        with torch.no_grad():
-            weight.zero_()
-            bias.zero_()
+    net = build_registration(RegistrationConfig(arch=arch))
+    for head in _flow_heads(net):
+        if flow_scale > 0:
+            with torch.no_grad():
+                head.weight.normal_(0.0, 0.02 * flow_scale)
+                if head.bias is not None:
+                    head.bias.normal_(0.0, 0.2 * flow_scale)
+        if zero_flow:
+            with torch.no_grad():
+                head.weight.zero_()
+                if head.bias is not None:
+                    head.bias.zero_()
     metadata = ModelMetadata(
         pair=pair,
         registration=net.config.to_dict(),
@@ -50,3 +51,11 @@ def fresh_checkpoint(
     path = Path(path)
     save_checkpoint(path, {'registration': net.state_dict()}, metadata)
     return path
+
+
+def _flow_heads(net: torch.nn.Module) -> list[torch.nn.Conv2d]:
+    """The convolutions that output flow: the U-Net's one head, or each `corr` level's decoder head."""
+    decoders = getattr(net, 'decoders', None)
+    if decoders is not None and all(hasattr(d, 'head') for d in decoders):
+        return [d.head for d in decoders]
+    return [net.flow_head]  # type: ignore[list-item]

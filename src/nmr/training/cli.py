@@ -70,8 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar='CKPT',
-        help='warm start: R_Phi\'s weights from this checkpoint (e.g. a supervised model), then train with '
-        'the configured objective (NeMAR fine-tuning: loss.objective=nemar or mixed)',
+        help='warm start: R_Phi (architecture and weights) from this checkpoint (e.g. a supervised model), '
+        'then train with the configured objective (NeMAR fine-tuning: loss.objective=nemar or mixed)',
     )
     parser.add_argument(
         '--set',

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from nmr.data.types import PAIR_FIXED_KIND
 from nmr.models.correlation import CorrOutput, CorrRegistrationNet
 from nmr.models.registration import RegistrationConfig, build_registration
 from nmr.models.resampler import warp
@@ -24,7 +25,7 @@ from nmr.training.appearance import AppearanceConfig, random_flips, randomise_ap
 from nmr.training.config import TrainConfig
 from nmr.training.objectives import SupervisedWeights, contrastive_loss, endpoint_loss, multiscale_flow_loss
 
-FIXED_KIND = {'rgb_lwir': 'lwir', 'rgb_depth': 'depth'}
+FIXED_KIND = PAIR_FIXED_KIND
 
 
 def registration_config(cfg: TrainConfig) -> RegistrationConfig:

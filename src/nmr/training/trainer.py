@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,85 +29,18 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from nmr import __version__
+from nmr.data.types import PAIR_FIXED_KIND
 from nmr.errors import ConfigError
 from nmr.models.checkpoint import ModelMetadata, read_checkpoint, save_checkpoint
 from nmr.models.resampler import flow_to_native
 from nmr.training.config import TrainConfig, config_to_dict, dump_config
 from nmr.training.data import EpochTaggedSampler, TrainingPairs, collate
+from nmr.training.distributed import DistInfo, all_reduce_mean, all_reduce_sum, init_distributed, pick_device
 from nmr.training.losses import endpoint_error
 from nmr.training.step import NemarSystem
 from nmr.training.supervised import SupervisedSystem
 
-FIXED_KIND = {'rgb_lwir': 'lwir', 'rgb_depth': 'depth'}
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-
-def init_distributed(device_kind: str) -> DistInfo:
-    """Join the torchrun process group when WORLD_SIZE > 1 (NCCL for CUDA, gloo for CPU)."""
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    if world <= 1:
-        return DistInfo()
-    if not dist.is_initialized():
-        dist.init_process_group('nccl' if device_kind == 'cuda' else 'gloo')
-    return DistInfo(
-        rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get('LOCAL_RANK', '0'))
-    )
-
-
-def pick_device(spec: str, info: DistInfo) -> torch.device:
-    if spec == 'auto':
-        spec = 'cuda' if torch.cuda.is_available() else 'cpu'
-    dev = torch.device(spec)
-    if dev.type == 'cuda':
-        if not torch.cuda.is_available():
-            raise ConfigError(f'run.device {spec!r} but CUDA is not available; use run.device=cpu')
-        if dev.index is None:
-            dev = torch.device('cuda', info.local_rank)
-        torch.cuda.set_device(dev)
-    return dev
-
-
-def all_reduce_mean(values: dict[str, torch.Tensor], info: DistInfo) -> dict[str, float]:
-    """Average scalar tensors over processes (one collective)."""
-    if not values:
-        return {}
-    keys = sorted(values)
-    t = torch.stack([values[k].detach().float().reshape(()) for k in keys])
-    if info.enabled:
-        t = t.to(_collective_device(info))
-        dist.all_reduce(t)
-        t /= info.world
-    return {k: float(v) for k, v in zip(keys, t.cpu())}
-
-
-def all_reduce_sum(values: Sequence[float], info: DistInfo) -> list[float]:
-    t = torch.tensor(list(values), dtype=torch.float64)
-    if info.enabled:
-        t = t.to(_collective_device(info))
-        dist.all_reduce(t)
-    return [float(v) for v in t.cpu()]
-
-
-def _collective_device(info: DistInfo) -> torch.device:
-    return (
-        torch.device('cuda', torch.cuda.current_device())
-        if dist.get_backend() == 'nccl'
-        else torch.device('cpu')
-    )
+FIXED_KIND = PAIR_FIXED_KIND
 
 
 def _fmt_time(seconds: float) -> str:
@@ -211,6 +143,7 @@ class Trainer:
             if cfg.run.steps_per_epoch <= 0
             else min(len(self.loader), cfg.run.steps_per_epoch)
         )
+        warm = self._read_init(Path(init)) if init is not None and not resume else None
         self.system: Any = build_system(cfg, self.device, self.info, self.steps_per_epoch * cfg.optim.epochs)
         self.start_epoch = 0
         self.global_step = 0
@@ -218,8 +151,10 @@ class Trainer:
         self.writer: Any = None
         if resume:
             self._resume()
-        elif init is not None:
-            self._init_registration(Path(init))
+        elif warm is not None:
+            self.system.R.load_state_dict(warm.state['registration'])
+            if self.info.main:
+                self._log(f'R_Phi initialised from {init} ({self.system.R.config.arch})')
 
     # -- checkpoints --------------------------------------------------------------------------------
     def metadata(self) -> ModelMetadata:
@@ -264,22 +199,17 @@ class Trainer:
                 self.out / f'epoch_{epoch + 1:03d}.pt', r_only, meta, {'epoch': epoch + 1, 'metrics': metrics}
             )
 
-    def _init_registration(self, path: Path) -> None:
-        """Warm start (`--init`): R_Phi's weights from a checkpoint of the same pair and architecture."""
+    def _read_init(self, path: Path) -> Any:
+        """The warm-start checkpoint (`--init`), checked against the pair; its R_Phi architecture is adopted."""
         if not path.exists():
             raise ConfigError(f'--init: {path} does not exist; give a checkpoint written by nmr train')
-        ckpt = read_checkpoint(path, map_location=self.device)
+        ckpt = read_checkpoint(path, map_location='cpu')
         if ckpt.metadata.pair != self.cfg.data.pair:
             raise ConfigError(f'--init: {path} is for pair {ckpt.metadata.pair}, not {self.cfg.data.pair}')
-        mine = self.system.R.config.to_dict()
-        if ckpt.metadata.registration != mine:
-            raise ConfigError(
-                f'--init: {path} has registration {ckpt.metadata.registration}, the config asks for {mine}; '
-                'set model.registration to the checkpoint\'s'
-            )
-        self.system.R.load_state_dict(ckpt.state['registration'])
-        if self.info.main:
-            self._log(f'R_Phi initialised from {path}')
+        if 'registration' not in ckpt.state:
+            raise ConfigError(f'--init: {path} holds no R_Phi weights; give a checkpoint written by nmr train')
+        self.cfg.model.registration = dict(ckpt.metadata.registration)
+        return ckpt
 
     def _resume(self) -> None:
         path = self.out / 'last.pt'
