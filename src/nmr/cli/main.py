@@ -21,6 +21,7 @@ VERBS: dict[str, tuple[str, str]] = {
     'evaluate': ('nmr.evaluation.cli', 'EPE and landmark error of a model on a manifest of image pairs'),
     'register-bag': ('nmr.pipeline.register_bag', 'offline: input bag(s) in, bag with the node outputs out'),
     'play': ('nmr.ros.play', "publish a bag's image topics with recorded timing (no rosbag2 needed)"),
+    'recover-bag': ('nmr.data.bag_recover', 'copy the readable messages of a cut or damaged bag into a valid one'),
     'bench': ('nmr.bench.cli', 'latency and throughput per backend, resolution and model'),
 }
 

@@ -24,6 +24,7 @@ import contextlib
 import math
 import os
 import struct
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 from rosbags.highlevel import AnyReader
 
+from nmr.data.bag_recover import describe_damage, storage_files
 from nmr.data.bag_writer import default_typestore
 from nmr.data.encodings import image_to_numpy, stamp_ns, to_rgb
 from nmr.data.sync import ApproxTimeSynchronizer
@@ -59,6 +61,13 @@ def _as_paths(paths: Paths) -> list[Path]:
         # a storage file inside a bag directory: read the directory (metadata knows all split files)
         if p.is_file() and p.suffix in ('.mcap', '.db3') and (p.parent / 'metadata.yaml').is_file():
             p = p.parent
+        if p.is_dir() and not (p / 'metadata.yaml').exists():
+            # metadata.yaml is written when recording stops: a killed recorder leaves none. The storage
+            # files describe themselves (rosbags reads them alone), so read those instead of refusing.
+            files = storage_files(p)
+            if files:
+                out.extend(files)
+                continue
         out.append(p)
     return out
 
@@ -85,7 +94,8 @@ def open_bag(paths: Paths) -> BagReader:
     except FileNotFoundError as exc:
         raise BagError(f'{names} is not a rosbag2 bag ({exc}): pass the bag directory') from None
     except Exception as exc:  # rosbags raises AnyReaderError, ReaderError, yaml and sqlite errors
-        raise BagError(f'cannot read bag {names}: {exc} (not a bag, or corrupt/truncated)') from None
+        raise BagError(describe_damage(bag_paths) or f'cannot read bag {names}: {exc} (not a rosbag2 bag, '
+                       'or corrupt): pass a bag folder, .mcap or .db3 file') from None
     return reader
 
 
@@ -104,7 +114,10 @@ def _check_topics(reader: AnyReader, topics: Sequence[str], paths: Paths, msgtyp
                 f'topic {topic} is not in bag {_names(paths)}; it has: {have}. Set the topic to one of these'
             )
         if msgtype is not None and available[topic] != msgtype:
-            raise BagError(f'topic {topic} in {_names(paths)} is {available[topic]}, not {msgtype}')
+            same = ', '.join(sorted(t for t, m in available.items() if m == msgtype)) or 'none'
+            kind = msgtype.rsplit('/', 1)[-1]
+            raise BagError(f'topic {topic} in {_names(paths)} is {available[topic]}, not {msgtype}; set the '
+                           f'topic to an {kind} topic (this bag has: {same})')
 
 
 def _names(paths: Paths) -> str:
@@ -124,22 +137,37 @@ def raw_header_stamp(raw: bytes | memoryview) -> int:
     return sec * 1_000_000_000 + nanosec
 
 
-def iter_images(paths: Paths, topics: Sequence[str]) -> Iterator[tuple[str, int, np.ndarray, str, Any]]:
+def iter_images(paths: Paths, topics: Sequence[str],
+                skipped: Counter[str] | None = None) -> Iterator[tuple[str, int, np.ndarray, str, Any]]:
     """Yield ``(topic, record_ns, array, encoding, header)`` for every Image on ``topics``, in record order.
 
-    ``array`` is raw (``image_to_numpy``: the message's channel order).
+    ``array`` is raw (``image_to_numpy``: the message's channel order). A message that cannot be decoded
+    (corrupt CDR, malformed Image) raises BagError / ImageDecodeError, or, when ``skipped`` is given, is
+    counted there per topic and skipped, so that one bad message does not end a long offline run.
+    Damage in the storage itself (a bad chunk) still ends the iteration with BagError.
     """
     with open_bag(paths) as reader:
         _check_topics(reader, topics, paths, IMAGE_TYPE)
         conns = [c for c in reader.connections if c.topic in set(topics)]
-        try:
-            for conn, record_ns, raw in reader.messages(connections=conns):
+        messages = reader.messages(connections=conns)
+        while True:
+            try:
+                conn, record_ns, raw = next(messages)
+            except StopIteration:
+                return
+            except Exception as exc:
+                raise _wrap_read_errors(paths, exc) from None
+            try:
                 msg: Any = reader.deserialize(raw, conn.msgtype)
-                yield conn.topic, record_ns, image_to_numpy(msg, conn.topic), str(msg.encoding), msg.header
-        except NmrUserError:
-            raise
-        except Exception as exc:
-            raise _wrap_read_errors(paths, exc) from None
+                arr = image_to_numpy(msg, conn.topic)
+            except Exception as exc:
+                if skipped is None:
+                    if isinstance(exc, NmrUserError):
+                        raise
+                    raise _wrap_read_errors(paths, exc) from None
+                skipped[conn.topic] += 1
+                continue
+            yield conn.topic, record_ns, arr, str(msg.encoding), msg.header
 
 
 def count_messages(paths: Paths, topics: Sequence[str]) -> int:

@@ -53,20 +53,13 @@ def _message_class(msgtype: str) -> type:
 
 
 def open_reader(paths: Sequence[Path]) -> Any:
-    """An opened rosbags AnyReader, or BagError naming the bag."""
-    from rosbags.highlevel import AnyReader
+    """An opened rosbags AnyReader, or BagError naming the bag (and `nmr recover-bag` for a cut one)."""
+    from nmr.data.bag_reader import open_bag
 
     for path in paths:
         if not path.exists():
             raise BagError(f'bag {path} does not exist')
-    reader = AnyReader(list(paths))
-    try:
-        reader.open()
-    except Exception as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise BagError(f'bag {", ".join(map(str, paths))} cannot be read ({first}): is it a rosbag2 '
-                       'folder, .mcap or .db3 file?') from None
-    return reader
+    return open_bag(list(paths))
 
 
 def select_connections(reader: Any, topics: Sequence[str] | None) -> list[Any]:
