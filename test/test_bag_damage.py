@@ -192,7 +192,7 @@ def test_a_topic_of_another_type_is_one_line_naming_topic_type_and_what_to_do(
     assert not (tmp_path / 'out').exists()
 
 
-def test_unreadable_messages_are_skipped_and_counted_by_register_bag(
+def test_unreadable_messages_are_skipped_and_counted_by_register_bag_train_and_play(
         rig: Path, models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """One message with garbage bytes and one malformed Image (short data) in an otherwise good bag."""
     from rosbags.highlevel import AnyReader
@@ -221,6 +221,35 @@ def test_unreadable_messages_are_skipped_and_counted_by_register_bag(
     assert sets == seen - 2
     meta = yaml.safe_load((tmp_path / 'out' / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
     assert meta['custom_data']['nmr.register_bag'] == 'complete'
+
+    assert main(['train', '--bag', str(bag), '--pair', 'rgb_lwir', '--out', str(tmp_path / 'run'),
+                 *[a for s in TINY_TRAIN for a in ('--set', s)]]) == 0
+    err = capsys.readouterr().err
+    assert f'2 unreadable messages left out ({lwir}: 2)' in err and 'Traceback' not in err, err
+    from nmr.models.checkpoint import read_checkpoint
+
+    assert read_checkpoint(tmp_path / 'run' / 'best.pt').metadata.train_data['unreadable_messages'] == {lwir: 2}
+
+    assert main(['play', str(bag), '--restamp', '--quiet', '--rate', '20']) == 0
+    out = capsys.readouterr().out
+    assert f'1 unreadable messages skipped ({lwir}: 1)' in out, out  # the garbage; the short Image is CDR
+
+
+def test_a_user_error_raised_in_a_dataloader_worker_is_still_one_line() -> None:
+    """torch re-raises a worker's exception with the worker's traceback inside its message."""
+    from torch._utils import ExceptionWrapper
+
+    from nmr.cli.main import one_line
+    from nmr.errors import ImageDecodeError
+
+    try:
+        raise ImageDecodeError('mono16 image on topic /lwir: step 3 is shorter than one row')
+    except ImageDecodeError:
+        wrapped = ExceptionWrapper(where='in DataLoader worker process 0')
+    with pytest.raises(ImageDecodeError) as info:
+        wrapped.reraise()
+    assert '\n' in str(info.value)  # what torch makes of it
+    assert one_line(info.value) == 'mono16 image on topic /lwir: step 3 is shorter than one row'
 
 
 # -- point 3: register-bag interrupted, or out of disk --------------------------------------------------------

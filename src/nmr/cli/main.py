@@ -54,8 +54,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f'nmr {verb}: interrupted', file=sys.stderr)
         return 130
     except NmrUserError as err:
-        print(f'nmr {verb}: error: {err}', file=sys.stderr)
+        print(f'nmr {verb}: error: {one_line(err)}', file=sys.stderr)
         return 2
+
+
+def one_line(err: BaseException) -> str:
+    """The error's own line. Re-raised from a DataLoader worker, a user error carries the worker's whole
+    traceback in its message ("Caught X in DataLoader worker ... Original Traceback ..."): its last line
+    is the original message."""
+    text = str(err).strip()
+    if '\nOriginal Traceback' in text:
+        text = text.splitlines()[-1].split(': ', 1)[-1]
+    return text
 
 
 

@@ -24,6 +24,7 @@ import contextlib
 import math
 import os
 import struct
+import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -273,7 +274,11 @@ class BagPairDataset:
         self.split = split
         self._reader: AnyReader | None = None
         self._pid = -1
+        self.skipped: Counter[str] = Counter()   # unreadable messages left out of the index, per topic
         all_pairs, self._gt = self._build_index(round(slop_s * 1e9), queue_size)
+        if self.skipped and split != 'val':  # once per bag (the val split re-indexes the same bag)
+            print(f'nmr: bag {_names(self.paths)}: {sum(self.skipped.values())} unreadable messages left out '
+                  '(' + ', '.join(f'{t}: {n}' for t, n in sorted(self.skipped.items())) + ')', file=sys.stderr)
         t0 = all_pairs[0][1].stamp_ns if all_pairs else 0
         block_ns = round(block_s * 1e9)
         blocks = [(f.stamp_ns - t0) // block_ns for _, f in all_pairs]
@@ -295,7 +300,6 @@ class BagPairDataset:
         gt_topics = {c.topic for c in reader.connections} & {self.gt_flow_topic, self.gt_valid_topic}
         wanted = {self.moving_topic, self.fixed_topic} | gt_topics
         conns = [c for c in reader.connections if c.topic in wanted]
-        ros2 = bool(getattr(reader, 'is2', True))  # ROS 1 bags: no CDR, decode the header instead
         sync = ApproxTimeSynchronizer(2, slop_ns, queue_size)
         pairs: list[tuple[_Ref, _Ref]] = []
         gt: dict[int, dict[str, _Ref]] = {}
@@ -306,11 +310,9 @@ class BagPairDataset:
                 key = (conn.topic, record_ns)
                 ordinal = seen.get(key, 0)
                 seen[key] = ordinal + 1
-                if ros2:
-                    stamp = raw_header_stamp(raw)
-                else:
-                    decoded: Any = reader.deserialize(raw, conn.msgtype)
-                    stamp = stamp_ns(decoded.header)
+                stamp = self._valid_stamp(reader, conn, raw)
+                if stamp is None:
+                    continue
                 ref = _Ref(conn.topic, record_ns, ordinal, stamp)
                 if conn.topic in gt_topics:
                     gt.setdefault(stamp, {})[conn.topic] = ref
@@ -329,6 +331,21 @@ class BagPairDataset:
             raise _wrap_read_errors(self.paths, exc) from None
         self.dropped = list(sync.dropped)
         return pairs, gt
+
+    def _valid_stamp(self, reader: AnyReader, conn: Any, raw: Any) -> int | None:
+        """The message's header stamp, or None (counted in `skipped`) when it is not a decodable Image.
+
+        Checked while indexing (deserialising an Image makes a view of its bytes, no pixel copy) so that
+        one corrupt message in a long recording is left out, and reported, instead of stopping a training
+        run when a DataLoader worker reaches it hours later.
+        """
+        try:
+            msg: Any = reader.deserialize(raw, conn.msgtype)
+            image_to_numpy(msg, conn.topic)
+            return stamp_ns(msg.header)
+        except Exception:
+            self.skipped[conn.topic] += 1
+            return None
 
     # -- reading -------------------------------------------------------------------------------------
     def _open(self) -> AnyReader:
@@ -415,4 +432,5 @@ class BagPairDataset:
             'blocks': self.n_blocks,
             'val_blocks': sorted(self.val_blocks),
             'ground_truth': self.has_ground_truth,
+            'unreadable_messages': dict(self.skipped),
         }
