@@ -332,3 +332,19 @@ def test_register_bag_out_of_disk_is_one_line_and_leaves_no_output(
     assert not out.exists()
 
 
+
+
+def test_recover_bag_out_of_disk_is_one_line_and_leaves_no_output(rig: Path, tmp_path: Path) -> None:
+    cut = _cut(rig, tmp_path / 'cut', 0.99)
+    out = tmp_path / 'out'
+    limit = 64 * 1024
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(_nmr('recover-bag', str(cut), '--out', str(out)), capture_output=True, text=True,
+                            timeout=300, preexec_fn=small_files, env=dict(os.environ))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
+    assert len(lines) == 1 and lines[0].startswith('nmr recover-bag: error: File too large'), lines
+    assert not out.exists()

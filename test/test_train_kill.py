@@ -144,3 +144,26 @@ def test_a_checkpoint_write_killed_midway_leaves_the_previous_file_loadable(tmp_
     save_checkpoint(path, loaded.state, loaded.metadata, loaded.extra)
     assert not list(tmp_path.glob('.last.pt.*.tmp'))  # ...and cleared by the next save
     read_checkpoint(path)
+
+
+def test_train_out_of_disk_is_one_line_and_leaves_no_checkpoint_that_does_not_load(tmp_path: Path) -> None:
+    import resource
+
+    rgb, lwir = _pairs(tmp_path, n=4)
+    out = tmp_path / 'run'
+    argv = ['train', '--pairs', str(rgb), str(lwir), '--pair', 'rgb_lwir', '--out', str(out)]
+    for s in SETTINGS:
+        argv += ['--set', s]
+    limit = 128 * 1024  # config and logs fit; a checkpoint of R, T, D and their optimisers does not
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(_nmr(*argv), capture_output=True, text=True, timeout=600, preexec_fn=small_files,
+                            env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+    assert lines[-1].startswith('nmr train: error: cannot write checkpoint') and 'File too large' in lines[-1]
+    for path in out.glob('*.pt'):
+        read_checkpoint(path)
+    assert not list(out.glob('.*.tmp'))

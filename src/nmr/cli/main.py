@@ -10,7 +10,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from nmr.errors import NmrUserError
+from nmr.errors import DISK_FULL, NmrUserError
 
 # verb -> (module, one-line help). Modules are imported lazily.
 VERBS: dict[str, tuple[str, str]] = {
@@ -55,6 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except NmrUserError as err:
         print(f'nmr {verb}: error: {one_line(err)}', file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        where = f' writing {err.filename}' if err.filename else ''
+        print(f'nmr {verb}: error: {err.strerror}{where}; free disk space (or raise the file-size limit) or '
+              'write elsewhere', file=sys.stderr)
         return 2
 
 

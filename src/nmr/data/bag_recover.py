@@ -15,7 +15,7 @@ have; one scan into a valid bag gives all of them a normal input, and the user s
 from __future__ import annotations
 
 import argparse
-import contextlib
+import shutil
 import sqlite3
 import struct
 from collections import Counter
@@ -224,7 +224,8 @@ def recover_bag(bag: Path, out: Path, storage: str = 'mcap') -> Recovery:
     recovered: Counter[str] = Counter()
     notes: list[str] = []
     skipped_types: set[str] = set()
-    with BagWriter(out, storage=storage) as writer:
+    writer = BagWriter(out, storage=storage).open()
+    try:
         for path in files:
             result = ScanResult()
             scan = scan_sqlite if path.suffix == '.db3' else scan_mcap
@@ -237,6 +238,11 @@ def recover_bag(bag: Path, out: Path, storage: str = 'mcap') -> Recovery:
                 recovered[msg.topic] += 1
             if not result.complete:
                 notes.append(f'{path.name}: stopped at {result.stopped}')
+        writer.close()
+    except BaseException:  # a half-written copy must not look like a recovered bag
+        writer.abort()
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     if skipped_types:
         notes.append(f'left out (type unknown, no definition in the file): {", ".join(sorted(skipped_types))}')
     return Recovery(recovered, expected_counts(bag), notes)
@@ -253,15 +259,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.bag.exists():
         raise BagError(f'bag {args.bag} does not exist')
-    try:
-        rec = recover_bag(args.bag, args.out, args.storage)
-    except BaseException:
-        if args.out.is_dir() and not (args.out / 'metadata.yaml').exists():
-            with contextlib.suppress(OSError):
-                import shutil
-
-                shutil.rmtree(args.out)
-        raise
+    if args.out.exists():
+        raise BagError(f'output {args.out} already exists: remove it or choose another --out')
+    rec = recover_bag(args.bag, args.out, args.storage)
     total = sum(rec.recovered.values())
     lost = rec.lost
     lost_text = (f'{lost} lost (metadata.yaml announced {sum(rec.expected.values())})'

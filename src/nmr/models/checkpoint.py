@@ -121,6 +121,10 @@ def save_checkpoint(
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as err:  # disk full, quota, file-size limit: the previous file is still whole
+        Path(tmp).unlink(missing_ok=True)
+        raise ModelFileError(f'cannot write checkpoint {path} ({err.strerror or err}); the previous one is '
+                             'unchanged: free disk space or write elsewhere') from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

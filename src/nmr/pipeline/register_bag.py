@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from nmr.errors import BagError, ConfigError, NmrUserError
+from nmr.errors import DISK_FULL, BagError, ConfigError, NmrUserError
 from nmr.pipeline.fused import fuse
 from nmr.pipeline.outputs import PairProcessor
 from nmr.pipeline.settings import (
@@ -195,8 +195,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     except OSError as err:
         _discard(writer, args.out)
-        raise BagError(f'writing {args.out} failed ({err.strerror or err}); the incomplete output was removed: '
-                       'free disk space (or raise the file-size limit) or choose another --out') from None
+        raise _io_error(err, args.out) from None
     except NmrUserError as err:
         progress.close()
         _finish(writer, args.out, f'partial: stopped after {state.sets} sets: {err}')
@@ -218,8 +217,16 @@ def _finish(writer: Any, out: Path, status: str) -> None:
         writer.close()
     except OSError as err:
         _discard(writer, out)
-        raise BagError(f'writing {out} failed ({err.strerror or err}); the incomplete output was removed: '
-                       'free disk space (or raise the file-size limit) or choose another --out') from None
+        raise _io_error(err, out) from None
+
+
+def _io_error(err: OSError, out: Path) -> BagError:
+    """One line for an I/O error that ended the run (the output is already removed)."""
+    if err.errno in DISK_FULL:
+        return BagError(f'writing {out} failed ({err.strerror}); the incomplete output was removed: free disk '
+                        'space (or raise the file-size limit) or choose another --out')
+    return BagError(f'I/O error ({err.strerror or err}{": " + str(err.filename) if err.filename else ""}); '
+                    f'the incomplete output {out} was removed')
 
 
 def _discard(writer: Any, out: Path) -> None:
