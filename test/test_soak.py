@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip('rclpy')
-pytestmark = pytest.mark.ros
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 SOAK = Path(__file__).resolve().parents[1] / 'benchmarks' / 'soak.py'
 

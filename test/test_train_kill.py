@@ -17,6 +17,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from nmr.models.checkpoint import read_checkpoint
 from nmr.ros.testing import wait_for
@@ -72,6 +73,7 @@ def _run_train(argv: list[str]) -> subprocess.Popen:
     return subprocess.Popen(_nmr(*argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_loses_at_most_one_epoch(tmp_path: Path) -> None:
     rgb, lwir = _pairs(tmp_path)
     out = tmp_path / 'run'
