@@ -201,6 +201,9 @@ def run(args: argparse.Namespace) -> int:
         _finish(writer, args.out, f'partial: stopped after {state.sets} sets: {err}')
         raise BagError(f'{err}; {args.out} holds the {state.sets} sets registered before that (marked partial '
                        'in its metadata.yaml)') from None
+    except BaseException:  # a bug: no output that might pass for a complete one
+        _discard(writer, args.out)
+        raise
     progress.close()
     _finish(writer, args.out, 'complete')
     lost = sum(state.skipped.values())
