@@ -74,6 +74,10 @@ MALFORMED: dict[str, dict[str, Any]] = {
 
 @pytest.fixture(scope='module')
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, RosHarness, Path]]:
+    import rclpy
+
+    if rclpy.ok():  # an earlier module's context may be in another DDS domain than the one chosen here
+        rclpy.shutdown()
     ros_env()
     folder = tmp_path_factory.mktemp('malformed')
     model = make_tiny_model(folder / 'rgb_lwir.pt', 'rgb_lwir')
@@ -93,6 +97,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, RosHar
         yield proc, harness, log
     finally:
         harness.close()
+        rclpy.try_shutdown()
         code = stop_node(proc)
         text = log.read_text()
         assert 'Traceback' not in text, text[-3000:]
