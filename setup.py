@@ -21,7 +21,7 @@ setup(
     ],
     python_requires='>=3.10',
     install_requires=['setuptools'],
-    extras_require={'test': ['pytest']},
+    extras_require={'test': ['pytest', 'hypothesis']},
     zip_safe=False,
     maintainer='nmr developers',
     maintainer_email='nmr@example.com',

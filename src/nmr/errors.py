@@ -1,5 +1,10 @@
 """Errors that the user can fix. Every layer raises these; the CLI and the node print them as one line."""
 
+import errno
+
+#: OSError numbers that mean a full disk, a quota or a file-size limit: the user's to fix, whatever the file.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
 
 class NmrUserError(Exception):
     """A mistake the user can fix (bad path, config, encoding, model file): one line, no traceback.

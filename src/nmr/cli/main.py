@@ -10,7 +10,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from nmr.errors import NmrUserError
+from nmr.errors import DISK_FULL, NmrUserError
 
 # verb -> (module, one-line help). Modules are imported lazily.
 VERBS: dict[str, tuple[str, str]] = {
@@ -21,6 +21,7 @@ VERBS: dict[str, tuple[str, str]] = {
     'evaluate': ('nmr.evaluation.cli', 'EPE and landmark error of a model on a manifest of image pairs'),
     'register-bag': ('nmr.pipeline.register_bag', 'offline: input bag(s) in, bag with the node outputs out'),
     'play': ('nmr.ros.play', "publish a bag's image topics with recorded timing (no rosbag2 needed)"),
+    'recover-bag': ('nmr.data.bag_recover', 'copy the readable messages of a cut or damaged bag into a valid one'),
     'bench': ('nmr.bench.cli', 'latency and throughput per backend, resolution and model'),
 }
 
@@ -53,8 +54,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f'nmr {verb}: interrupted', file=sys.stderr)
         return 130
     except NmrUserError as err:
-        print(f'nmr {verb}: error: {err}', file=sys.stderr)
+        print(f'nmr {verb}: error: {one_line(err)}', file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        where = f' writing {err.filename}' if err.filename else ''
+        print(f'nmr {verb}: error: {err.strerror}{where}; free disk space (or raise the file-size limit) or '
+              'write elsewhere', file=sys.stderr)
+        return 2
+
+
+def one_line(err: BaseException) -> str:
+    """The error's own line. Re-raised from a DataLoader worker, a user error carries the worker's whole
+    traceback in its message ("Caught X in DataLoader worker ... Original Traceback ..."): its last line
+    is the original message."""
+    text = str(err).strip()
+    if '\nOriginal Traceback' in text:
+        text = text.splitlines()[-1].split(': ', 1)[-1]
+    return text
 
 
 

@@ -24,6 +24,8 @@ import contextlib
 import math
 import os
 import struct
+import sys
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ from typing import Any
 import numpy as np
 from rosbags.highlevel import AnyReader
 
+from nmr.data.bag_recover import describe_damage, storage_files
 from nmr.data.bag_writer import default_typestore
 from nmr.data.encodings import image_to_numpy, stamp_ns, to_rgb
 from nmr.data.sync import ApproxTimeSynchronizer
@@ -59,6 +62,13 @@ def _as_paths(paths: Paths) -> list[Path]:
         # a storage file inside a bag directory: read the directory (metadata knows all split files)
         if p.is_file() and p.suffix in ('.mcap', '.db3') and (p.parent / 'metadata.yaml').is_file():
             p = p.parent
+        if p.is_dir() and not (p / 'metadata.yaml').exists():
+            # metadata.yaml is written when recording stops: a killed recorder leaves none. The storage
+            # files describe themselves (rosbags reads them alone), so read those instead of refusing.
+            files = storage_files(p)
+            if files:
+                out.extend(files)
+                continue
         out.append(p)
     return out
 
@@ -85,7 +95,8 @@ def open_bag(paths: Paths) -> BagReader:
     except FileNotFoundError as exc:
         raise BagError(f'{names} is not a rosbag2 bag ({exc}): pass the bag directory') from None
     except Exception as exc:  # rosbags raises AnyReaderError, ReaderError, yaml and sqlite errors
-        raise BagError(f'cannot read bag {names}: {exc} (not a bag, or corrupt/truncated)') from None
+        raise BagError(describe_damage(bag_paths) or f'cannot read bag {names}: {exc} (not a rosbag2 bag, '
+                       'or corrupt): pass a bag folder, .mcap or .db3 file') from None
     return reader
 
 
@@ -104,7 +115,10 @@ def _check_topics(reader: AnyReader, topics: Sequence[str], paths: Paths, msgtyp
                 f'topic {topic} is not in bag {_names(paths)}; it has: {have}. Set the topic to one of these'
             )
         if msgtype is not None and available[topic] != msgtype:
-            raise BagError(f'topic {topic} in {_names(paths)} is {available[topic]}, not {msgtype}')
+            same = ', '.join(sorted(t for t, m in available.items() if m == msgtype)) or 'none'
+            kind = msgtype.rsplit('/', 1)[-1]
+            raise BagError(f'topic {topic} in {_names(paths)} is {available[topic]}, not {msgtype}; set the '
+                           f'topic to an {kind} topic (this bag has: {same})')
 
 
 def _names(paths: Paths) -> str:
@@ -124,22 +138,37 @@ def raw_header_stamp(raw: bytes | memoryview) -> int:
     return sec * 1_000_000_000 + nanosec
 
 
-def iter_images(paths: Paths, topics: Sequence[str]) -> Iterator[tuple[str, int, np.ndarray, str, Any]]:
+def iter_images(paths: Paths, topics: Sequence[str],
+                skipped: Counter[str] | None = None) -> Iterator[tuple[str, int, np.ndarray, str, Any]]:
     """Yield ``(topic, record_ns, array, encoding, header)`` for every Image on ``topics``, in record order.
 
-    ``array`` is raw (``image_to_numpy``: the message's channel order).
+    ``array`` is raw (``image_to_numpy``: the message's channel order). A message that cannot be decoded
+    (corrupt CDR, malformed Image) raises BagError / ImageDecodeError, or, when ``skipped`` is given, is
+    counted there per topic and skipped, so that one bad message does not end a long offline run.
+    Damage in the storage itself (a bad chunk) still ends the iteration with BagError.
     """
     with open_bag(paths) as reader:
         _check_topics(reader, topics, paths, IMAGE_TYPE)
         conns = [c for c in reader.connections if c.topic in set(topics)]
-        try:
-            for conn, record_ns, raw in reader.messages(connections=conns):
+        messages = reader.messages(connections=conns)
+        while True:
+            try:
+                conn, record_ns, raw = next(messages)
+            except StopIteration:
+                return
+            except Exception as exc:
+                raise _wrap_read_errors(paths, exc) from None
+            try:
                 msg: Any = reader.deserialize(raw, conn.msgtype)
-                yield conn.topic, record_ns, image_to_numpy(msg, conn.topic), str(msg.encoding), msg.header
-        except NmrUserError:
-            raise
-        except Exception as exc:
-            raise _wrap_read_errors(paths, exc) from None
+                arr = image_to_numpy(msg, conn.topic)
+            except Exception as exc:
+                if skipped is None:
+                    if isinstance(exc, NmrUserError):
+                        raise
+                    raise _wrap_read_errors(paths, exc) from None
+                skipped[conn.topic] += 1
+                continue
+            yield conn.topic, record_ns, arr, str(msg.encoding), msg.header
 
 
 def count_messages(paths: Paths, topics: Sequence[str]) -> int:
@@ -245,7 +274,11 @@ class BagPairDataset:
         self.split = split
         self._reader: AnyReader | None = None
         self._pid = -1
+        self.skipped: Counter[str] = Counter()   # unreadable messages left out of the index, per topic
         all_pairs, self._gt = self._build_index(round(slop_s * 1e9), queue_size)
+        if self.skipped and split != 'val':  # once per bag (the val split re-indexes the same bag)
+            print(f'nmr: bag {_names(self.paths)}: {sum(self.skipped.values())} unreadable messages left out '
+                  '(' + ', '.join(f'{t}: {n}' for t, n in sorted(self.skipped.items())) + ')', file=sys.stderr)
         t0 = all_pairs[0][1].stamp_ns if all_pairs else 0
         block_ns = round(block_s * 1e9)
         blocks = [(f.stamp_ns - t0) // block_ns for _, f in all_pairs]
@@ -267,7 +300,6 @@ class BagPairDataset:
         gt_topics = {c.topic for c in reader.connections} & {self.gt_flow_topic, self.gt_valid_topic}
         wanted = {self.moving_topic, self.fixed_topic} | gt_topics
         conns = [c for c in reader.connections if c.topic in wanted]
-        ros2 = bool(getattr(reader, 'is2', True))  # ROS 1 bags: no CDR, decode the header instead
         sync = ApproxTimeSynchronizer(2, slop_ns, queue_size)
         pairs: list[tuple[_Ref, _Ref]] = []
         gt: dict[int, dict[str, _Ref]] = {}
@@ -278,11 +310,9 @@ class BagPairDataset:
                 key = (conn.topic, record_ns)
                 ordinal = seen.get(key, 0)
                 seen[key] = ordinal + 1
-                if ros2:
-                    stamp = raw_header_stamp(raw)
-                else:
-                    decoded: Any = reader.deserialize(raw, conn.msgtype)
-                    stamp = stamp_ns(decoded.header)
+                stamp = self._valid_stamp(reader, conn, raw)
+                if stamp is None:
+                    continue
                 ref = _Ref(conn.topic, record_ns, ordinal, stamp)
                 if conn.topic in gt_topics:
                     gt.setdefault(stamp, {})[conn.topic] = ref
@@ -301,6 +331,21 @@ class BagPairDataset:
             raise _wrap_read_errors(self.paths, exc) from None
         self.dropped = list(sync.dropped)
         return pairs, gt
+
+    def _valid_stamp(self, reader: AnyReader, conn: Any, raw: Any) -> int | None:
+        """The message's header stamp, or None (counted in `skipped`) when it is not a decodable Image.
+
+        Checked while indexing (deserialising an Image makes a view of its bytes, no pixel copy) so that
+        one corrupt message in a long recording is left out, and reported, instead of stopping a training
+        run when a DataLoader worker reaches it hours later.
+        """
+        try:
+            msg: Any = reader.deserialize(raw, conn.msgtype)
+            image_to_numpy(msg, conn.topic)
+            return stamp_ns(msg.header)
+        except Exception:
+            self.skipped[conn.topic] += 1
+            return None
 
     # -- reading -------------------------------------------------------------------------------------
     def _open(self) -> AnyReader:
@@ -387,4 +432,5 @@ class BagPairDataset:
             'blocks': self.n_blocks,
             'val_blocks': sorted(self.val_blocks),
             'ground_truth': self.has_ground_truth,
+            'unreadable_messages': dict(self.skipped),
         }

@@ -7,6 +7,7 @@ knows (Kilted here), serialised to CDR, which rclpy and ``ros2 bag play`` read b
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -149,9 +150,23 @@ class BagWriter:
         return self
 
     def close(self) -> None:
+        """Finish the storage file (mcap summary / sqlite commit), then write metadata.yaml (last, atomic)."""
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            writer.close()
+
+    def abort(self) -> None:
+        """Stop without finishing: no summary, no metadata.yaml (the caller removes the folder)."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            with contextlib.suppress(Exception):
+                writer.abort()
+
+    def set_custom_data(self, key: str, value: str) -> None:
+        """A string in metadata.yaml's custom_data (e.g. whether the run that wrote the bag completed)."""
+        if self._writer is None:
+            raise BagError(f'bag {self.path} is not open: use BagWriter as a context manager')
+        self._writer.set_custom_data(key, value)
 
     def __enter__(self) -> BagWriter:
         return self.open()

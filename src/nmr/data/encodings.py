@@ -42,20 +42,31 @@ COLOUR_ENCODINGS: frozenset[str] = frozenset({'rgb8', 'bgr8', 'rgba8', 'bgra8', 
 
 DataType = Literal['numpy', 'array', 'bytes']
 
+_CASELESS: dict[str, str] = {e.lower(): e for e in _LAYOUT}
+
 
 def _where(topic: str) -> str:
     return f' on topic {topic}' if topic else ''
 
 
 def layout(encoding: str, topic: str = '') -> tuple[np.dtype, int]:
-    """(dtype, channels) of a supported encoding; ImageDecodeError naming the encoding otherwise."""
+    """(dtype, channels) of a supported encoding; ImageDecodeError naming the encoding otherwise.
+
+    Encodings are matched exactly, as cv_bridge and every ROS consumer match them: a driver that
+    publishes ``'MONO16'`` or ``'mono16 '`` would break the next tool in the chain too, so it is refused
+    with a "did you mean" instead of being silently accepted here.
+    """
     try:
         return _LAYOUT[encoding]
-    except KeyError:
-        raise ImageDecodeError(
-            f'unsupported image encoding {encoding!r}{_where(topic)}: supported are '
-            f'{", ".join(sorted(SUPPORTED_ENCODINGS))}; publish or remap one of those'
-        ) from None
+    except (KeyError, TypeError):
+        pass
+    text = str(encoding)
+    near = _CASELESS.get(text.strip().lower())
+    hint = f' (did you mean {near!r}? encodings are case- and whitespace-sensitive)' if near else ''
+    raise ImageDecodeError(
+        f'unsupported image encoding {text[:40]!r}{_where(topic)}{hint}: supported are '
+        f'{", ".join(sorted(SUPPORTED_ENCODINGS))}; publish or remap one of those'
+    )
 
 
 def _buffer(data: Any) -> np.ndarray:
@@ -68,31 +79,52 @@ def _buffer(data: Any) -> np.ndarray:
     return np.asarray(data, dtype=np.uint8).reshape(-1)  # a plain list: unavoidable copy
 
 
+def _check_geometry(encoding: str, height: int, width: int, step: int, row_bytes: int, n_bytes: int,
+                    where: str) -> None:
+    """Refuse impossible sizes from the header fields alone, before any array exists.
+
+    Every check compares claimed sizes with the bytes actually present, so a message claiming gigabytes
+    (corrupt ``width``, ``height`` or ``step``, or an unsigned field that wrapped around) costs nothing.
+    """
+    if height <= 0 or width <= 0:
+        raise ImageDecodeError(f'empty {encoding} image{where} ({width}x{height}): check the camera driver')
+    if step < row_bytes:
+        raise ImageDecodeError(
+            f'{encoding} image{where}: step {step} is shorter than one row ({width} px x '
+            f'{row_bytes // width} B = {row_bytes} B); the publisher filled step wrongly'
+        )
+    if n_bytes != step * height:
+        why = 'truncated' if n_bytes < step * height else 'extra bytes'
+        raise ImageDecodeError(
+            f'{encoding} image{where} ({width}x{height}): data has {n_bytes} bytes, expected step*height = '
+            f'{step}*{height} = {step * height} ({why}, or wrong step/height)'
+        )
+
+
 def image_to_numpy(msg: Any, topic: str = '') -> np.ndarray:
     """Decode an Image message to ``HxW`` (one channel) or ``HxWxC`` in the message's channel order.
 
     Honours ``step`` (padded rows) and ``is_bigendian``. Raises ImageDecodeError, naming the encoding
     and ``topic``, for an unsupported encoding, zero size, a step shorter than a row, or a data length
-    that is not ``step * height``.
+    that is not ``step * height``; nothing is allocated before those checks pass. The result is always
+    aligned with strides that are multiples of its item size (what torch.from_numpy and OpenCV need):
+    a view when the message allows it, else one copy (byte swap, or a step that is not a multiple of
+    the item size).
     """
-    encoding = str(msg.encoding)
+    encoding = msg.encoding
     dtype, channels = layout(encoding, topic)
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    encoding = str(encoding)
     where = _where(topic)
-    if height <= 0 or width <= 0:
-        raise ImageDecodeError(f'empty {encoding} image{where} ({width}x{height}): check the camera driver')
+    try:
+        height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    except (TypeError, ValueError):
+        raise ImageDecodeError(f'{encoding} image{where}: height/width/step are not integers') from None
     row_bytes = width * channels * dtype.itemsize
-    if step < row_bytes:
-        raise ImageDecodeError(
-            f'{encoding} image{where}: step {step} is shorter than one row ({width} px x {channels} ch x '
-            f'{dtype.itemsize} B = {row_bytes} B); the publisher filled step wrongly'
-        )
-    buf = _buffer(msg.data)
-    if buf.size != step * height:
-        raise ImageDecodeError(
-            f'{encoding} image{where}: data has {buf.size} bytes, expected step*height = {step}*{height} = '
-            f'{step * height} (truncated or wrong step/height)'
-        )
+    try:
+        buf = _buffer(msg.data)
+    except (TypeError, ValueError, OverflowError):
+        raise ImageDecodeError(f'{encoding} image{where}: data is not a byte sequence') from None
+    _check_geometry(encoding, height, width, step, row_bytes, buf.size, where)
     big = bool(msg.is_bigendian) and dtype.itemsize > 1
     stored = dtype.newbyteorder('>' if big else '<')
     shape: tuple[int, ...] = (height, width, channels)
@@ -101,7 +133,10 @@ def image_to_numpy(msg: Any, topic: str = '') -> np.ndarray:
         shape, strides = shape[:2], strides[:2]
     out = np.ndarray(shape=shape, dtype=stored, buffer=buf, offset=0, strides=strides)
     if not stored.isnative:
-        out = out.astype(dtype)  # byte swap: the one case that must copy
+        return out.astype(dtype)  # byte swap: a fresh, aligned, native copy
+    if step % dtype.itemsize or not out.flags.aligned:
+        return out.copy()  # odd padding or an unaligned buffer: copy to aligned rows (numpy calls a
+        # one-row view "contiguous" whatever its row stride, so ascontiguousarray would not copy it)
     return out
 
 

@@ -143,7 +143,97 @@ def read_onnx_info(path: str | Path) -> ModelInfo:
         export = json.loads(props.get(ONNX_EXPORT_KEY, '{}'))
     except ValueError:
         raise ModelFileError(f'{path}: nmr metadata is not valid JSON; re-export with `nmr export`') from None
-    return info_from_metadata(path, 'onnx', meta, export)
+    info = info_from_metadata(path, 'onnx', meta, export)
+    check_external_data(model, path)
+    check_onnx_interface(model, info)
+    return info
+
+
+#: What every registrar feeds R_Phi and expects back: name -> (element type, channels). The pre-processing
+#: (nmr.data.preprocess) makes RGB 3 channels and LWIR / depth 1 channel, float32 in [-1, 1].
+EXPECTED_IO = {'moving': 3, 'fixed': 1, 'flow': 2}
+
+
+def _tensors(graph: Any) -> Any:
+    """Every TensorProto of a graph: initialisers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField('t'):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField('g'):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
+def check_external_data(model: Any, path: Path) -> None:
+    """Refuse external-data references that leave the model's folder (absolute, `..`, or via a link).
+
+    ONNX tensors may live in side files named by a path inside the model; a downloaded model must not make
+    the runtime read `/etc/...` or another user's files, so only files inside its own folder are allowed.
+    """
+    import onnx
+
+    folder = path.parent.resolve()
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = {e.key: e.value for e in tensor.external_data}.get('location', '')
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise ModelFileError(
+                f'{path}: tensor {tensor.name!r} refers to external data {location!r} outside the model\'s '
+                'folder; refused (untrusted model): re-export it with `nmr export`'
+            )
+
+
+IO_TEXT = 'moving 1x3xHxW, fixed 1x1xHxW float32 -> flow 1x2xHxW'
+
+
+def check_channels(info: ModelInfo) -> None:
+    """The model's metadata asks for the channels the pre-processing makes (3 RGB, 1 fixed)."""
+    if info.moving_channels != EXPECTED_IO['moving'] or info.fixed_channels != EXPECTED_IO['fixed']:
+        raise ModelFileError(
+            f'{info.path}: metadata says {info.moving_channels} moving / {info.fixed_channels} fixed channels, '
+            f'the registrar feeds {IO_TEXT}; use a model trained and exported by nmr'
+        )
+
+
+def _dims(value_info: Any) -> list[int | None]:
+    """A graph input/output's shape: an int per fixed dimension, None per symbolic one."""
+    shape = value_info.type.tensor_type.shape
+    return [d.dim_value if d.HasField('dim_value') else None for d in shape.dim]
+
+
+def check_onnx_interface(model: Any, info: ModelInfo) -> None:
+    """The graph's inputs and outputs are R_Phi's (names, float32, NCHW with the expected channels), and
+    its metadata's channels agree: refused at load time with one line, not at the first frame."""
+    import onnx
+
+    initialisers = {t.name for t in model.graph.initializer}
+    ios = {v.name: v for v in [*model.graph.input, *model.graph.output] if v.name not in initialisers}
+    want = IO_TEXT
+    check_channels(info)
+    for name, channels in EXPECTED_IO.items():
+        value = ios.get(name)
+        if value is None:
+            raise ModelFileError(
+                f'{info.path} has inputs/outputs {sorted(ios)}, not the nmr R_Phi interface ({want}); '
+                'export it with `nmr export`'
+            )
+        dims = _dims(value)
+        elem = value.type.tensor_type.elem_type
+        if elem != onnx.TensorProto.FLOAT or len(dims) != 4 or dims[1] not in (None, channels):
+            shape = 'x'.join('?' if d is None else str(d) for d in dims)
+            raise ModelFileError(
+                f'{info.path}: {name!r} is {onnx.TensorProto.DataType.Name(elem).lower()} {shape or "scalar"}, '
+                f'the registrar expects {want}; export it with `nmr export`'
+            )
 
 
 def read_checkpoint(path: str | Path, expected_pair: str | None = None) -> tuple[Any, ModelInfo]:
@@ -166,6 +256,7 @@ def read_checkpoint(path: str | Path, expected_pair: str | None = None) -> tuple
         cfg = getattr(net, 'config', None)
         if cfg is not None:
             info.registration = metadata_dict(cfg)
+    check_channels(info)
     net.eval()
     return net, info
 

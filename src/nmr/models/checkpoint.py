@@ -120,9 +120,30 @@ def save_checkpoint(
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as err:  # disk full, quota, file-size limit: the previous file is still whole
+        Path(tmp).unlink(missing_ok=True)
+        raise ModelFileError(f'cannot write checkpoint {path} ({err.strerror or err}); the previous one is '
+                             'unchanged: free disk space or write elsewhere') from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    for stale in path.parent.glob(f'.{path.name}.*.tmp'):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (a power loss right after it must not bring the old file back)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not possible on every platform / file system: the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _to_cpu(obj: Any) -> Any:

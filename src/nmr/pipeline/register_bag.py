@@ -10,17 +10,21 @@ drops stale sets when inference cannot keep up).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
+import signal
 import sys
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from nmr.errors import BagError, ConfigError
+from nmr.errors import DISK_FULL, BagError, ConfigError, NmrUserError
 from nmr.pipeline.fused import fuse
 from nmr.pipeline.outputs import PairProcessor
 from nmr.pipeline.settings import (
@@ -31,6 +35,10 @@ from nmr.pipeline.settings import (
     read_params_file,
     validate,
 )
+
+IMAGE_TYPE = 'sensor_msgs/msg/Image'
+#: metadata.yaml custom_data key: 'complete', or 'partial: ...' when the run ended early
+STATUS_KEY = 'nmr.register_bag'
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,14 +142,28 @@ def make_processors(settings: NodeSettings, log: Any = print) -> dict[str, PairP
     return processors
 
 
+@dataclass
+class _Run:
+    """What the loop has done so far (read when it ends early)."""
+
+    sets: int = 0
+    last_stamp_ns: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+
 def run(args: argparse.Namespace) -> int:
-    from nmr.data.bag_reader import iter_images, list_topics
+    """Register every synchronised set of the input bag(s) into the output bag.
+
+    Ending early (Ctrl-C / SIGINT / SIGTERM, honoured at the next message boundary, or input damage
+    found mid-way) finishes the output bag so that rosbag2 readers open it, with every set registered so
+    far, and marks it partial in metadata.yaml (custom_data nmr.register_bag); the last line says so. A
+    failed write (disk full, file-size limit) cannot leave a valid bag: the output folder is removed and
+    the error says so.
+    """
+    from nmr.data.bag_reader import list_topics
     from nmr.data.bag_writer import BagWriter
-    from nmr.data.encodings import stamp_ns, to_rgb
-    from nmr.data.sync import ApproxTimeSynchronizer
 
     settings = settings_from_args(args)
-    ns = '/' + args.namespace.strip('/') if args.namespace.strip('/') else ''
     streams = {'rgb': 0, **{PAIRS[p]: 1 for p in settings.pairs}}
     topic_stream = {settings.inputs[s].topic: s for s in streams}
     available = list_topics(args.inputs)
@@ -149,52 +171,158 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise BagError(f'input topic {missing[0]} is not in {", ".join(map(str, args.inputs))} (it has '
                        f'{", ".join(sorted(available))}); set topics.* with --config or --set')
+    wrong = [t for t in topic_stream if available[t] != IMAGE_TYPE]
+    if wrong:
+        images = ', '.join(sorted(t for t, m in available.items() if m == IMAGE_TYPE)) or 'none'
+        raise BagError(f'input topic {wrong[0]} in {", ".join(map(str, args.inputs))} is {available[wrong[0]]}, '
+                       f'not {IMAGE_TYPE}; set topics.* to an Image topic (this bag has: {images})')
     if args.out.exists():
         raise ConfigError(f'output {args.out} already exists: remove it or choose another --out')
     processors = make_processors(settings,
                                  log=lambda text: print(f'nmr register-bag: {text}', file=sys.stderr))
+    progress = _Progress(count_messages(args.inputs, topic_stream), args.quiet)
+    state = _Run()
+    writer = BagWriter(args.out, storage=args.storage).open()
+    try:
+        with _stop_on_signals() as stop:
+            _register_all(args, settings, topic_stream, processors, writer, progress, state, stop)
+    except KeyboardInterrupt:
+        progress.close()
+        _finish(writer, args.out, f'partial: interrupted after {state.sets} sets')
+        print(f'nmr register-bag: interrupted: {args.out} holds the {state.sets} sets registered so far '
+              f'(up to stamp {state.last_stamp_ns / 1e9:.3f} s; marked partial in its metadata.yaml)',
+              file=sys.stderr)
+        return 130
+    except OSError as err:
+        _discard(writer, args.out)
+        raise _io_error(err, args.out) from None
+    except NmrUserError as err:
+        progress.close()
+        _finish(writer, args.out, f'partial: stopped after {state.sets} sets: {err}')
+        raise BagError(f'{err}; {args.out} holds the {state.sets} sets registered before that (marked partial '
+                       'in its metadata.yaml)') from None
+    except BaseException:  # a bug: no output that might pass for a complete one
+        _discard(writer, args.out)
+        raise
+    progress.close()
+    _finish(writer, args.out, 'complete')
+    lost = sum(state.skipped.values())
+    lost_text = (f'; {lost} unreadable input messages skipped ('
+                 + ', '.join(f'{t}: {n}' for t, n in sorted(state.skipped.items())) + ')') if lost else ''
+    print(f'nmr register-bag: {state.sets} synchronised sets registered -> {args.out}{lost_text}')
+    return 0
+
+
+def _finish(writer: Any, out: Path, status: str) -> None:
+    """Close the output bag (summary, then metadata.yaml) with its status; remove it if that fails."""
+    try:
+        writer.set_custom_data(STATUS_KEY, status[:500])
+        writer.close()
+    except OSError as err:
+        _discard(writer, out)
+        raise _io_error(err, out) from None
+
+
+def _io_error(err: OSError, out: Path) -> BagError:
+    """One line for an I/O error that ended the run (the output is already removed)."""
+    if err.errno in DISK_FULL:
+        return BagError(f'writing {out} failed ({err.strerror}); the incomplete output was removed: free disk '
+                        'space (or raise the file-size limit) or choose another --out')
+    return BagError(f'I/O error ({err.strerror or err}{": " + str(err.filename) if err.filename else ""}); '
+                    f'the incomplete output {out} was removed')
+
+
+def _discard(writer: Any, out: Path) -> None:
+    """A write failed: the output cannot be a valid bag, so none is left behind."""
+    writer.abort()
+    shutil.rmtree(out, ignore_errors=True)
+
+
+class _StopRequest:
+    """Set by SIGINT / SIGTERM; the loop stops at the next message boundary.
+
+    Raising KeyboardInterrupt from the signal handler could land between two writes of one mcap record
+    and leave a record half written before the summary; checking a flag between messages cannot. A second
+    signal interrupts at once (the user insists).
+    """
+
+    def __init__(self) -> None:
+        self.signal = 0
+
+    def handler(self, signum: int, _frame: Any) -> None:
+        if self.signal:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def check(self) -> None:
+        if self.signal:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[_StopRequest]:
+    stop = _StopRequest()
+    previous: dict[int, Any] = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, stop.handler)
+    except ValueError:  # not the main thread (called from a test thread): signals stay as they were
+        pass
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _register_all(args: argparse.Namespace, settings: NodeSettings, topic_stream: dict[str, str],
+                  processors: dict[str, PairProcessor], writer: Any, progress: _Progress, state: _Run,
+                  stop: _StopRequest) -> None:
+    """The node's processing over the input bag(s), every output written to `writer`."""
+    from nmr.data.bag_reader import iter_images
+    from nmr.data.encodings import stamp_ns, to_rgb
+    from nmr.data.sync import ApproxTimeSynchronizer
+
+    ns = '/' + args.namespace.strip('/') if args.namespace.strip('/') else ''
     syncs = {p: ApproxTimeSynchronizer(2, settings.sync_slop_ns, settings.sync_queue_size)
              for p in settings.pairs}
     last: dict[str, _Result] = {}
     fused_done: tuple[int, int] | None = None
     last_stamp: dict[str, int] = {}
-    progress = _Progress(count_messages(args.inputs, topic_stream), args.quiet)
-    sets = 0
-    with BagWriter(args.out, storage=args.storage) as writer:
-        for topic, _t, arr, encoding, header in iter_images(args.inputs, list(topic_stream)):
-            stream = topic_stream[topic]
-            stamp = stamp_ns(header)
-            if args.copy_inputs:
-                writer.write_image(topic, stamp, header.frame_id, arr, encoding)
-            if stamp < last_stamp.get(stream, stamp):  # time went backwards (concatenated bags): as the node
-                for sync in syncs.values():
-                    sync.reset()
-                last.clear()
-                last_stamp.clear()
-            last_stamp[stream] = stamp
-            frame = (arr, encoding, header, stamp)
-            for pair in settings.pairs:
-                if stream not in ('rgb', PAIRS[pair]):
-                    continue
-                for rgb, fixed in syncs[pair].add(0 if stream == 'rgb' else 1, stamp, frame):
-                    sets += 1
-                    moving = to_rgb(rgb[0], rgb[1])
-                    proc = processors[pair]
-                    registration = proc.register(moving, fixed[0], fixed[1])
-                    for name, (out, enc) in proc.outputs(registration, fixed[0], fixed[1],
-                                                         settings.pair_outputs).items():
-                        writer.write_image(f'{ns}/{pair}/{name}', fixed[3], fixed[2].frame_id, out, enc)
-                    last[pair] = _Result(registration.flow, registration.registered, fixed,
-                                         (int(moving.shape[0]), int(moving.shape[1])), rgb[3])
-            if settings.fused and 'rgb_lwir' in last and 'rgb_depth' in last:
-                a, b = last['rgb_lwir'], last['rgb_depth']
-                key = (a.rgb_stamp, a.fixed[3])
-                if a.rgb_stamp == b.rgb_stamp and key != fused_done:
-                    fused_done = key
-                    for name, (out, enc) in fuse(a.fixed[0], a.fixed[1], a.flow, a.registered, b.fixed[0],
-                                                 b.fixed[1], b.flow, a.rgb_hw).items():
-                        writer.write_image(f'{ns}/{name}', a.fixed[3], a.fixed[2].frame_id, out, enc)
-            progress.step(sets)
-    progress.close()
-    print(f'nmr register-bag: {sets} synchronised sets registered -> {args.out}')
-    return 0
+    for topic, _t, arr, encoding, header in iter_images(args.inputs, list(topic_stream), state.skipped):
+        stop.check()
+        stream = topic_stream[topic]
+        stamp = stamp_ns(header)
+        if args.copy_inputs:
+            writer.write_image(topic, stamp, header.frame_id, arr, encoding)
+        if stamp < last_stamp.get(stream, stamp):  # time went backwards (concatenated bags): as the node
+            for sync in syncs.values():
+                sync.reset()
+            last.clear()
+            last_stamp.clear()
+        last_stamp[stream] = stamp
+        frame = (arr, encoding, header, stamp)
+        for pair in settings.pairs:
+            if stream not in ('rgb', PAIRS[pair]):
+                continue
+            for rgb, fixed in syncs[pair].add(0 if stream == 'rgb' else 1, stamp, frame):
+                moving = to_rgb(rgb[0], rgb[1])
+                proc = processors[pair]
+                registration = proc.register(moving, fixed[0], fixed[1])
+                for name, (out, enc) in proc.outputs(registration, fixed[0], fixed[1],
+                                                     settings.pair_outputs).items():
+                    writer.write_image(f'{ns}/{pair}/{name}', fixed[3], fixed[2].frame_id, out, enc)
+                state.sets += 1
+                state.last_stamp_ns = fixed[3]
+                last[pair] = _Result(registration.flow, registration.registered, fixed,
+                                     (int(moving.shape[0]), int(moving.shape[1])), rgb[3])
+        if settings.fused and 'rgb_lwir' in last and 'rgb_depth' in last:
+            a, b = last['rgb_lwir'], last['rgb_depth']
+            key = (a.rgb_stamp, a.fixed[3])
+            if a.rgb_stamp == b.rgb_stamp and key != fused_done:
+                fused_done = key
+                for name, (out, enc) in fuse(a.fixed[0], a.fixed[1], a.flow, a.registered, b.fixed[0],
+                                             b.fixed[1], b.flow, a.rgb_hw).items():
+                    writer.write_image(f'{ns}/{name}', a.fixed[3], a.fixed[2].frame_id, out, enc)
+        progress.step(state.sets)
+    stop.check()

@@ -53,20 +53,13 @@ def _message_class(msgtype: str) -> type:
 
 
 def open_reader(paths: Sequence[Path]) -> Any:
-    """An opened rosbags AnyReader, or BagError naming the bag."""
-    from rosbags.highlevel import AnyReader
+    """An opened rosbags AnyReader, or BagError naming the bag (and `nmr recover-bag` for a cut one)."""
+    from nmr.data.bag_reader import open_bag
 
     for path in paths:
         if not path.exists():
             raise BagError(f'bag {path} does not exist')
-    reader = AnyReader(list(paths))
-    try:
-        reader.open()
-    except Exception as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise BagError(f'bag {", ".join(map(str, paths))} cannot be read ({first}): is it a rosbag2 '
-                       'folder, .mcap or .db3 file?') from None
-    return reader
+    return open_bag(list(paths))
 
 
 def select_connections(reader: Any, topics: Sequence[str] | None) -> list[Any]:
@@ -105,6 +98,7 @@ class Player:
         self.clock_pub = node.create_publisher(Clock, '/clock', 10) if args.clock else None
         self.total = sum(c.msgcount for c in connections)
         self.published = 0
+        self.unreadable: dict[str, int] = {}   # --restamp: messages that could not be deserialised
 
     def _all_publishers(self) -> list[Any]:
         return [*self.pubs.values(), *([self.clock_pub] if self.clock_pub is not None else [])]
@@ -151,7 +145,18 @@ class Player:
                 time.sleep(wall_target - now)
 
     def _messages(self) -> Iterator[tuple[Any, int, bytes]]:
-        yield from self.reader.messages(connections=self.connections)
+        """The bag's messages; damage found mid-way (a bad chunk) ends playback with BagError."""
+        messages = self.reader.messages(connections=self.connections)
+        while True:
+            try:
+                item = next(messages)
+            except StopIteration:
+                return
+            except Exception as err:
+                bags = ', '.join(str(p) for p in getattr(self.reader, 'paths', [])) or 'the bag'
+                raise BagError(f'{bags} is damaged after {self.published} messages ({err}); copy its '
+                               f'readable messages into a valid bag with `nmr recover-bag`') from None
+            yield item
 
     def play_once(self) -> bool:
         """One pass over the bag; False when --max-messages was reached."""
@@ -168,7 +173,11 @@ class Player:
             self._publish_clock(bag_ns)
             data: Any = bytes(raw)
             if self.args.restamp:
-                msg = deserialize_message(data, self.types[conn.topic])
+                try:
+                    msg = deserialize_message(data, self.types[conn.topic])
+                except Exception:  # corrupt bytes: cannot restamp them; count, skip, report at the end
+                    self.unreadable[conn.topic] = self.unreadable.get(conn.topic, 0) + 1
+                    continue
                 if hasattr(msg, 'header'):
                     msg.header.stamp = self.node.get_clock().now().to_msg()
                 data = msg
@@ -204,7 +213,10 @@ def run(args: argparse.Namespace) -> int:
                       file=sys.stderr)
             if not args.quiet:
                 sys.stderr.write('\n')
-            print(f'nmr play: published {player.published} messages on {len(player.pubs)} topics')
+            skipped = sum(player.unreadable.values())
+            lost = (f'; {skipped} unreadable messages skipped ('
+                    + ', '.join(f'{t}: {n}' for t, n in sorted(player.unreadable.items())) + ')') if skipped else ''
+            print(f'nmr play: published {player.published} messages on {len(player.pubs)} topics{lost}')
         finally:
             node.destroy_node()
             rclpy.try_shutdown()
