@@ -24,11 +24,11 @@ import torch
 
 from nmr.data import preprocess
 from nmr.data.pairs import FolderPairDataset
+from nmr.data.preprocess import resize_to
 from nmr.models.registration import RegistrationConfig, RegistrationNet
 from nmr.models.resampler import resize_flow_same_size, warp
 from nmr.training.augment import misalign, sample_misalignment
 from nmr.training.config import AugmentConfig
-from nmr.training.data import resize_to
 from nmr.training.losses import bilateral_smoothness, grey
 
 

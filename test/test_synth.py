@@ -14,9 +14,11 @@ import cv2
 import numpy as np
 import pytest
 
+from nmr.domain import DEFAULT_TOPICS as IMAGE_TOPICS
+from nmr.domain import PAIR_FIXED_KIND as PAIRS
 from nmr.synth.cameras import default_rig
 from nmr.synth.depthsensor import render_depth
-from nmr.synth.generator import IMAGE_TOPICS, PAIRS, SynthConfig, generate, gt_topics, info_topic
+from nmr.synth.generator import SynthConfig, generate, gt_topics, info_topic
 from nmr.synth.groundtruth import gt_flow, landmarks, nearest_index, resize_flow_field
 from nmr.synth.render import intersect_box, intersect_cylinder, render_geometry
 from nmr.synth.scene import generate_scene

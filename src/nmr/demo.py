@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from nmr.domain import DEFAULT_TOPICS, PAIR_FIXED_KIND, PAIRS
 from nmr.errors import ConfigError, ModelFileError
 
-PAIRS = ('rgb_lwir', 'rgb_depth')
 NAMESPACE = '/nmr'
 DEMO_SEED = 20261124  # a seed never used for the default models' training bags
 
@@ -100,7 +100,7 @@ def run_offline(args: argparse.Namespace, bag: Path, models: dict[str, Path], ou
 
 
 def run_live(args: argparse.Namespace, bag: Path, models: dict[str, Path], out_bag: Path) -> dict[str, Any]:
-    from nmr.demo_live import run_live_pipeline
+    from nmr.ros.demo_live import run_live_pipeline
 
     print(f'[2/3] live: nmr play {bag} -> register_node -> recorder -> {out_bag}')
     return run_live_pipeline(bag, models, out_bag, NAMESPACE, args.backend, args.rate)
@@ -114,8 +114,7 @@ def score_and_draw(bag: Path, out_bag: Path, out_dir: Path, sheets: int) -> tupl
     from nmr.evaluation.baselines import identity_flow
     from nmr.evaluation.figures import contact_sheet, write_png
     from nmr.evaluation.metrics import endpoint_error
-    from nmr.pipeline.settings import PAIRS as PAIR_KIND
-    from nmr.synth.generator import IMAGE_TOPICS, gt_topics
+    from nmr.synth.generator import gt_topics
 
     published: dict[tuple[str, int], dict[str, np.ndarray]] = {}
     for topic, _t, arr, _enc, header in iter_images([out_bag], [f'{NAMESPACE}/{p}/{o}' for p in PAIRS
@@ -128,12 +127,12 @@ def score_and_draw(bag: Path, out_bag: Path, out_dir: Path, sheets: int) -> tupl
     gt: dict[tuple[str, int], dict[str, np.ndarray]] = {}
     fixed_frames: dict[tuple[str, int], tuple[np.ndarray, str]] = {}
     rgb_frames: list[tuple[int, np.ndarray]] = []
-    fixed_topic = {IMAGE_TOPICS[PAIR_KIND[p]]: p for p in PAIRS}
+    fixed_topic = {DEFAULT_TOPICS[PAIR_FIXED_KIND[p]]: p for p in PAIRS}
     gt_topic = {t: (p, kind) for p in PAIRS for t, kind in zip(gt_topics(p), ('flow', 'valid'))}
-    topics = [IMAGE_TOPICS['rgb'], *fixed_topic, *gt_topic]
+    topics = [DEFAULT_TOPICS['rgb'], *fixed_topic, *gt_topic]
     for topic, _t, arr, enc, header in iter_images([bag], topics):
         stamp = header.stamp.sec * 10**9 + header.stamp.nanosec
-        if topic == IMAGE_TOPICS['rgb']:
+        if topic == DEFAULT_TOPICS['rgb']:
             rgb_frames.append((stamp, to_rgb(arr, enc)))
         elif topic in fixed_topic:
             fixed_frames[(fixed_topic[topic], stamp)] = (np.array(arr), enc)
@@ -156,7 +155,7 @@ def score_and_draw(bag: Path, out_bag: Path, out_dir: Path, sheets: int) -> tupl
         score.epe_after.append(endpoint_error(flow, truth['flow'], valid))
         if len(drawn[pair]) < sheets and 'registered' in outputs and (pair, stamp) in fixed_frames:
             fixed_raw, enc = fixed_frames[(pair, stamp)]
-            display = fixed_display(PAIR_KIND[pair], fixed_raw, enc)
+            display = fixed_display(PAIR_FIXED_KIND[pair], fixed_raw, enc)
             drawn[pair].append(contact_sheet(moving, display, outputs['registered'], flow, ident, height=200))
     written = []
     for pair, rows in drawn.items():

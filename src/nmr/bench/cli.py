@@ -16,8 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from nmr.domain import BACKENDS
+
 DEFAULT_SIZES = '320x256,640x512,1280x1024'
-ALL_BACKENDS = ('tensorrt', 'onnxruntime', 'torch')
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,14 +56,14 @@ def _available_backends(requested: str, device: str, log: Any) -> list[str]:
     from nmr.inference.select import Candidate, probe
 
     names = (
-        ALL_BACKENDS if requested == 'auto' else tuple(b.strip() for b in requested.split(',') if b.strip())
+        BACKENDS if requested == 'auto' else tuple(b.strip() for b in requested.split(',') if b.strip())
     )
     out = []
     for name in names:
-        if name not in ALL_BACKENDS:
+        if name not in BACKENDS:
             from nmr.errors import ConfigError
 
-            raise ConfigError(f'--backends: {name!r} is not one of {", ".join(ALL_BACKENDS)}')
+            raise ConfigError(f'--backends: {name!r} is not one of {", ".join(BACKENDS)}')
         reasons = [probe(Candidate(name, d), 'checkpoint', device) for d in ('cuda', 'cpu')]
         if any(r is None for r in reasons):
             out.append(name)

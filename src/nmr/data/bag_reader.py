@@ -38,7 +38,8 @@ from nmr.data.bag_recover import describe_damage, storage_files
 from nmr.data.bag_writer import default_typestore
 from nmr.data.encodings import image_to_numpy, stamp_ns, to_rgb
 from nmr.data.sync import ApproxTimeSynchronizer
-from nmr.data.types import PAIR_FIXED_KIND, FramePair
+from nmr.data.types import FramePair
+from nmr.domain import PAIR_FIXED_KIND
 from nmr.errors import BagError, NmrUserError
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from nmr.domain import STREAM_ENCODINGS
 from nmr.errors import ImageDecodeError
 
 #: encoding -> (numpy base dtype, channels)
@@ -38,7 +39,7 @@ _LAYOUT: dict[str, tuple[np.dtype, int]] = {
 SUPPORTED_ENCODINGS: frozenset[str] = frozenset(_LAYOUT)
 
 #: colour encodings that ``to_rgb`` accepts (grey is replicated to three channels).
-COLOUR_ENCODINGS: frozenset[str] = frozenset({'rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8'})
+COLOUR_ENCODINGS: frozenset[str] = frozenset(STREAM_ENCODINGS['rgb'])
 
 DataType = Literal['numpy', 'array', 'bytes']
 

@@ -28,12 +28,12 @@ import cv2
 import numpy as np
 
 from nmr.data.types import FramePair
+from nmr.domain import FIXED_KINDS
 from nmr.errors import ConfigError
 
 MANIFEST_COLUMNS = ('name', 'moving', 'fixed', 'flow', 'valid', 'landmarks')
 REQUIRED_COLUMNS = ('moving', 'fixed')
 IMAGE_SUFFIXES = frozenset({'.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp', '.pgm', '.ppm', '.npy'})
-FIXED_KINDS = ('lwir', 'depth')
 
 
 def in_split(key: str, split: str, val_fraction: float) -> bool:

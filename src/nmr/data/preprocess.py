@@ -11,21 +11,25 @@ device (CPU or CUDA) and everything uses torch ops, so the work can run on the G
 - Depth ``16UC1`` (millimetres, 0 = none) or ``32FC1`` (metres, 0/NaN/inf = none) -> ``1xHxW``
   normalised inverse depth: ``min_m`` maps to 1, ``max_m`` (and beyond) to -1, invalid pixels to -1;
   the valid mask is returned alongside. Inverse depth is used because parallax is proportional to it.
+- Both -> the network grid with ``resize_to``: training (nmr.training.data) and every inference backend
+  (nmr.inference.registrar) call this one function, so the network never sees a different resampling at
+  run time than in training.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from nmr.domain import FIXED_KINDS
 from nmr.errors import ConfigError, ImageDecodeError
 
-FIXED_KINDS = ('lwir', 'depth')
 DEPTH_MM_ENCODINGS = frozenset({'16UC1', 'mono16'})
 DEPTH_M_ENCODINGS = frozenset({'32FC1'})
 
@@ -217,3 +221,17 @@ def fixed_display(
     x = fixed_input(kind, img, encoding, normalisation)[0]
     grey = ((x + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
     return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def resize_to(x: torch.Tensor, hw: Sequence[int]) -> torch.Tensor:
+    """``BxCxHxW`` float -> ``BxCxhxw`` on the network grid ``hw = (h, w)``.
+
+    Bilinear with pixel centres aligned (``align_corners=False``: the net-grid convention that
+    ``nmr.models.resampler.flow_to_native`` inverts), antialiased when shrinking so that a large camera
+    image does not alias into the network. A no-op when the size already matches.
+    """
+    size = (int(hw[0]), int(hw[1]))
+    if tuple(x.shape[-2:]) == size:
+        return x
+    shrink = x.shape[-2] > size[0] or x.shape[-1] > size[1]
+    return F.interpolate(x, size=size, mode='bilinear', align_corners=False, antialias=shrink)

@@ -6,9 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: The pairs the project trains one model each for, and the kind of their fixed image.
-PAIR_FIXED_KIND: dict[str, str] = {'rgb_lwir': 'lwir', 'rgb_depth': 'depth'}
-
 
 @dataclass
 class FramePair:

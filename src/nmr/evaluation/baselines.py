@@ -20,7 +20,7 @@ import numpy as np
 
 from nmr.errors import ConfigError
 from nmr.flow import warp
-from nmr.inference.registrar import Registration
+from nmr.inference.protocol import Registration
 
 BASELINES = ('identity', 'dis', 'sitk-mi')
 

@@ -9,8 +9,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    'Registration': 'nmr.inference.registrar',
+    'Registration': 'nmr.inference.protocol',
     'Registrar': 'nmr.inference.registrar',
+    'RegistrarProtocol': 'nmr.inference.protocol',
     'TorchRegistration': 'nmr.inference.registrar',
     'create_registrar': 'nmr.inference.select',
     'export_checkpoint': 'nmr.inference.export',

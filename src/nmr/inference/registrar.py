@@ -18,20 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from nmr.data.preprocess import resize_to
 from nmr.errors import ConfigError
 from nmr.inference.model_file import ModelInfo
-
-
-@dataclass
-class Registration:
-    """One registered pair at the FIXED image's native size (numpy, SPEC conventions)."""
-
-    flow: np.ndarray  # HfxWfx2 float32, fixed grid, pixels, ch0 = dx
-    registered: np.ndarray  # moving warped into the fixed frame, HfxWfx3 uint8
-    valid: np.ndarray  # HfxWf bool: the sample fell inside the moving image
-    timings_ms: dict[str, float] = field(default_factory=dict)
+from nmr.inference.protocol import Registration
 
 
 @dataclass
@@ -85,18 +76,6 @@ def as_tensor(img: Any, device: torch.device) -> torch.Tensor:
     if not arr.flags.writeable:  # a view of a message buffer: torch.from_numpy needs a writable array
         arr = arr.copy()
     return torch.from_numpy(arr).to(device, non_blocking=True)
-
-
-def resize_to(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """Bx C x H x W float -> B x C x h x w; bilinear (pixel-centre aligned), antialiased when shrinking.
-
-    This is the same resize the training data loader uses (nmr.models' net-grid convention), so the
-    network sees at run time what it saw in training.
-    """
-    if tuple(x.shape[-2:]) == tuple(hw):
-        return x
-    shrink = x.shape[-2] > hw[0] or x.shape[-1] > hw[1]
-    return F.interpolate(x, size=hw, mode='bilinear', align_corners=False, antialias=shrink)
 
 
 def sync(device: torch.device) -> None:

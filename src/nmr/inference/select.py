@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
+from nmr.domain import BACKEND_CHOICES
 from nmr.errors import ConfigError, ModelFileError
 from nmr.inference.model_file import ModelInfo, check_pair, model_kind, read_checkpoint, read_model_info
 from nmr.inference.registrar import Registrar, resolve_device
 
-BACKENDS = ('auto', 'tensorrt', 'onnxruntime', 'torch')
 ORDER = (
     ('tensorrt', 'cuda'),
     ('onnxruntime', 'cuda'),
@@ -185,8 +185,8 @@ def create_registrar(
     channels_last,
     cuda_graph (torch), threads (onnxruntime).
     """
-    if backend not in BACKENDS:
-        raise ConfigError(f'backend {backend!r} is not one of {", ".join(BACKENDS)}')
+    if backend not in BACKEND_CHOICES:
+        raise ConfigError(f'backend {backend!r} is not one of {", ".join(BACKEND_CHOICES)}')
     path = Path(model_path)
     kind = model_kind(path)
     device = str(device or 'auto')

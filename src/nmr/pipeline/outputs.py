@@ -8,14 +8,14 @@ kind, empty images, non-finite depth) because both callers receive them from the
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
 
+from nmr.domain import PAIR_FIXED_KIND, PAIRS, STREAM_ENCODINGS
 from nmr.errors import NmrUserError
-from nmr.pipeline.settings import PAIR_OUTPUTS, PAIRS
+from nmr.inference.protocol import RegistrarProtocol, Registration
+from nmr.pipeline.settings import PAIR_OUTPUTS
 
-FIXED_ENCODINGS: dict[str, tuple[str, ...]] = {'lwir': ('mono16', 'mono8'), 'depth': ('16UC1', '32FC1')}
 OUTPUT_ENCODINGS: dict[str, str] = {
     'registered': 'rgb8', 'flow': '32FC2', 'flow_viz': 'rgb8', 'overlay': 'rgb8'}
 
@@ -35,7 +35,7 @@ def check_moving(moving_rgb: np.ndarray) -> None:
 
 def check_fixed(kind: str, fixed_raw: np.ndarray, encoding: str) -> np.ndarray:
     """Validate a fixed image for `kind`; returns it with non-finite 32FC1 depth set to NaN (= no data)."""
-    allowed = FIXED_ENCODINGS[kind]
+    allowed = STREAM_ENCODINGS[kind]
     if encoding not in allowed:
         raise PairInputError(f'{kind} image has encoding {encoding!r}: expected one of {", ".join(allowed)}')
     if fixed_raw.ndim != 2 or fixed_raw.shape[0] == 0 or fixed_raw.shape[1] == 0:
@@ -54,26 +54,26 @@ class PairProcessor:
     grid, so they carry the fixed image's header.
     """
 
-    def __init__(self, registrar: Any, pair: str | None = None, overlay_alpha: float = 0.5,
+    def __init__(self, registrar: RegistrarProtocol, pair: str | None = None, overlay_alpha: float = 0.5,
                  flow_viz_max_px: float | None = None) -> None:
         self.registrar = registrar
-        self.pair = pair or str(getattr(registrar, 'pair', ''))
+        self.pair = pair or registrar.pair or ''
         if self.pair not in PAIRS:
             raise PairInputError(f'unknown pair {self.pair!r}: expected one of {", ".join(PAIRS)}')
-        self.fixed_kind = PAIRS[self.pair]
+        self.fixed_kind = PAIR_FIXED_KIND[self.pair]
         self.overlay_alpha = float(overlay_alpha)
         self.flow_viz_max_px = flow_viz_max_px
         self.last_timings_ms: dict[str, float] = {}
 
-    def register(self, moving_rgb: np.ndarray, fixed_raw: np.ndarray, fixed_encoding: str) -> Any:
-        """Checked inputs -> nmr.inference.Registration (flow, registered, valid, timings_ms)."""
+    def register(self, moving_rgb: np.ndarray, fixed_raw: np.ndarray, fixed_encoding: str) -> Registration:
+        """Checked inputs -> Registration (flow, registered, valid, timings_ms)."""
         check_moving(moving_rgb)
         fixed_raw = check_fixed(self.fixed_kind, fixed_raw, fixed_encoding)
         result = self.registrar.register(moving_rgb, fixed_raw, fixed_encoding)
-        self.last_timings_ms = dict(getattr(result, 'timings_ms', {}) or {})
+        self.last_timings_ms = dict(result.timings_ms)
         return result
 
-    def outputs(self, registration: Any, fixed_raw: np.ndarray, fixed_encoding: str,
+    def outputs(self, registration: Registration, fixed_raw: np.ndarray, fixed_encoding: str,
                 wanted: Iterable[str] = PAIR_OUTPUTS) -> dict[str, tuple[np.ndarray, str]]:
         """The requested outputs of an existing registration (flow_viz/overlay only computed if wanted)."""
         from nmr import flow as nmr_flow

@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,15 @@ from typing import Any
 import numpy as np
 import yaml
 
-from nmr.errors import DISK_FULL, BagError, ConfigError, NmrUserError
+from nmr.data.bag_reader import count_messages, iter_images, list_topics
+from nmr.data.bag_writer import BagWriter
+from nmr.data.encodings import stamp_ns, to_rgb
+from nmr.data.sync import ApproxTimeSynchronizer
+from nmr.domain import BACKEND_CHOICES, PAIR_FIXED_KIND, PAIRS
+from nmr.errors import DISK_FULL, BagError, ConfigError, ModelFileError, NmrUserError
 from nmr.pipeline.fused import fuse
 from nmr.pipeline.outputs import PairProcessor
 from nmr.pipeline.settings import (
-    PAIRS,
     NodeSettings,
     create_registrar,
     model_path,
@@ -52,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='override one parameter, e.g. --set sync.slop_s=0.05 --set pairs=[rgb_lwir]')
     parser.add_argument('--model-rgb-lwir', type=Path, default=None, help='model for rgb_lwir')
     parser.add_argument('--model-rgb-depth', type=Path, default=None, help='model for rgb_depth')
-    parser.add_argument('--pairs', nargs='+', choices=sorted(PAIRS), default=None, help='pairs to run')
-    parser.add_argument('--backend', default=None, help='auto | tensorrt | onnxruntime | torch')
+    parser.add_argument('--pairs', nargs='+', choices=PAIRS, default=None, help='pairs to run')
+    parser.add_argument('--backend', default=None, help=' | '.join(BACKEND_CHOICES))
     parser.add_argument('--device', default=None, help='auto | cpu | cuda | cuda:N')
     parser.add_argument('--namespace', default='/nmr',
                         help="topic prefix of the outputs (the launch file's default namespace: /nmr)")
@@ -114,22 +118,8 @@ class _Progress:
             sys.stderr.write('\n')
 
 
-def count_messages(paths: Iterable[Path], topics: Iterable[str]) -> int:
-    """Messages on `topics` (bag metadata only, for the progress bar)."""
-    from rosbags.highlevel import AnyReader
-
-    wanted = set(topics)
-    try:
-        with AnyReader(list(paths)) as reader:
-            return sum(c.msgcount for c in reader.connections if c.topic in wanted)
-    except Exception:
-        return 0
-
-
-def make_processors(settings: NodeSettings, log: Any = print) -> dict[str, PairProcessor]:
+def make_processors(settings: NodeSettings, log: Callable[[str], None] = print) -> dict[str, PairProcessor]:
     """One PairProcessor per configured pair (ModelFileError naming a missing or wrong model)."""
-    from nmr.errors import ModelFileError
-
     processors = {}
     for pair in settings.pairs:
         path = model_path(settings, pair)
@@ -160,11 +150,8 @@ def run(args: argparse.Namespace) -> int:
     failed write (disk full, file-size limit) cannot leave a valid bag: the output folder is removed and
     the error says so.
     """
-    from nmr.data.bag_reader import list_topics
-    from nmr.data.bag_writer import BagWriter
-
     settings = settings_from_args(args)
-    streams = {'rgb': 0, **{PAIRS[p]: 1 for p in settings.pairs}}
+    streams = {'rgb': 0, **{PAIR_FIXED_KIND[p]: 1 for p in settings.pairs}}
     topic_stream = {settings.inputs[s].topic: s for s in streams}
     available = list_topics(args.inputs)
     missing = [t for t in topic_stream if t not in available]
@@ -180,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f'output {args.out} already exists: remove it or choose another --out')
     processors = make_processors(settings,
                                  log=lambda text: print(f'nmr register-bag: {text}', file=sys.stderr))
-    progress = _Progress(count_messages(args.inputs, topic_stream), args.quiet)
+    progress = _Progress(count_messages(args.inputs, list(topic_stream)), args.quiet)
     state = _Run()
     writer = BagWriter(args.out, storage=args.storage).open()
     try:
@@ -279,10 +266,6 @@ def _register_all(args: argparse.Namespace, settings: NodeSettings, topic_stream
                   processors: dict[str, PairProcessor], writer: Any, progress: _Progress, state: _Run,
                   stop: _StopRequest) -> None:
     """The node's processing over the input bag(s), every output written to `writer`."""
-    from nmr.data.bag_reader import iter_images
-    from nmr.data.encodings import stamp_ns, to_rgb
-    from nmr.data.sync import ApproxTimeSynchronizer
-
     ns = '/' + args.namespace.strip('/') if args.namespace.strip('/') else ''
     syncs = {p: ApproxTimeSynchronizer(2, settings.sync_slop_ns, settings.sync_queue_size)
              for p in settings.pairs}
@@ -303,7 +286,7 @@ def _register_all(args: argparse.Namespace, settings: NodeSettings, topic_stream
         last_stamp[stream] = stamp
         frame = (arr, encoding, header, stamp)
         for pair in settings.pairs:
-            if stream not in ('rgb', PAIRS[pair]):
+            if stream not in ('rgb', PAIR_FIXED_KIND[pair]):
                 continue
             for rgb, fixed in syncs[pair].add(0 if stream == 'rgb' else 1, stamp, frame):
                 moving = to_rgb(rgb[0], rgb[1])

@@ -13,24 +13,17 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from nmr.domain import BACKEND_CHOICES, DEFAULT_TOPICS, PAIR_FIXED_KIND, PAIRS, STREAMS
 from nmr.errors import ConfigError
 
-PAIRS: dict[str, str] = {'rgb_lwir': 'lwir', 'rgb_depth': 'depth'}
-"""pair name -> fixed stream (the moving stream is always 'rgb')."""
+if TYPE_CHECKING:
+    from nmr.inference.protocol import RegistrarProtocol
 
-STREAMS: tuple[str, ...] = ('rgb', 'lwir', 'depth')
 PAIR_OUTPUTS: tuple[str, ...] = ('registered', 'flow', 'flow_viz', 'overlay')
 OUTPUTS: tuple[str, ...] = (*PAIR_OUTPUTS, 'fused')
-BACKENDS: tuple[str, ...] = ('auto', 'tensorrt', 'onnxruntime', 'torch')
 RELIABILITY: tuple[str, ...] = ('best_effort', 'reliable')
-
-DEFAULT_TOPICS: dict[str, str] = {
-    'rgb': '/camera/camera/color/image_raw',
-    'lwir': '/flir_boson/image_raw',
-    'depth': '/camera/camera/depth/image_rect_raw',
-}
 
 
 @dataclass(frozen=True)
@@ -95,10 +88,10 @@ PARAMS: tuple[ParamSpec, ...] = (
                 _one_of(RELIABILITY)) for s in STREAMS),
     *(ParamSpec(f'qos.{s}.history_depth', 5, f'{s} subscription queue depth', _at_least(1))
       for s in STREAMS),
-    ParamSpec('pairs', ['rgb_lwir', 'rgb_depth'], 'pairs to run', _subset_of(tuple(PAIRS))),
+    ParamSpec('pairs', list(PAIRS), 'pairs to run', _subset_of(PAIRS)),
     *(ParamSpec(f'models.{p}', '', f"model file for {p} (.onnx/.pt; '' = share/nmr/models/{p}.onnx or .pt)")
       for p in PAIRS),
-    ParamSpec('backend', 'auto', 'inference backend', _one_of(BACKENDS)),
+    ParamSpec('backend', 'auto', 'inference backend', _one_of(BACKEND_CHOICES)),
     ParamSpec('device', 'auto', "inference device: auto, cpu, cuda or cuda:N", _device),
     ParamSpec('net_height', 0, "network input height (0 = the model's training size)", _at_least(0)),
     ParamSpec('net_width', 0, "network input width (0 = the model's training size)", _at_least(0)),
@@ -207,12 +200,12 @@ def validate(values: Mapping[str, Any]) -> NodeSettings:
             raise ConfigError(f"parameter '{name}' = {value!r}: {problem}")
         merged[name] = value
     if not merged['pairs']:
-        raise ConfigError("parameter 'pairs' is empty: list at least one of rgb_lwir, rgb_depth")
+        raise ConfigError(f"parameter 'pairs' is empty: list at least one of {', '.join(PAIRS)}")
     if (merged['net_height'] == 0) != (merged['net_width'] == 0):
         raise ConfigError("parameters 'net_height' and 'net_width' must both be 0 (model's size) or both > 0")
     inputs = {s: InputSettings(merged[f'topics.{s}'], merged[f'qos.{s}.reliability'],
                                merged[f'qos.{s}.history_depth']) for s in STREAMS}
-    used = {'rgb', *(PAIRS[p] for p in merged['pairs'])}
+    used = {'rgb', *(PAIR_FIXED_KIND[p] for p in merged['pairs'])}
     topics = [inputs[s].topic for s in STREAMS if s in used]
     if len(set(topics)) != len(topics):
         raise ConfigError(f'parameters topics.*: two inputs share one topic ({topics}); give each its own')
@@ -300,11 +293,14 @@ def model_path(settings: NodeSettings, pair: str) -> Path:
     return Path(configured).expanduser() if configured else default_model_path(pair)
 
 
-def create_registrar(path: Path, settings: NodeSettings, pair: str, log: Callable[[str], None]) -> Any:
-    """nmr.inference.create_registrar with the settings' backend, device and network size for `pair`."""
-    try:
-        from nmr.inference import create_registrar as create
-    except ImportError:  # older nmr.inference without the package-level export
-        from nmr.inference.select import create_registrar as create
+def create_registrar(path: Path, settings: NodeSettings, pair: str,
+                     log: Callable[[str], None]) -> RegistrarProtocol:
+    """nmr.inference.create_registrar with the settings' backend, device and network size for `pair`.
+
+    Refuses (ModelFileError) a model trained for another pair. Imported here, not at the top: the
+    inference layer loads torch, which `nmr register-bag --help` does not need.
+    """
+    from nmr.inference.select import create_registrar as create
+
     return create(path, backend=settings.backend, device=settings.device, net_hw=settings.net_hw, log=log,
                   expected_pair=pair)

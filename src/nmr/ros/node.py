@@ -41,10 +41,12 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from nmr.data.encodings import to_rgb
-from nmr.errors import ModelFileError, NmrUserError
+from nmr.data.sync import ApproxTimeSynchronizer
+from nmr.domain import PAIR_FIXED_KIND, STREAM_ENCODINGS
+from nmr.errors import NmrUserError
 from nmr.pipeline.fused import FUSED_TOPICS, fuse
-from nmr.pipeline.outputs import FIXED_ENCODINGS, PairProcessor
-from nmr.pipeline.settings import PAIRS, NodeSettings, create_registrar, model_path
+from nmr.pipeline.outputs import PairProcessor
+from nmr.pipeline.settings import NodeSettings, create_registrar, model_path
 from nmr.ros.convert import from_image_msg, header_stamp_ns, to_image_msg
 from nmr.ros.diagnostics import (
     ERROR,
@@ -61,11 +63,6 @@ from nmr.ros.params import declare_and_load
 from nmr.ros.qos import input_qos, output_qos
 
 NODE_NAME = 'register_node'
-STREAM_ENCODINGS: dict[str, tuple[str, ...]] = {
-    'rgb': ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8'),
-    'lwir': FIXED_ENCODINGS['lwir'],
-    'depth': FIXED_ENCODINGS['depth'],
-}
 
 
 @dataclass
@@ -93,7 +90,7 @@ class PairRuntime:
 
     name: str
     fixed_stream: str
-    sync: Any
+    sync: ApproxTimeSynchronizer
     stats: PairStats = field(default_factory=PairStats)
     publishers: dict[str, Any] = field(default_factory=dict)
     processor: PairProcessor | None = None
@@ -128,13 +125,11 @@ class RegisterNode(Node):
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._fused_done: tuple[int, int] | None = None
-        from nmr.data.sync import ApproxTimeSynchronizer
-
         self.pairs: dict[str, PairRuntime] = {
-            p: PairRuntime(p, PAIRS[p], ApproxTimeSynchronizer(2, s.sync_slop_ns, s.sync_queue_size))
+            p: PairRuntime(p, PAIR_FIXED_KIND[p], ApproxTimeSynchronizer(2, s.sync_slop_ns, s.sync_queue_size))
             for p in s.pairs
         }
-        used = ['rgb', *(PAIRS[p] for p in s.pairs)]
+        used = ['rgb', *(PAIR_FIXED_KIND[p] for p in s.pairs)]
         self.streams: dict[str, StreamStats] = {n: StreamStats(s.inputs[n].topic) for n in used}
         self._last_stamp: dict[str, int] = {}
         # Load the models before any publisher or subscription exists: a peer that discovers the node
@@ -305,12 +300,7 @@ class RegisterNode(Node):
             def log(text: str) -> None:
                 self.get_logger().info(f'{pair.name}: {text}')
 
-            registrar = create_registrar(path, s, pair.name, log=log)
-            model_pair = getattr(registrar, 'pair', pair.name)
-            if model_pair != pair.name:
-                raise ModelFileError(f'model file {path} was trained for pair {model_pair!r}, not '
-                                     f'{pair.name!r}: set parameter models.{pair.name} to a {pair.name} '
-                                     'model')
+            registrar = create_registrar(path, s, pair.name, log=log)  # refuses another pair's model
             pair.processor = PairProcessor(registrar, pair.name, s.overlay_alpha, s.flow_viz_max_px)
         except NmrUserError as err:
             pair.processor = None
@@ -324,8 +314,7 @@ class RegisterNode(Node):
             self._warn(f'model:{pair.name}', f'{pair.name}: cannot load model file {path} '
                        f'({type(err).__name__}: {first}); this pair stays idle', error=True)
             return
-        pair.backend = str(getattr(registrar, 'backend', getattr(registrar, 'backend_name', '?')))
-        pair.device = str(getattr(registrar, 'device', '?'))
+        pair.backend, pair.device = registrar.backend, str(registrar.device)
         pair.stats.state, pair.stats.level = 'running', OK
         self.get_logger().info(f'{pair.name}: model {path} loaded ({pair.backend} on {pair.device})')
 
@@ -406,9 +395,8 @@ class RegisterNode(Node):
                 if silent is not None:
                     self._warn(f'stopped:{pair.name}', f'{pair.name}: no {pair.fixed_stream} messages on '
                                f'{fixed.topic} for {silent:.1f} s; this pair waits (others keep running)')
-            unmatched = getattr(pair.sync, 'dropped', None)
             statuses.append(pair_status(name, pair.name, pair.stats, pair.backend, pair.device,
-                                        str(pair.model_file or ''), list(unmatched) if unmatched else None,
+                                        str(pair.model_file or ''), list(pair.sync.dropped),
                                         state, level))
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), statuses))
 

@@ -2,6 +2,10 @@
 
 Real rclpy over DDS between processes; everything waits on matched counts or received messages with a
 deadline (`wait_for`), never on a bare sleep.
+
+Why this test harness ships in the product package: the benchmarks (`benchmarks/soak.py`,
+`benchmarks/node_latency.py`) drive an installed `register_node` with it, from a checkout or from an
+installed package on the robot, where `test/` is not on the path. Nothing in the product imports it.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from nmr.domain import DEFAULT_TOPICS
 from nmr.resources import share_path
 
 FASTDDS_PROFILE = share_path('config', 'fastdds_large_images.xml')
-INPUT_TOPICS = {'rgb': '/camera/camera/color/image_raw', 'lwir': '/flir_boson/image_raw',
-                'depth': '/camera/camera/depth/image_rect_raw'}
+#: The harness publishes on the node's default input topics.
+INPUT_TOPICS: dict[str, str] = DEFAULT_TOPICS
 
 
 def ros_env(domain_id: int | None = None) -> dict[str, str]:

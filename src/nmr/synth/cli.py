@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nmr.synth.generator import IMAGE_TOPICS, PAIRS, SynthConfig, generate, gt_topics
+    from nmr.domain import DEFAULT_TOPICS, PAIRS
+    from nmr.synth.generator import SynthConfig, generate, gt_topics
 
     if args.frames is not None:
         if args.frames < 1:
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         f'{result.scene_objects} scene objects) in {result.elapsed_s:.1f} s with {result.workers} worker(s)'
     )
     for name, cam in result.rig.cameras().items():
-        topic = IMAGE_TOPICS[name]
+        topic = DEFAULT_TOPICS[name]
         print(
             f'  {topic}: {result.counts.get(topic, 0)} frames {cam.width}x{cam.height}, '
             f'render {result.render_ms[name]:.0f} ms/frame'

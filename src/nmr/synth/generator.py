@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from nmr.data.bag_writer import BagWriter
+from nmr.domain import DEFAULT_TOPICS, PAIR_FIXED_KIND
 from nmr.errors import ConfigError
 from nmr.synth.cameras import Camera, Rig, default_rig
 from nmr.synth.depthsensor import render_depth
@@ -33,13 +34,8 @@ from nmr.synth.shading import render_rgb, surface
 from nmr.synth.thermal import render_lwir
 from nmr.synth.timing import StreamTiming, frame_stamps, seconds
 
-IMAGE_TOPICS = {
-    'rgb': '/camera/camera/color/image_raw',
-    'lwir': '/flir_boson/image_raw',
-    'depth': '/camera/camera/depth/image_rect_raw',
-}
+#: What the rig renders into (one of each camera's accepted encodings, nmr.domain).
 ENCODINGS = {'rgb': 'rgb8', 'lwir': 'mono16', 'depth': '16UC1'}
-PAIRS = {'rgb_lwir': 'lwir', 'rgb_depth': 'depth'}
 _STREAM_CODE = {'rgb': 0, 'lwir': 1, 'depth': 2}
 
 
@@ -295,10 +291,10 @@ def generate(cfg: SynthConfig, log: Callable[[str], None] | None = None) -> Synt
     render_s = {name: 0.0 for name in cams}
     render_n = {name: 0 for name in cams}
     gt_s = 0.0
-    exporters = {pair: _PairExporter(cfg.export_pairs, pair) for pair in PAIRS} if cfg.export_pairs else {}
-    needed_rgb = {nearest_index(pl.stamps['rgb'], int(s)) for kind in PAIRS.values() for s in pl.stamps[kind]}
-    stats = {pair: PairStats() for pair in PAIRS}
-    resize = {pair: resize_flow_field(cams[kind].hw, rig.rgb.hw) for pair, kind in PAIRS.items()}
+    exporters = {pair: _PairExporter(cfg.export_pairs, pair) for pair in PAIR_FIXED_KIND} if cfg.export_pairs else {}
+    needed_rgb = {nearest_index(pl.stamps['rgb'], int(s)) for kind in PAIR_FIXED_KIND.values() for s in pl.stamps[kind]}
+    stats = {pair: PairStats() for pair in PAIR_FIXED_KIND}
+    resize = {pair: resize_flow_field(cams[kind].hw, rig.rgb.hw) for pair, kind in PAIR_FIXED_KIND.items()}
     pool = None
     if workers > 1:
         pool = ProcessPoolExecutor(workers, mp_context=get_context('spawn'), initializer=_init_worker)
@@ -309,7 +305,7 @@ def generate(cfg: SynthConfig, log: Callable[[str], None] | None = None) -> Synt
             for records in results:
                 for rec in records:
                     cam = cams[rec.name]
-                    _write_frame(bw, cam, IMAGE_TOPICS[rec.name], rec.stamp, rec.image, ENCODINGS[rec.name])
+                    _write_frame(bw, cam, DEFAULT_TOPICS[rec.name], rec.stamp, rec.image, ENCODINGS[rec.name])
                     render_s[rec.name] += rec.render_s
                     render_n[rec.name] += 1
                     render_s['rgb'] += rec.extra_rgb_s

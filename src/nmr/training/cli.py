@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from nmr.domain import PAIR_FIXED_KIND, PAIRS
 from nmr.errors import ConfigError
 from nmr.resources import share_path
 
@@ -53,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         '--pair',
-        choices=['rgb_lwir', 'rgb_depth'],
+        choices=PAIRS,
         default=None,
         help='which model to train (overrides data.pair)',
     )
@@ -90,10 +91,10 @@ def build_data(args: argparse.Namespace, cfg: Any) -> Any:
     ground truth (rig bags, manifests with `flow`) are used as they are (nmr.training.data)."""
     from torch.utils.data import ConcatDataset, Subset
 
-    from nmr.training.trainer import FIXED_KIND, TrainData
+    from nmr.training.trainer import TrainData
 
     d = cfg.data
-    kind = FIXED_KIND[d.pair]
+    kind = PAIR_FIXED_KIND[d.pair]
     # The sources are split even when --val-manifest replaces their validation pairs, so that scenes held
     # out by the split never reach training (data.val_fraction=0 trains on everything).
     split_val = d.val_fraction > 0

@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
+from nmr.domain import DEFAULT_TOPICS, PAIRS
 from nmr.errors import ConfigError
 
-PAIRS = ('rgb_lwir', 'rgb_depth')
 FLOWS = ('both', 'register_first', 'translate_first')
 MODULE_SETS = ('both', 'R', 'T', 'none')
 BASELINES = ('none', 'ncc', 'ncc_edges', 'ssim_edges')
@@ -35,13 +35,7 @@ class DataConfig:
     pair: str = 'rgb_lwir'
     net_hw: list[int] = field(default_factory=lambda: [256, 320])  # network input (h, w)
     # rosbag2 topics by camera kind (realsense-ros / flir_boson_usb defaults, SPEC)
-    topics: dict[str, str] = field(
-        default_factory=lambda: {
-            'rgb': '/camera/camera/color/image_raw',
-            'lwir': '/flir_boson/image_raw',
-            'depth': '/camera/camera/depth/image_rect_raw',
-        }
-    )
+    topics: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TOPICS))
     slop_s: float = 0.02  # bag pair synchronisation tolerance
     block_s: float = 10.0  # bags: train/val split in time blocks of this length
     val_fraction: float = 0.2  # bags: by time block; manifests/folders: by a hash of the pair's name

@@ -17,21 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
+from nmr.data.preprocess import resize_to
 from nmr.training.augment import misalign, sample_misalignment
 from nmr.training.config import AugmentConfig
 
 TRAIN_INVERSE_STRIDE = 4
-
-
-def resize_to(x: torch.Tensor, hw: Sequence[int]) -> torch.Tensor:
-    """BxCxHxW -> BxCxhxw, bilinear with pixel centres aligned (align_corners=False), antialiased when
-    shrinking: the same resize as the inference layer's, so the network sees the same inputs in training
-    and at run time."""
-    hw = (int(hw[0]), int(hw[1]))
-    if tuple(x.shape[-2:]) == hw:
-        return x
-    shrink = x.shape[-2] > hw[0] or x.shape[-1] > hw[1]
-    return F.interpolate(x, size=hw, mode='bilinear', align_corners=False, antialias=shrink)
 
 
 class TrainingPairs(Dataset):

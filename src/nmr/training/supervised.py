@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from nmr.data.types import PAIR_FIXED_KIND
+from nmr.domain import PAIR_FIXED_KIND
 from nmr.models.correlation import CorrOutput, CorrRegistrationNet
 from nmr.models.registration import RegistrationConfig, build_registration
 from nmr.models.resampler import warp

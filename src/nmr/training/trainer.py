@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from nmr import __version__
-from nmr.data.types import PAIR_FIXED_KIND
+from nmr.domain import PAIR_FIXED_KIND
 from nmr.errors import ConfigError
 from nmr.models.checkpoint import ModelMetadata, read_checkpoint, save_checkpoint
 from nmr.models.resampler import flow_to_native

@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from nmr.domain import DEFAULT_TOPICS, PAIRS
+from nmr.pipeline.settings import PAIR_OUTPUTS
 from nmr.resources import share_path
 
-PAIR_OUTPUTS = ('registered', 'flow', 'flow_viz', 'overlay')
 DISCOVERY_TIMEOUT_S = 20.0
 DRAIN_S = 2.0  # after the player ends: stop once no output arrived for this long
 
@@ -69,7 +70,7 @@ class _Recorder:
         self.last_arrival = time.monotonic()
         self.latency_ms: list[float] = []
         qos = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
-        self.topics = [f'{namespace}/{p}/{o}' for p in ('rgb_lwir', 'rgb_depth') for o in PAIR_OUTPUTS]
+        self.topics = [f'{namespace}/{p}/{o}' for p in PAIRS for o in PAIR_OUTPUTS]
         self.subs = [self.node.create_subscription(Image, t, lambda m, t=t: self._store(t, m), qos)
                      for t in self.topics]
 
@@ -128,8 +129,7 @@ def run_live_pipeline(bag: Path, models: dict[str, Path], out_bag: Path, namespa
                 raise RuntimeError(f'register_node outputs not discovered within {DISCOVERY_TIMEOUT_S:.0f} s')
             executor.spin_once(timeout_sec=0.05)
         play_cmd = [*_console_script('nmr', 'nmr.cli.main'), 'play', str(bag), '--clock', '--rate', str(rate),
-                    '--wait-for-subscribers', '15', '--quiet', '--topics', '/camera/camera/color/image_raw',
-                    '/flir_boson/image_raw', '/camera/camera/depth/image_rect_raw']
+                    '--wait-for-subscribers', '15', '--quiet', '--topics', *DEFAULT_TOPICS.values()]
         player = subprocess.Popen(play_cmd, env=env)
         start = time.monotonic()
         while player.poll() is None:

@@ -1,0 +1,56 @@
+"""The domain's facts, written once: cameras, pairs, accepted encodings, default topics, backends.
+
+Every layer reads these names from here (this module imports nothing from nmr), so that adding a camera,
+an encoding or a backend is one edit and the node, `nmr register-bag`, training, the synthetic rig and the
+model files cannot disagree about them. Values follow SPEC ("Fixed conventions").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Camera:
+    """One camera stream of the rig: its kind, the driver's default topic and the encodings nmr reads."""
+
+    kind: str
+    default_topic: str
+    encodings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One registration problem with its own model: the moving camera is warped onto the fixed one."""
+
+    name: str
+    moving: str
+    fixed: str
+
+
+#: The rig's cameras. RGB also accepts mono8 (replicated to grey RGB); LWIR is raw counts (mono16) or an
+#: 8-bit image; depth is millimetres (16UC1, 0 = no data) or metres (32FC1, NaN/0 = no data). Default
+#: topics are the realsense-ros and flir_boson_usb drivers' own.
+CAMERAS: dict[str, Camera] = {
+    'rgb': Camera('rgb', '/camera/camera/color/image_raw', ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8')),
+    'lwir': Camera('lwir', '/flir_boson/image_raw', ('mono16', 'mono8')),
+    'depth': Camera('depth', '/camera/camera/depth/image_rect_raw', ('16UC1', '32FC1')),
+}
+
+#: The pairs, one trained model each; the moving image is always RGB.
+PAIR_SPECS: dict[str, Pair] = {
+    'rgb_lwir': Pair('rgb_lwir', 'rgb', 'lwir'),
+    'rgb_depth': Pair('rgb_depth', 'rgb', 'depth'),
+}
+
+#: Inference backends, fastest first where each can run (`auto` picks among them).
+BACKENDS: tuple[str, ...] = ('tensorrt', 'onnxruntime', 'torch')
+
+# Views of the tables above, in the shapes the code uses most.
+STREAMS: tuple[str, ...] = tuple(CAMERAS)
+PAIRS: tuple[str, ...] = tuple(PAIR_SPECS)
+PAIR_FIXED_KIND: dict[str, str] = {p.name: p.fixed for p in PAIR_SPECS.values()}
+FIXED_KINDS: tuple[str, ...] = tuple(PAIR_FIXED_KIND.values())
+DEFAULT_TOPICS: dict[str, str] = {c.kind: c.default_topic for c in CAMERAS.values()}
+STREAM_ENCODINGS: dict[str, tuple[str, ...]] = {c.kind: c.encodings for c in CAMERAS.values()}
+BACKEND_CHOICES: tuple[str, ...] = ('auto', *BACKENDS)
