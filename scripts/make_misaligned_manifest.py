@@ -64,7 +64,7 @@ def main() -> int:
         np.save(f'{stem}_flow.npy', flow_np)
         cv2.imwrite(f'{stem}_valid.png', valid)
         rows.append({'name': pair.name, 'moving': f'{stem}_moving.png', 'fixed': f'{stem}_fixed.png',
-                     'flow': f'{stem}_flow.npy', 'valid': f'{stem}_valid.png'})
+                     'flow': f'{stem}_flow.npy', 'valid': f'{stem}_valid.png', 'fixed_kind': pair.fixed_kind})
     write_manifest(args.out / 'manifest.csv', rows)
     mags = [np.linalg.norm(np.load(r['flow']), axis=2).mean() for r in rows]
     what = 'held-out' if args.split == 'val' else 'training-scene'

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: lint, type-check the core, colcon build, colcon test, and fail on any failed test.
+# The test command: lint, type-check every package, colcon build, colcon test, and fail on any failed test.
 # `colcon test` exits 0 even when tests fail, so the verdict comes from `colcon test-result`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,7 +14,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 
 echo "== ruff"
 ruff check .
-echo "== mypy (core layers)"
+echo "== mypy"
 mypy
 echo "== colcon build"
 colcon build --event-handlers console_cohesion- 2>&1 | grep -v 'byte-compiling is disabled' | tail -n 3

@@ -4,6 +4,7 @@ Tiny sizes, one thread."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +232,13 @@ def test_corr_exports_to_onnx_with_parity_at_two_sizes(tmp_path: Path) -> None:
         tmp_path / 'corr.pt', tmp_path / 'corr.onnx', sizes=[(32, 48), (45, 61)], log=lambda s: None
     )
     assert report.max_diff_px <= 1e-3
+    from nmr.inference.model_file import read_model_info
+
+    # the architecture record survives checkpoint and ONNX unchanged (as plain JSON data)
+    written = json.loads(json.dumps(net.config.to_dict()))
+    assert read_model_info(tmp_path / 'corr.pt').registration == written
+    assert read_model_info(tmp_path / 'corr.onnx').registration == written
+    assert read_model_info(tmp_path / 'corr.onnx').metadata.registration['arch'] == 'corr'
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(tmp_path / 'corr.onnx'), providers=['CPUExecutionProvider'])

@@ -181,3 +181,24 @@ def test_classical_baselines_follow_the_flow_convention(name: str) -> None:
     inner = (slice(16, -16), slice(16, -16))
     assert np.median(out.flow[inner][..., 0]) == pytest.approx(3.0, abs=0.3)
     assert np.median(out.flow[inner][..., 1]) == pytest.approx(-2.0, abs=0.3)
+
+
+def test_a_model_of_the_other_pair_is_refused_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The rgb_lwir model on an rgb_depth manifest (16-bit PNGs both, told apart by the fixed_kind column
+    that `nmr synth --export-pairs` writes) stops before any row is registered, naming what to use."""
+    manifest = write_manifest(tmp_path)
+    lines = manifest.read_text().splitlines()
+    manifest.write_text('\n'.join([lines[0] + ',fixed_kind', *(line + ',depth' for line in lines[1:])]) + '\n')
+    model = constant_flow_model(tmp_path / 'lwir.pt', (0.0, 0.0))
+    out = tmp_path / 'r.json'
+    argv = ['evaluate', '--model', str(model), '--manifest', str(manifest), '--backend', 'torch', '--out', str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'fixed_kind column says depth, not lwir' in err and 'rgb_depth' in err
+    assert not out.exists()
+    # the same model with --fixed-kind of the other kind: refused before the manifest is read
+    assert main([*argv[:-2], '--fixed-kind', 'depth']) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'is for rgb_lwir (lwir fixed images), not --fixed-kind depth' in err

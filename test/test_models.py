@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from nmr.models.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from nmr.models.metadata import ModelMetadata as RecordClass
 from nmr.models.registration import RegistrationConfig, RegistrationNet, count_macs
 from nmr.models.resampler import flow_to_native, warp
 
@@ -198,3 +200,29 @@ def test_checkpoint_errors_are_model_file_errors(tmp_path: Path) -> None:
         with pytest.raises(ModelFileError) as exc:
             load_registration_net(err_path)
         assert '\n' not in str(exc.value)
+
+
+def test_model_metadata_has_one_parser_for_every_model_file() -> None:
+    """Checkpoints, ONNX exports and engine sidecars all parse metadata with ModelMetadata.from_dict."""
+    assert RecordClass is ModelMetadata
+    meta = _meta(cfg=RegistrationConfig(arch='fast', encoder_channels=[8, 16, 16]))
+    meta.registration['future_key'] = [1, 2]  # a newer architecture's field survives the round trip
+    again = ModelMetadata.from_dict(meta.to_dict(), source='x.onnx')
+    assert again == ModelMetadata.from_dict(json.loads(json.dumps(meta.to_dict())), source='x.onnx')
+    assert again.registration == meta.to_dict()['registration'] and again.net_hw == (32, 48)
+    assert again.fixed_kind == 'lwir' and ModelMetadata(pair='rgb_depth').fixed_kind == 'depth'
+    bad = [
+        ([1, 2], 'not a mapping'),
+        ({'pair': 'rgb_thermal'}, "pair 'rgb_thermal' is not one of rgb_lwir, rgb_depth"),
+        ({'pair': 'rgb_lwir', 'net_hw': [256]}, 'net_hw'),
+        ({'pair': 'rgb_lwir', 'net_hw': [0, 32]}, 'net_hw'),
+        ({'pair': 'rgb_lwir', 'registration': 'fast'}, 'registration is not a mapping'),
+    ]
+    for d, match in bad:
+        with pytest.raises(ModelFileError, match=match) as exc:
+            ModelMetadata.from_dict(d, source='m.onnx')
+        assert str(exc.value).startswith('m.onnx: ') and '\n' not in str(exc.value)
+    with pytest.raises(ModelFileError, match=r'model m\.pt is for pair rgb_lwir, not rgb_depth'):
+        again.check_pair('rgb_depth', 'm.pt')
+    again.check_pair('rgb_lwir', 'm.pt')
+    again.check_pair(None, 'm.pt')

@@ -187,3 +187,43 @@ def test_folder_split_by_scene_prefix_keeps_a_scene_together(tmp_path: Path):
     assert train_scenes and val_scenes and not train_scenes & val_scenes
     with pytest.raises(ConfigError, match='scene_prefix'):
         FolderPairDataset(tmp_path / 'm', tmp_path / 'f', 'depth', scene_prefix=-1)
+
+
+def test_fixed_images_of_the_other_kind_are_refused_up_front(files: Path):
+    """An 8-bit fixed image is LWIR and a float one depth (SPEC encodings): asking for the other kind fails
+    when the dataset is built, with one line that names the file and the pair to use instead."""
+    np.save(files / 'depth_m.npy', np.full((5, 7), 2.5, np.float32))
+    cases = [('b_ir.png', 'depth', '8-bit, so LWIR', 'rgb_lwir'),
+             ('depth_m.npy', 'lwir', 'float, so depth', 'rgb_depth')]
+    for fixed, asked, what, pair in cases:
+        csv_path = files / f'{asked}.csv'
+        csv_path.write_text(f'moving,fixed\nb_rgb.png,{fixed}\nsub/a_rgb.png,sub/a_ir.png\n')
+        with pytest.raises(ConfigError, match=f'{fixed} is {what}.*not {asked}.*{pair}') as exc:
+            read_manifest(csv_path, fixed_kind=asked)
+        assert '\n' not in str(exc.value)
+    # a kind the pixel type proves, asked for: fine; 16-bit cannot be told apart, so either kind is read
+    assert read_manifest(files / 'lwir.csv', fixed_kind='depth')[0].fixed_encoding == '32FC1'
+    csv_path = files / 'sixteen.csv'
+    csv_path.write_text('moving,fixed\nsub/a_rgb.png,sub/a_ir.png\n')
+    assert read_manifest(csv_path, fixed_kind='lwir')[0].fixed_encoding == 'mono16'
+    assert read_manifest(csv_path, fixed_kind='depth')[0].fixed_encoding == '16UC1'
+
+
+def test_fixed_kind_column_against_the_asked_kind(files: Path, tmp_path: Path):
+    csv_path = files / 'k.csv'
+    write_manifest(csv_path, [{'moving': files / 'sub' / 'a_rgb.png', 'fixed': files / 'sub' / 'a_ir.png',
+                               'fixed_kind': 'depth'}])
+    assert csv_path.read_text().splitlines()[0].endswith(',fixed_kind')
+    assert read_manifest(csv_path, fixed_kind='depth')[0].fixed_kind == 'depth'
+    with pytest.raises(ConfigError, match=r'k.csv line 2: fixed_kind column says depth, not lwir.*rgb_depth'):
+        read_manifest(csv_path, fixed_kind='lwir')
+
+
+def test_folder_of_the_other_kind_is_refused_up_front(tmp_path: Path):
+    m, f = tmp_path / 'vis', tmp_path / 'ir'
+    m.mkdir()
+    f.mkdir()
+    write_rgb(m / 'a.jpg', rgb())
+    cv2.imwrite(str(f / 'a.png'), np.full((6, 8), 77, np.uint8))
+    with pytest.raises(ConfigError, match=r'8-bit, so LWIR.*not depth'):
+        FolderPairDataset(m, f, 'depth')

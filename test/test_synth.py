@@ -14,8 +14,10 @@ import cv2
 import numpy as np
 import pytest
 
+from nmr.data.pairs import read_manifest
 from nmr.domain import DEFAULT_TOPICS as IMAGE_TOPICS
 from nmr.domain import PAIR_FIXED_KIND as PAIRS
+from nmr.errors import ConfigError
 from nmr.synth.cameras import default_rig
 from nmr.synth.depthsensor import render_depth
 from nmr.synth.generator import SynthConfig, generate, gt_topics, info_topic
@@ -287,7 +289,8 @@ def test_export_pairs_manifest(bag) -> None:
         manifest = root / 'pairs' / pair / 'manifest.csv'
         with manifest.open() as fh:
             rows = list(csv.DictReader(fh))
-        assert rows and list(rows[0]) == ['name', 'moving', 'fixed', 'flow', 'valid', 'landmarks']
+        assert rows and list(rows[0]) == ['name', 'moving', 'fixed', 'flow', 'valid', 'landmarks', 'fixed_kind']
+        assert {r['fixed_kind'] for r in rows} == {PAIRS[pair]}
         row = rows[0]
         base = manifest.parent
         moving = cv2.imread(str(base / row['moving']), cv2.IMREAD_UNCHANGED)
@@ -300,6 +303,12 @@ def test_export_pairs_manifest(bag) -> None:
         assert flow.shape == (*fixed.shape, 2) and flow.dtype == np.float32
         assert valid.shape == fixed.shape and set(np.unique(valid)) <= {0, 255}
         assert pts.ndim == 2 and pts.shape[1] == 2
+        # both kinds are 16-bit PNGs: the column is what lets a reader refuse the other pair's model
+        other = next(k for k in PAIRS.values() if k != PAIRS[pair])
+        with pytest.raises(ConfigError, match=f'fixed_kind column says {PAIRS[pair]}, not {other}') as exc:
+            read_manifest(manifest, fixed_kind=other)
+        assert '\n' not in str(exc.value)
+        assert read_manifest(manifest, fixed_kind=PAIRS[pair])[0].fixed_kind == PAIRS[pair]
 
 
 def test_cli_prints_summary_and_refuses_existing_output(

@@ -419,3 +419,20 @@ def test_nmr_train_cli_pools_a_rig_bag_with_image_folders(tmp_path: Path) -> Non
     _, meta = load_registration_net(out / 'best.pt', expected_pair='rgb_lwir')
     assert meta.train_data['source'] == 'mixed'
     assert main(['train', '--out', str(out)]) == 2  # no source: one-line error, exit 2
+
+
+def test_nmr_train_refuses_a_manifest_of_the_other_pair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--pair rgb_depth` on 8-bit thermal images (certainly LWIR): one line, before training starts."""
+    cv2 = pytest.importorskip('cv2')
+    from nmr.cli.main import main
+
+    cv2.imwrite(str(tmp_path / 'm.png'), np.zeros((24, 32, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / 'f.png'), np.full((24, 32), 90, np.uint8))
+    (tmp_path / 'pairs.csv').write_text('name,moving,fixed\na,m.png,f.png\n')
+    out = tmp_path / 'run'
+    argv = ['train', '--manifest', str(tmp_path / 'pairs.csv'), '--pair', 'rgb_depth', '--out', str(out),
+            '--set', 'data.val_fraction=0']
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and '8-bit, so LWIR' in err and '--pair rgb_lwir' in err
+    assert not (out / 'last.pt').exists()

@@ -51,6 +51,7 @@ STREAMS: tuple[str, ...] = tuple(CAMERAS)
 PAIRS: tuple[str, ...] = tuple(PAIR_SPECS)
 PAIR_FIXED_KIND: dict[str, str] = {p.name: p.fixed for p in PAIR_SPECS.values()}
 FIXED_KINDS: tuple[str, ...] = tuple(PAIR_FIXED_KIND.values())
+FIXED_KIND_PAIR: dict[str, str] = {kind: pair for pair, kind in PAIR_FIXED_KIND.items()}
 DEFAULT_TOPICS: dict[str, str] = {c.kind: c.default_topic for c in CAMERAS.values()}
 STREAM_ENCODINGS: dict[str, tuple[str, ...]] = {c.kind: c.encodings for c in CAMERAS.values()}
 BACKEND_CHOICES: tuple[str, ...] = ('auto', *BACKENDS)

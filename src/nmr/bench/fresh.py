@@ -30,7 +30,8 @@ def fresh_checkpoint(
     from nmr.models.registration import RegistrationConfig, build_registration
 
     torch.manual_seed(seed)
-    net = build_registration(RegistrationConfig(arch=arch))
+    config = RegistrationConfig(arch=arch)
+    net = build_registration(config)
     for head in _flow_heads(net):
         if flow_scale > 0:
             with torch.no_grad():
@@ -44,8 +45,8 @@ def fresh_checkpoint(
                     head.bias.zero_()
     metadata = ModelMetadata(
         pair=pair,
-        registration=net.config.to_dict(),
-        net_hw=tuple(net_hw),  # type: ignore[arg-type]
+        registration=config.to_dict(),
+        net_hw=(int(net_hw[0]), int(net_hw[1])),
         train_data={'note': f'untrained ({arch}), for benchmarks and tests'},
     )
     path = Path(path)

@@ -195,7 +195,7 @@ def synchronized_pairs(
     paths: Paths, moving_topic: str, fixed_topic: str, slop_ns: int, queue_size: int = 10
 ) -> Iterator[SyncedPair]:
     """Stream synchronised (moving, fixed) pairs, decoding every image (BagPairDataset: random access)."""
-    sync = ApproxTimeSynchronizer(2, slop_ns, queue_size)
+    sync: ApproxTimeSynchronizer[tuple[np.ndarray, str, Any, int]] = ApproxTimeSynchronizer(2, slop_ns, queue_size)
     last: dict[int, int] = {}
     for topic, _rec, arr, encoding, header in iter_images(paths, [moving_topic, fixed_topic]):
         stream = 0 if topic == moving_topic else 1
@@ -205,7 +205,6 @@ def synchronized_pairs(
             last.clear()
         last[stream] = max(stamp, last.get(stream, stamp))
         for m, f in sync.add(stream, stamp, (arr, encoding, header, stamp)):
-            assert isinstance(m, tuple) and isinstance(f, tuple)
             yield SyncedPair(to_rgb(m[0], m[1]), f[0], f[1], m[3], f[3], m[2], f[2])
 
 
@@ -301,7 +300,7 @@ class BagPairDataset:
         gt_topics = {c.topic for c in reader.connections} & {self.gt_flow_topic, self.gt_valid_topic}
         wanted = {self.moving_topic, self.fixed_topic} | gt_topics
         conns = [c for c in reader.connections if c.topic in wanted]
-        sync = ApproxTimeSynchronizer(2, slop_ns, queue_size)
+        sync: ApproxTimeSynchronizer[_Ref] = ApproxTimeSynchronizer(2, slop_ns, queue_size)
         pairs: list[tuple[_Ref, _Ref]] = []
         gt: dict[int, dict[str, _Ref]] = {}
         last: dict[int, int] = {}
@@ -324,7 +323,6 @@ class BagPairDataset:
                     last.clear()
                 last[stream] = max(stamp, last.get(stream, stamp))
                 for m, f in sync.add(stream, stamp, ref):
-                    assert isinstance(m, _Ref) and isinstance(f, _Ref)
                     pairs.append((m, f))
         except NmrUserError:
             raise

@@ -4,12 +4,19 @@ Manifest columns (SPEC): ``name,moving,fixed,flow,valid,landmarks``; only ``movi
 required, paths are relative to the CSV (absolute ones are allowed). ``flow`` is a ``.npy`` ``HxWx2``
 float32 ground truth on the fixed grid; ``valid`` a uint8 PNG mask (non-zero = valid); ``landmarks`` a
 JSON list of ``[x, y]`` fixed-grid points (or ``{"points": [...]}``). An optional ``fixed_kind`` column
-(``lwir``/``depth``) overrides the guess below.
+(``lwir``/``depth``) states the fixed images' kind (``nmr synth --export-pairs`` writes it).
 
-The fixed kind decides the pre-processing, and 16-bit files are ambiguous (raw thermal counts or depth
-in mm): pass ``fixed_kind``, else it is guessed per file: 8-bit is LWIR, float is depth, 16-bit is
-depth when the path mentions "depth", LWIR otherwise. Images are read with OpenCV
-(``IMREAD_UNCHANGED`` for the fixed image; the moving image is converted to RGB), ``.npy`` with numpy.
+The fixed kind decides the pre-processing. A model (``nmr evaluate``) or ``--pair`` (``nmr train``) asks
+for one kind; the data is refused, with one line, only where it is certainly of the other kind, because
+16-bit files are ambiguous (raw thermal counts and depth in millimetres overlap in range and look alike):
+- a ``fixed_kind`` column that names the other kind;
+- the pixel type: 8-bit is LWIR (depth is never 8-bit), float is depth (LWIR is never float).
+Both are checked on the first row when the dataset is built (so a wrong manifest fails before any
+training or evaluation starts) and on every row as it is read. A 16-bit image without a ``fixed_kind``
+column is read as the asked-for kind. Without an asked-for kind (baselines) the kind is guessed per file:
+the column, else 8-bit LWIR, float depth, 16-bit depth when the path mentions "depth", LWIR otherwise.
+Images are read with OpenCV (``IMREAD_UNCHANGED`` for the fixed image; the moving image is converted to
+RGB), ``.npy`` with numpy.
 
 Both datasets can be split by scene (``split='train'|'val'``): a stable hash of the row name (or file
 stem) puts a fraction ``val_fraction`` of the scenes into validation, never splitting one scene.
@@ -28,7 +35,7 @@ import cv2
 import numpy as np
 
 from nmr.data.types import FramePair
-from nmr.domain import FIXED_KINDS
+from nmr.domain import FIXED_KIND_PAIR, FIXED_KINDS
 from nmr.errors import ConfigError
 
 MANIFEST_COLUMNS = ('name', 'moving', 'fixed', 'flow', 'valid', 'landmarks')
@@ -78,13 +85,23 @@ def read_moving(path: Path) -> np.ndarray:
     return cv2.cvtColor(img, code)
 
 
-def guess_fixed_kind(path: Path, img: np.ndarray) -> str:
-    """lwir or depth from the pixel type (and, for 16-bit, whether the path mentions depth)."""
+def certain_kind(img: np.ndarray) -> str | None:
+    """The fixed kind the pixel type proves (SPEC encodings), or None where it cannot tell (16-bit)."""
     if img.dtype == np.uint8:
         return 'lwir'
     if img.dtype.kind == 'f':
         return 'depth'
-    return 'depth' if 'depth' in str(path).lower() else 'lwir'
+    return None
+
+
+def guess_fixed_kind(path: Path, img: np.ndarray) -> str:
+    """lwir or depth from the pixel type (and, for 16-bit, whether the path mentions depth)."""
+    return certain_kind(img) or ('depth' if 'depth' in str(path).lower() else 'lwir')
+
+
+def _other_kind_hint(kind: str) -> str:
+    pair = FIXED_KIND_PAIR[kind]
+    return f'use a {pair} model (nmr evaluate) or --pair {pair} (nmr train) for it'
 
 
 def read_fixed(path: Path, fixed_kind: str | None = None) -> tuple[np.ndarray, str, str]:
@@ -99,9 +116,12 @@ def read_fixed(path: Path, fixed_kind: str | None = None) -> tuple[np.ndarray, s
     kind = fixed_kind or guess_fixed_kind(path, img)
     if kind not in FIXED_KINDS:
         raise ConfigError(f'unknown fixed kind {kind!r} for {path}: use lwir or depth')
+    proven = certain_kind(img)
+    if proven is not None and proven != kind:
+        what = '8-bit, so LWIR (depth is 16-bit mm or float metres)' if proven == 'lwir' else \
+            'float, so depth (LWIR is 8- or 16-bit)'
+        raise ConfigError(f'fixed image {path} is {what}, not {kind}: {_other_kind_hint(proven)}')
     if img.dtype == np.uint8:
-        if kind == 'depth':
-            raise ConfigError(f'fixed depth image {path} is 8-bit: depth needs 16-bit mm or float metres')
         encoding = 'mono8'
     elif img.dtype == np.uint16:
         encoding = 'mono16' if kind == 'lwir' else '16UC1'
@@ -179,6 +199,8 @@ class ManifestDataset:
             raise ConfigError(f'unknown fixed kind {fixed_kind!r}: use lwir or depth')
         self.fixed_kind = fixed_kind
         rows = self._parse()
+        if rows and fixed_kind is not None:  # a manifest of the other kind fails here, not mid-run
+            read_fixed(rows[0].fixed, rows[0].fixed_kind)
         self.rows = [r for r in rows if in_split(r.name, split, val_fraction)]
 
     def _parse(self) -> list[_Row]:
@@ -225,11 +247,17 @@ class ManifestDataset:
                 if name in names:
                     raise ConfigError(f'manifest {path} line {line_no}: name {name!r} is used twice')
                 names.add(name)
-                kind = rec.get('fixed_kind') or self.fixed_kind
-                if kind is not None and kind not in FIXED_KINDS:
+                stated = rec.get('fixed_kind') or None
+                if stated is not None and stated not in FIXED_KINDS:
                     raise ConfigError(
-                        f'manifest {path} line {line_no}: fixed_kind {kind!r} is not lwir or depth'
+                        f'manifest {path} line {line_no}: fixed_kind {stated!r} is not lwir or depth'
                     )
+                if stated is not None and self.fixed_kind is not None and stated != self.fixed_kind:
+                    raise ConfigError(
+                        f'manifest {path} line {line_no}: fixed_kind column says {stated}, not '
+                        f'{self.fixed_kind}: {_other_kind_hint(stated)}'
+                    )
+                kind = stated or self.fixed_kind
                 rows.append(_Row(name, moving, fixed, file('flow'), file('valid'), file('landmarks'), kind))
         return rows
 
@@ -252,16 +280,18 @@ def read_manifest(
 
 
 def write_manifest(csv_path: str | Path, rows: Sequence[dict[str, str | Path]]) -> None:
-    """Write a manifest; paths are made relative to the CSV's folder where possible."""
+    """Write a manifest; paths are made relative to the CSV's folder where possible. Rows may carry
+    ``fixed_kind`` (then the column is written, and readers can refuse a model of the other kind)."""
     path = Path(csv_path)
     base = path.parent.resolve()
+    columns = [*MANIFEST_COLUMNS, *(['fixed_kind'] if any('fixed_kind' in r for r in rows) else [])]
     with path.open('w', newline='', encoding='utf-8') as f:
-        writer = csv.DictWriter(f, fieldnames=list(MANIFEST_COLUMNS), extrasaction='raise')
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction='raise')
         writer.writeheader()
         for row in rows:
             out = {}
             for key, value in row.items():
-                if key != 'name' and value not in ('', None):
+                if key not in ('name', 'fixed_kind') and value not in ('', None):
                     p = Path(value).resolve()
                     try:
                         value = p.relative_to(base)
@@ -311,6 +341,7 @@ class FolderPairDataset:
         # rgbdd's 20200509112638: 11 characters = 10-minute blocks, so near-identical frames stay together)
         self.items = [(k, moving[k], fixed[k]) for k in keys
                       if in_split(k[:scene_prefix] if scene_prefix else k, split, val_fraction)]
+        read_fixed(fixed[keys[0]], fixed_kind)  # a folder of the other kind fails here, not mid-run
 
     @staticmethod
     def _scan(folder: Path, suffix: str, what: str) -> dict[str, Path]:

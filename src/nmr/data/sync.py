@@ -30,16 +30,22 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar('T')
 
 
 @dataclass(order=True)
-class _Entry:
+class _Entry(Generic[T]):
     stamp: int
-    item: object = field(compare=False)
+    item: T = field(compare=False)
 
 
-class ApproxTimeSynchronizer:
-    """Group messages of ``n_streams`` streams whose stamps lie within ``slop_ns``; see module docstring."""
+class ApproxTimeSynchronizer(Generic[T]):
+    """Group messages of ``n_streams`` streams whose stamps lie within ``slop_ns``; see module docstring.
+
+    Generic in the item type ``T`` (whatever the caller stores per message), so sets come back typed.
+    """
 
     def __init__(self, n_streams: int, slop_ns: int, queue_size: int = 10) -> None:
         if n_streams < 1:
@@ -54,7 +60,7 @@ class ApproxTimeSynchronizer:
         self.dropped: list[int] = [0] * n_streams
         self.duplicates: list[int] = [0] * n_streams
         self.matched = 0
-        self._queues: list[list[_Entry]] = [[] for _ in range(n_streams)]
+        self._queues: list[list[_Entry[T]]] = [[] for _ in range(n_streams)]
         self._last_used: list[int | None] = [None] * n_streams
 
     def reset(self) -> None:
@@ -66,7 +72,7 @@ class ApproxTimeSynchronizer:
         """Number of messages queued on ``stream``."""
         return len(self._queues[stream])
 
-    def add(self, stream: int, stamp_ns: int, item: object) -> list[tuple[object, ...]]:
+    def add(self, stream: int, stamp_ns: int, item: T) -> list[tuple[T, ...]]:
         """Queue ``item`` stamped ``stamp_ns`` on ``stream``; return the sets completed by it, oldest first.
 
         Each set is a tuple with one item per stream, in stream order.
@@ -97,8 +103,8 @@ class ApproxTimeSynchronizer:
         self.duplicates[stream] += 1
         self.dropped[stream] += 1
 
-    def _match(self) -> list[tuple[object, ...]]:
-        out: list[tuple[object, ...]] = []
+    def _match(self) -> list[tuple[T, ...]]:
+        out: list[tuple[T, ...]] = []
         queues = self._queues
         while all(queues):
             pivot = min(range(self.n_streams), key=lambda s: (queues[s][-1].stamp, s))
@@ -126,7 +132,7 @@ class ApproxTimeSynchronizer:
             self.dropped[pivot] += 1
         return out
 
-    def _partner(self, queue: list[_Entry], t: int, other_pivots: list[int]) -> int | None:
+    def _partner(self, queue: list[_Entry[T]], t: int, other_pivots: list[int]) -> int | None:
         """Index in ``queue`` of the best partner for a pivot at ``t``, or None; see module docstring."""
         candidates = sorted(
             (abs(e.stamp - t), e.stamp, i) for i, e in enumerate(queue) if abs(e.stamp - t) <= self.slop_ns

@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nmr.domain import FIXED_KINDS
+from nmr.errors import ConfigError
+
 BASELINE_NAMES = ('identity', 'dis', 'sitk-mi')
 
 
@@ -38,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--limit', type=int, help='evaluate only the first N rows')
     parser.add_argument(
         '--fixed-kind',
-        choices=('lwir', 'depth'),
+        choices=FIXED_KINDS,
         help="kind of the fixed images (default: the model's pair; for baselines a guess per file)",
     )
 
@@ -86,15 +89,18 @@ def evaluate(
 
     pair = None
     if model not in BASELINE_NAMES:  # the model's pair decides how the fixed images are read
-        from nmr.inference.model_file import FIXED_KIND, read_model_info
+        from nmr.inference.model_file import read_model_info
 
-        pair = read_model_info(model).pair
-        fixed_kind = fixed_kind or FIXED_KIND[pair]
+        meta = read_model_info(model).metadata
+        pair = meta.pair
+        if fixed_kind is not None and fixed_kind != meta.fixed_kind:
+            raise ConfigError(f'model {model} is for {pair} ({meta.fixed_kind} fixed images), not '
+                              f'--fixed-kind {fixed_kind}: give a {fixed_kind} model or leave out --fixed-kind')
+        fixed_kind = meta.fixed_kind
+    # with a kind, the manifest refuses fixed images that are certainly of the other kind (nmr.data.pairs)
     rows = read_manifest(manifest, fixed_kind=fixed_kind)
     n = len(rows) if limit is None else min(limit, len(rows))
     if n == 0:
-        from nmr.errors import ConfigError
-
         raise ConfigError(f'manifest {manifest} has no rows; add name,moving,fixed rows')
     registrar = make_registrar(model, backend, device, net_size, pair, log)
     flows_dir = Path(save_flows) if save_flows else None

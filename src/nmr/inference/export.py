@@ -254,7 +254,7 @@ def export_onnx(
     onnx.helper.set_model_props(
         model,
         {
-            ONNX_METADATA_KEY: json.dumps(info.metadata, sort_keys=True),
+            ONNX_METADATA_KEY: json.dumps(info.metadata.to_dict(), sort_keys=True),
             ONNX_EXPORT_KEY: json.dumps(export_info, sort_keys=True),
         },
     )

@@ -1,96 +1,59 @@
 """What a model file is and what it says about itself, with one-line `ModelFileError`s for bad files.
 
 The registrars accept a `.pt` checkpoint (nmr.models.checkpoint), an `.onnx` export (metadata in
-`metadata_props`) or a TensorRT `.engine` (metadata in its sidecar JSON). All three describe the same
-`ModelInfo`, so that pre- and post-processing never depend on which file the model came from.
+`metadata_props`) or a TensorRT `.engine` (metadata in its sidecar JSON). All three carry the same
+`ModelMetadata` record, parsed by its one validator (`ModelMetadata.from_dict`), so that pre- and
+post-processing never depend on which file the model came from.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nmr.errors import ModelFileError
+from nmr.models.metadata import ModelMetadata
 
-ONNX_METADATA_KEY = 'nmr.metadata'  # JSON of nmr.models.checkpoint.ModelMetadata
+ONNX_METADATA_KEY = 'nmr.metadata'  # JSON of nmr.models.metadata.ModelMetadata
 ONNX_EXPORT_KEY = 'nmr.export'  # JSON: opset, sizes, dynamic, precision, parity, source checksum
-FIXED_KIND = {'rgb_lwir': 'lwir', 'rgb_depth': 'depth'}
 
 
 @dataclass
 class ModelInfo:
-    """The parts of a model's metadata that inference needs, plus the full record for reports."""
+    """A model file: where it is, which kind of file, its metadata record and (ONNX/engine) export facts."""
 
     path: Path
     kind: str  # 'checkpoint' | 'onnx' | 'engine'
-    pair: str
-    net_hw: tuple[int, int]
-    normalisation: dict[str, Any] = field(default_factory=dict)
-    registration: dict[str, Any] = field(default_factory=dict)
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: ModelMetadata
     export: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, path: Path, kind: str, meta: Any, export: Mapping[str, Any] | None = None) -> ModelInfo:
+        """From the file's metadata as stored (a dict); ModelFileError naming the file if it is invalid."""
+        return cls(Path(path), kind, ModelMetadata.from_dict(meta, source=path), dict(export or {}))
+
+    @property
+    def pair(self) -> str:
+        return self.metadata.pair
 
     @property
     def fixed_kind(self) -> str:
-        return FIXED_KIND[self.pair]
+        return self.metadata.fixed_kind
 
     @property
-    def moving_channels(self) -> int:
-        return int(self.registration.get('moving_channels', 3))
+    def net_hw(self) -> tuple[int, int]:
+        return self.metadata.net_hw
 
     @property
-    def fixed_channels(self) -> int:
-        return int(self.registration.get('fixed_channels', 1))
+    def normalisation(self) -> dict[str, Any]:
+        return self.metadata.normalisation
 
-
-def metadata_dict(metadata: Any) -> dict[str, Any]:
-    """ModelMetadata (dataclass), a mapping or an object with __dict__ -> a JSON-able dict."""
-    if is_dataclass(metadata) and not isinstance(metadata, type):
-        d = asdict(metadata)
-    elif isinstance(metadata, Mapping):
-        d = dict(metadata)
-    else:
-        d = dict(vars(metadata))
-    return json.loads(json.dumps(d, default=_json_default))
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, tuple | set):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, 'tolist'):
-        return obj.tolist()
-    return str(obj)
-
-
-def info_from_metadata(
-    path: Path, kind: str, meta: Mapping[str, Any], export: Mapping | None = None
-) -> ModelInfo:
-    """Build ModelInfo from a metadata dict; names the missing field when the metadata is incomplete."""
-    pair = meta.get('pair')
-    if pair not in FIXED_KIND:
-        raise ModelFileError(
-            f'{path}: metadata has pair {pair!r}, expected one of {sorted(FIXED_KIND)}; '
-            're-export or re-train the model'
-        )
-    net_hw = meta.get('net_hw')
-    if not (isinstance(net_hw, list | tuple) and len(net_hw) == 2):
-        raise ModelFileError(f'{path}: metadata lacks net_hw (network input size); re-export the model')
-    registration = meta.get('registration') or meta.get('registration_config') or meta.get('config') or {}
-    return ModelInfo(
-        path=path,
-        kind=kind,
-        pair=str(pair),
-        net_hw=(int(net_hw[0]), int(net_hw[1])),
-        normalisation=dict(meta.get('normalisation') or {}),
-        registration=dict(registration) if isinstance(registration, Mapping) else {},
-        metadata=dict(meta),
-        export=dict(export or {}),
-    )
+    @property
+    def registration(self) -> dict[str, Any]:
+        return self.metadata.registration
 
 
 def model_kind(path: str | Path) -> str:
@@ -115,13 +78,6 @@ def model_kind(path: str | Path) -> str:
     )
 
 
-def check_pair(info: ModelInfo, expected_pair: str | None) -> None:
-    if expected_pair is not None and info.pair != expected_pair:
-        raise ModelFileError(
-            f'model {info.path} is for pair {info.pair}, not {expected_pair}; give the {expected_pair} model'
-        )
-
-
 def read_onnx_info(path: str | Path) -> ModelInfo:
     """Metadata of an nmr ONNX export without loading its weights into a session."""
     import onnx
@@ -143,7 +99,7 @@ def read_onnx_info(path: str | Path) -> ModelInfo:
         export = json.loads(props.get(ONNX_EXPORT_KEY, '{}'))
     except ValueError:
         raise ModelFileError(f'{path}: nmr metadata is not valid JSON; re-export with `nmr export`') from None
-    info = info_from_metadata(path, 'onnx', meta, export)
+    info = ModelInfo.parse(path, 'onnx', meta, export)
     check_external_data(model, path)
     check_onnx_interface(model, info)
     return info
@@ -197,9 +153,10 @@ IO_TEXT = 'moving 1x3xHxW, fixed 1x1xHxW float32 -> flow 1x2xHxW'
 
 def check_channels(info: ModelInfo) -> None:
     """The model's metadata asks for the channels the pre-processing makes (3 RGB, 1 fixed)."""
-    if info.moving_channels != EXPECTED_IO['moving'] or info.fixed_channels != EXPECTED_IO['fixed']:
+    meta = info.metadata
+    if meta.moving_channels != EXPECTED_IO['moving'] or meta.fixed_channels != EXPECTED_IO['fixed']:
         raise ModelFileError(
-            f'{info.path}: metadata says {info.moving_channels} moving / {info.fixed_channels} fixed channels, '
+            f'{info.path}: metadata says {meta.moving_channels} moving / {meta.fixed_channels} fixed channels, '
             f'the registrar feeds {IO_TEXT}; use a model trained and exported by nmr'
         )
 
@@ -239,6 +196,7 @@ def check_onnx_interface(model: Any, info: ModelInfo) -> None:
 def read_checkpoint(path: str | Path, expected_pair: str | None = None) -> tuple[Any, ModelInfo]:
     """(RegistrationNet in eval mode on CPU, ModelInfo); weights_only loading via nmr.models.checkpoint."""
     from nmr.models.checkpoint import load_registration_net
+    from nmr.models.registration import RegistrationConfig
 
     path = Path(path)
     try:
@@ -251,11 +209,9 @@ def read_checkpoint(path: str | Path, expected_pair: str | None = None) -> tuple
             f'{str(err).splitlines()[0][:120] if str(err) else ""}); give a checkpoint '
             'written by `nmr train`'
         ) from None
-    info = info_from_metadata(path, 'checkpoint', metadata_dict(metadata))
-    if not info.registration:
-        cfg = getattr(net, 'config', None)
-        if cfg is not None:
-            info.registration = metadata_dict(cfg)
+    if not metadata.registration:  # no architecture recorded: the default one it was just built with
+        metadata.registration = RegistrationConfig.from_dict({}).to_dict()
+    info = ModelInfo(path, 'checkpoint', metadata)
     check_channels(info)
     net.eval()
     return net, info
@@ -276,4 +232,4 @@ def read_model_info(path: str | Path) -> ModelInfo:
             f'TensorRT engine {path} has no readable sidecar {Path(path).name}.json; '
             'rebuild it with `nmr export --engine`'
         )
-    return info_from_metadata(Path(path), 'engine', side['metadata'], side.get('export'))
+    return ModelInfo.parse(Path(path), 'engine', side['metadata'], side.get('export'))

@@ -20,7 +20,7 @@ import torch
 
 from nmr.domain import BACKEND_CHOICES
 from nmr.errors import ConfigError, ModelFileError
-from nmr.inference.model_file import ModelInfo, check_pair, model_kind, read_checkpoint, read_model_info
+from nmr.inference.model_file import ModelInfo, model_kind, read_checkpoint, read_model_info
 from nmr.inference.registrar import Registrar, resolve_device
 
 ORDER = (
@@ -119,7 +119,6 @@ def _build(
         from nmr.inference.torch_backend import TorchRegistrar
 
         net, info = read_checkpoint(path, expected_pair)
-        check_pair(info, expected_pair)
         return TorchRegistrar(
             info,
             net,
@@ -131,18 +130,13 @@ def _build(
         )
     if kind == 'checkpoint':
         net, info = read_checkpoint(path, expected_pair)
-        check_pair(info, expected_pair)
         onnx_path = onnx_for_checkpoint(path, net, info, log)
         info_onnx = read_model_info(onnx_path)
         info_onnx.path = path
-    elif kind == 'onnx':
-        onnx_path = path
-        info_onnx = read_model_info(path)
-        check_pair(info_onnx, expected_pair)
     else:
         onnx_path = path
         info_onnx = read_model_info(path)
-        check_pair(info_onnx, expected_pair)
+        info_onnx.metadata.check_pair(expected_pair, path)
     if candidate.backend == 'onnxruntime':
         from nmr.inference.onnx_backend import OnnxRuntimeRegistrar
 

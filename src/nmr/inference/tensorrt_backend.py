@@ -165,7 +165,7 @@ def engine_for(
     data = (builder or build_engine)(onnx_path, precision, profiles, workspace_bytes)
     ec.atomic_write_bytes(path, data)
     ec.write_sidecar(
-        path, key, inputs, extra={'metadata': info.metadata, 'export': info.export, 'onnx': onnx_path.name}
+        path, key, inputs, extra={'metadata': info.metadata.to_dict(), 'export': info.export, 'onnx': onnx_path.name}
     )
     return path
 

@@ -14,70 +14,25 @@ import pickle
 import tempfile
 import zipfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from nmr import __version__
 from nmr.errors import ModelFileError
+from nmr.models.metadata import ModelMetadata
 from nmr.models.registration import RegistrationConfig, build_registration
+
+__all__ = ['LoadedCheckpoint', 'ModelMetadata', 'load_checkpoint', 'load_registration_net', 'read_checkpoint',
+           'save_checkpoint']
 
 FORMAT = 'nmr-checkpoint'
 FORMAT_VERSION = 1
-PAIRS = ('rgb_lwir', 'rgb_depth')
-FIXED_KIND = {'rgb_lwir': 'lwir', 'rgb_depth': 'depth'}
-
-
-@dataclass
-class ModelMetadata:
-    """What a model file says about itself (also written, as JSON, into ONNX exports).
-
-    `normalisation` holds the keyword arguments of the fixed modality's pre-processing (e.g.
-    `{'low_percentile': 1.0, 'high_percentile': 99.0}` for LWIR, `{'min_m': 0.3, 'max_m': 20.0}` for
-    depth), as passed to `nmr.data.preprocess.fixed_input`; `net_hw` is the network input size (h, w)
-    used in training; `train_data` a plain summary (sources, pair counts, resolution, epochs).
-    """
-
-    pair: str
-    registration: dict[str, Any] = field(default_factory=dict)
-    normalisation: dict[str, Any] = field(default_factory=dict)
-    net_hw: tuple[int, int] = (256, 320)
-    train_data: dict[str, Any] = field(default_factory=dict)
-    nmr_version: str = __version__
-    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec='seconds'))
-
-    @property
-    def fixed_kind(self) -> str:
-        return FIXED_KIND[self.pair]
-
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(asdict(self))
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = 'checkpoint') -> ModelMetadata:
-        if not isinstance(d, Mapping):
-            raise ModelFileError(f'{source}: metadata is not a mapping; re-create the model with `nmr train`')
-        names = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in names}
-        if kw.get('pair') not in PAIRS:
-            raise ModelFileError(
-                f'{source}: metadata pair {kw.get("pair")!r} is not one of {PAIRS}; '
-                're-create the model with `nmr train`'
-            )
-        net_hw = kw.get('net_hw', (256, 320))
-        if not (isinstance(net_hw, list | tuple) and len(net_hw) == 2):
-            raise ModelFileError(f'{source}: metadata net_hw {net_hw!r} is not (h, w); re-create the model')
-        kw['net_hw'] = (int(net_hw[0]), int(net_hw[1]))
-        for key in ('registration', 'normalisation', 'train_data'):
-            kw[key] = dict(kw.get(key) or {})
-        return cls(**kw)
 
 
 def _plain(obj: Any) -> Any:
-    """Deep copy into types that `weights_only` unpickling accepts (tuples become lists, Paths strings)."""
+    """Deep copy of training extras into types that `weights_only` unpickling accepts (tensors stay)."""
     if isinstance(obj, Mapping):
         return {str(k) if not isinstance(k, int) else k: _plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
@@ -202,7 +157,7 @@ def read_checkpoint(
     state = payload.get('state')
     if not isinstance(state, dict):
         raise ModelFileError(f'{path} has no weights; give a checkpoint written by `nmr train`')
-    metadata = ModelMetadata.from_dict(payload.get('metadata') or {}, source=str(path))
+    metadata = ModelMetadata.from_dict(payload.get('metadata') or {}, source=path)
     return LoadedCheckpoint(state=state, metadata=metadata, extra=dict(payload.get('extra') or {}))
 
 
@@ -219,10 +174,7 @@ def load_registration_net(
 ) -> tuple[torch.nn.Module, ModelMetadata]:
     """R_Phi from a checkpoint, in eval mode; ModelFileError if missing, corrupt or for another pair."""
     state, metadata = load_checkpoint(path, map_location)
-    if expected_pair is not None and metadata.pair != expected_pair:
-        raise ModelFileError(
-            f'model {path} is for pair {metadata.pair}, not {expected_pair}; give the {expected_pair} model'
-        )
+    metadata.check_pair(expected_pair, path)
     if 'registration' not in state:
         raise ModelFileError(
             f'{path} has no registration network weights; give a checkpoint written by `nmr train`'

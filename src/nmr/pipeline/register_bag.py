@@ -84,11 +84,14 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
     return validate(values)
 
 
+_Frame = tuple[np.ndarray, str, Any, int]   # array, encoding, header, stamp_ns
+
+
 @dataclass
 class _Result:
     flow: np.ndarray
     registered: np.ndarray
-    fixed: tuple[np.ndarray, str, Any, int]   # array, encoding, header, stamp_ns
+    fixed: _Frame
     rgb_hw: tuple[int, int]
     rgb_stamp: int
 
@@ -249,7 +252,7 @@ class _StopRequest:
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[_StopRequest]:
     stop = _StopRequest()
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, stop.handler)
@@ -267,8 +270,9 @@ def _register_all(args: argparse.Namespace, settings: NodeSettings, topic_stream
                   stop: _StopRequest) -> None:
     """The node's processing over the input bag(s), every output written to `writer`."""
     ns = '/' + args.namespace.strip('/') if args.namespace.strip('/') else ''
-    syncs = {p: ApproxTimeSynchronizer(2, settings.sync_slop_ns, settings.sync_queue_size)
-             for p in settings.pairs}
+    syncs: dict[str, ApproxTimeSynchronizer[_Frame]] = {
+        p: ApproxTimeSynchronizer(2, settings.sync_slop_ns, settings.sync_queue_size)
+        for p in settings.pairs}
     last: dict[str, _Result] = {}
     fused_done: tuple[int, int] | None = None
     last_stamp: dict[str, int] = {}

@@ -90,7 +90,7 @@ class PairRuntime:
 
     name: str
     fixed_stream: str
-    sync: ApproxTimeSynchronizer
+    sync: ApproxTimeSynchronizer[Frame]
     stats: PairStats = field(default_factory=PairStats)
     publishers: dict[str, Any] = field(default_factory=dict)
     processor: PairProcessor | None = None
@@ -220,7 +220,7 @@ class RegisterNode(Node):
                 pair.pending = (sets[-1][0], sets[-1][1])
                 self._cond.notify()
 
-    def _feed(self, pair: PairRuntime, index: int, frame: Frame) -> list[tuple[Any, ...]]:
+    def _feed(self, pair: PairRuntime, index: int, frame: Frame) -> list[tuple[Frame, ...]]:
         """Add `frame` to the pair's synchroniser (caller holds `_cond`); returns the completed sets."""
         queued = pair.queued[index]
         if all(f.stamp_ns != frame.stamp_ns for f in queued):

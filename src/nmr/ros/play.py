@@ -174,7 +174,7 @@ class Player:
             data: Any = bytes(raw)
             if self.args.restamp:
                 try:
-                    msg = deserialize_message(data, self.types[conn.topic])
+                    msg: Any = deserialize_message(data, self.types[conn.topic])
                 except Exception:  # corrupt bytes: cannot restamp them; count, skip, report at the end
                     self.unreadable[conn.topic] = self.unreadable.get(conn.topic, 0) + 1
                     continue

@@ -234,7 +234,8 @@ def render_events(job: tuple[_Plan, list[Event]]) -> list[_Record]:
 
 
 class _PairExporter:
-    """Writes DIR/<pair>/manifest.csv and its files (SPEC columns, paths relative to the CSV)."""
+    """Writes DIR/<pair>/manifest.csv and its files (SPEC columns, paths relative to the CSV, and
+    fixed_kind: 16-bit LWIR and depth PNGs look alike, the column lets readers refuse the wrong model)."""
 
     def __init__(self, root: Path, pair: str) -> None:
         self.dir = root / pair
@@ -261,6 +262,7 @@ class _PairExporter:
                 f'flow/{name}.npy',
                 f'valid/{name}.png',
                 f'landmarks/{name}.json',
+                PAIR_FIXED_KIND[self.dir.name],
             ]
         )
 
@@ -268,7 +270,7 @@ class _PairExporter:
         path = self.dir / 'manifest.csv'
         with path.open('w', newline='') as fh:
             writer = csv.writer(fh)
-            writer.writerow(['name', 'moving', 'fixed', 'flow', 'valid', 'landmarks'])
+            writer.writerow(['name', 'moving', 'fixed', 'flow', 'valid', 'landmarks', 'fixed_kind'])
             writer.writerows(self.rows)
         return path
 
