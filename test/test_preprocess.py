@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from nmr.data import preprocess as pp
 from nmr.data.preprocess import (
     DepthNormalisation,
     LwirNormalisation,
@@ -145,3 +146,22 @@ def test_torch_inputs_stay_on_their_device_and_match_numpy():
         cd, cv = depth_input(torch.from_numpy(mm.astype(np.int32)).cuda(), '16UC1')
         assert cd.is_cuda and torch.allclose(cd.cpu(), n) and torch.equal(cv.cpu(), w)
         assert rgb_input(np.zeros((2, 2, 3), np.uint8), device='cuda').is_cuda
+
+
+def test_one_resize_for_training_and_inference() -> None:
+    """Training and every backend resize to the network grid with the same function (no drift possible)."""
+    from nmr.inference import registrar
+    from nmr.training import data as training_data
+
+    assert training_data.resize_to is pp.resize_to and registrar.resize_to is pp.resize_to
+    x = torch.arange(2 * 3 * 8 * 12, dtype=torch.float32).reshape(2, 3, 8, 12)
+    assert pp.resize_to(x, (8, 12)) is x  # no-op at the network size
+    up = pp.resize_to(x, [16, 24])
+    assert up.shape == (2, 3, 16, 24)
+    # pixel centres aligned (align_corners=False): a linear ramp stays a ramp with the same mean
+    ramp = torch.arange(12, dtype=torch.float32).expand(1, 1, 8, 12)
+    assert torch.allclose(pp.resize_to(ramp, (8, 24)).mean(), ramp.mean())
+    # shrinking is antialiased: a one-pixel checkerboard becomes its mean, not an aliased pattern
+    board = (torch.arange(64).reshape(8, 8) % 2 + torch.arange(64).reshape(8, 8) // 8 % 2) % 2
+    small = pp.resize_to(board.float()[None, None], (2, 2))
+    assert torch.allclose(small, torch.full_like(small, 0.5), atol=0.05)

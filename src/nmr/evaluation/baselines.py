@@ -80,7 +80,7 @@ class BaselineRegistrar:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.pair = None
+        self.pair: str | None = None  # any pair: the flow does not depend on the fixed kind
         self.metadata: dict[str, Any] = {'baseline': name}
 
     def describe(self) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 from nmr.domain import FIXED_KINDS
 from nmr.errors import ConfigError
+from nmr.inference.protocol import RegistrarProtocol
 
 BASELINE_NAMES = ('identity', 'dis', 'sitk-mi')
 
@@ -53,7 +54,7 @@ def safe_name(name: str) -> str:
 
 def make_registrar(
     model: str, backend: str, device: str, net_size: str | None, pair: str | None, log: Any
-) -> Any:
+) -> RegistrarProtocol:
     if model in BASELINE_NAMES:
         from nmr.evaluation.baselines import create_baseline
 
@@ -141,7 +142,7 @@ def evaluate(
             _figure(figs_dir / f'{safe_name(fp.name)}.png', fp, reg, ident)
     summary = summarise(results)
     log(format_table(results, summary))
-    describe = registrar.describe() if hasattr(registrar, 'describe') else str(model)
+    describe = registrar.describe()
     return {
         'model': str(model),
         'backend': describe,
