@@ -26,6 +26,15 @@ def test_top_level_help_does_not_import_torch() -> None:
 
 
 @pytest.mark.parametrize('verb', sorted(VERBS))
+def test_verb_modules_leave_torch_rclpy_and_onnxruntime_to_run(verb: str) -> None:
+    """`nmr VERB --help` imports the verb's module: the heavy runtimes load only when the verb runs."""
+    heavy = ('torch', 'rclpy', 'onnxruntime')
+    code = f'import sys, {VERBS[verb][0]}; print([m for m in {heavy!r} if m in sys.modules])'
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == '[]'
+
+
+@pytest.mark.parametrize('verb', sorted(VERBS))
 def test_every_verb_has_help(verb: str) -> None:
     proc = subprocess.run([sys.executable, '-m', 'nmr.cli.main', verb, '--help'], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

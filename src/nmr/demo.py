@@ -24,8 +24,17 @@ from typing import Any
 
 import numpy as np
 
+from nmr.data.bag_reader import iter_images
+from nmr.data.encodings import to_rgb
 from nmr.domain import DEFAULT_TOPICS, PAIR_FIXED_KIND, PAIRS
 from nmr.errors import ConfigError, ModelFileError
+from nmr.evaluation.baselines import identity_flow
+from nmr.evaluation.figures import contact_sheet, write_png
+from nmr.evaluation.metrics import endpoint_error
+from nmr.pipeline import register_bag
+from nmr.pipeline.settings import default_model_path
+from nmr.ros.demo_live import run_live_pipeline
+from nmr.synth.generator import SynthConfig, generate, gt_topics
 
 NAMESPACE = '/nmr'
 DEMO_SEED = 20261124  # a seed never used for the default models' training bags
@@ -63,8 +72,6 @@ class PairScore:
 
 
 def default_models(args: argparse.Namespace) -> dict[str, Path]:
-    from nmr.pipeline.settings import default_model_path
-
     chosen = {'rgb_lwir': args.model_rgb_lwir, 'rgb_depth': args.model_rgb_depth}
     models = {}
     for pair in PAIRS:
@@ -77,8 +84,6 @@ def default_models(args: argparse.Namespace) -> dict[str, Path]:
 
 
 def make_rig(args: argparse.Namespace, bag: Path) -> None:
-    from nmr.synth.generator import SynthConfig, generate
-
     if args.duration <= 0 or args.size_scale <= 0:
         raise ConfigError('--duration and --size-scale must be positive')
     print(f'[1/3] nmr synth: {args.duration:.1f} s of rig at scale {args.size_scale} -> {bag}')
@@ -87,8 +92,6 @@ def make_rig(args: argparse.Namespace, bag: Path) -> None:
 
 
 def run_offline(args: argparse.Namespace, bag: Path, models: dict[str, Path], out_bag: Path) -> dict[str, Any]:
-    from nmr.pipeline import register_bag
-
     print(f'[2/3] nmr register-bag (offline): {bag} -> {out_bag}')
     bag_args = argparse.Namespace(
         inputs=[bag], out=out_bag, config=None, set=[], model_rgb_lwir=models['rgb_lwir'],
@@ -100,21 +103,13 @@ def run_offline(args: argparse.Namespace, bag: Path, models: dict[str, Path], ou
 
 
 def run_live(args: argparse.Namespace, bag: Path, models: dict[str, Path], out_bag: Path) -> dict[str, Any]:
-    from nmr.ros.demo_live import run_live_pipeline
-
     print(f'[2/3] live: nmr play {bag} -> register_node -> recorder -> {out_bag}')
     return run_live_pipeline(bag, models, out_bag, NAMESPACE, args.backend, args.rate)
 
 
 def score_and_draw(bag: Path, out_bag: Path, out_dir: Path, sheets: int) -> tuple[dict[str, Any], list[Path]]:
     """EPE of the published flows vs the rig's ground truth (matched on the fixed frame's stamp)."""
-    from nmr.data.bag_reader import iter_images
-    from nmr.data.encodings import to_rgb
-    from nmr.data.preprocess import fixed_display
-    from nmr.evaluation.baselines import identity_flow
-    from nmr.evaluation.figures import contact_sheet, write_png
-    from nmr.evaluation.metrics import endpoint_error
-    from nmr.synth.generator import gt_topics
+    from nmr.data.preprocess import fixed_display  # torch: not for `nmr demo --help`
 
     published: dict[tuple[str, int], dict[str, np.ndarray]] = {}
     for topic, _t, arr, _enc, header in iter_images([out_bag], [f'{NAMESPACE}/{p}/{o}' for p in PAIRS

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nmr.domain import BACKENDS
+from nmr.errors import ConfigError
 
 DEFAULT_SIZES = '320x256,640x512,1280x1024'
 
@@ -61,8 +62,6 @@ def _available_backends(requested: str, device: str, log: Any) -> list[str]:
     out = []
     for name in names:
         if name not in BACKENDS:
-            from nmr.errors import ConfigError
-
             raise ConfigError(f'--backends: {name!r} is not one of {", ".join(BACKENDS)}')
         reasons = [probe(Candidate(name, d), 'checkpoint', device) for d in ('cuda', 'cpu')]
         if any(r is None for r in reasons):

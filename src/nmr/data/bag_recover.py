@@ -26,6 +26,7 @@ from typing import BinaryIO
 
 import yaml
 
+from nmr.data.bag_writer import BagWriter, default_typestore
 from nmr.errors import BagError
 
 MCAP_MAGIC = b'\x89MCAP0\r\n'
@@ -215,8 +216,6 @@ class Recovery:
 
 def recover_bag(bag: Path, out: Path, storage: str = 'mcap') -> Recovery:
     """Copy every readable message of `bag` (folder or storage file) into a new bag at `out`."""
-    from nmr.data.bag_writer import BagWriter, default_typestore
-
     files = storage_files(bag)
     if not files:
         raise BagError(f'{bag} holds no .mcap or .db3 file; nothing to recover')

@@ -15,8 +15,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from nmr.data.pairs import read_manifest
 from nmr.domain import FIXED_KINDS
 from nmr.errors import ConfigError
+from nmr.evaluation.baselines import create_baseline, grey_u8, identity_flow
+from nmr.evaluation.figures import contact_sheet, write_png
+from nmr.evaluation.metrics import evaluate_pair, format_table, summarise
+from nmr.inference.engine_cache import parse_sizes
+from nmr.inference.model_file import read_model_info
 from nmr.inference.protocol import RegistrarProtocol
 
 BASELINE_NAMES = ('identity', 'dis', 'sitk-mi')
@@ -56,15 +64,11 @@ def make_registrar(
     model: str, backend: str, device: str, net_size: str | None, pair: str | None, log: Any
 ) -> RegistrarProtocol:
     if model in BASELINE_NAMES:
-        from nmr.evaluation.baselines import create_baseline
-
         return create_baseline(model)
-    from nmr.inference.select import create_registrar
+    from nmr.inference.select import create_registrar  # torch: not for `nmr evaluate --help`
 
     net_hw = None
     if net_size:
-        from nmr.inference.engine_cache import parse_sizes
-
         net_hw = parse_sizes(net_size)[0]
     return create_registrar(model, backend=backend, device=device, net_hw=net_hw, log=log, expected_pair=pair)
 
@@ -82,16 +86,8 @@ def evaluate(
     log: Any = print,
 ) -> dict[str, Any]:
     """Run the model over every manifest row -> {'model', 'backend', 'pairs': [...], 'summary': {...}}."""
-    import numpy as np
-
-    from nmr.data.pairs import read_manifest
-    from nmr.evaluation.baselines import identity_flow
-    from nmr.evaluation.metrics import evaluate_pair, format_table, summarise
-
     pair = None
     if model not in BASELINE_NAMES:  # the model's pair decides how the fixed images are read
-        from nmr.inference.model_file import read_model_info
-
         meta = read_model_info(model).metadata
         pair = meta.pair
         if fixed_kind is not None and fixed_kind != meta.fixed_kind:
@@ -153,15 +149,11 @@ def evaluate(
 
 
 def _figure(path: Path, fp: Any, reg: Any, ident: Any) -> None:
-    from nmr.evaluation.figures import contact_sheet, write_png
-
     try:
-        from nmr.data.preprocess import fixed_display
+        from nmr.data.preprocess import fixed_display  # torch: not for `nmr evaluate --help`
 
         fixed = fixed_display(fp.fixed_kind, fp.fixed, fp.fixed_encoding)
     except Exception:  # an unknown kind / encoding still gets a figure, with a plain grey stretch
-        from nmr.evaluation.baselines import grey_u8
-
         fixed = grey_u8(fp.fixed)
     write_png(path, contact_sheet(fp.moving, fixed, reg.registered, reg.flow, ident))
 

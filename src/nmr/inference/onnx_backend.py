@@ -50,7 +50,7 @@ def session_options(threads: int | None = None) -> Any:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if os.environ.get('NMR_ORT_SPIN', '0') != '1':
         # ORT's idle workers otherwise spin-wait after every run and starve the torch pre/post-processing
-        # that shares the cores: measured 69 ms vs 232 ms per 640x512 register step on 2 loaded cores
+        # that shares the cores (several times slower steps on loaded cores: docs/performance.md)
         so.add_session_config_entry('session.intra_op.allow_spinning', '0')
     so.log_severity_level = 3  # errors only: ORT's warnings about unused initialisers are noise here
     return so

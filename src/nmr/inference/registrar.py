@@ -1,4 +1,5 @@
-"""The `Registrar` interface: native-size images in, native-size flow / registered image / mask out.
+"""The `Registrar` base of the model backends: native-size images in, native-size flow / registered image /
+mask out (it implements nmr.inference.protocol.RegistrarProtocol, what the pipeline and evaluation use).
 
 Every backend shares the same pre-processing (nmr.data.preprocess, resize to the network size) and
 post-processing (nmr.models.resampler.flow_to_native + warp), run in torch on the registrar's device,
@@ -19,10 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from nmr.data import preprocess as pp
 from nmr.data.preprocess import resize_to
 from nmr.errors import ConfigError
 from nmr.inference.model_file import ModelInfo
 from nmr.inference.protocol import Registration
+from nmr.models.resampler import flow_to_native, warp
 
 
 @dataclass
@@ -109,8 +112,6 @@ class Registrar(ABC):
     # -- shared pre/post-processing ---------------------------------------------------------------
     def preprocess(self, moving_rgb: Any, fixed_raw: Any, fixed_encoding: str) -> tuple[torch.Tensor, ...]:
         """-> (moving float 1x3xHmxWm in 0..255, moving_n 1x3xhxw, fixed_n 1x1xhxw), all on the device."""
-        from nmr.data import preprocess as pp
-
         moving = as_tensor(moving_rgb, self.device)
         if moving.ndim != 3 or moving.shape[-1] != 3:
             raise ConfigError(f'moving image must be HxWx3 RGB, got shape {tuple(moving.shape)}')
@@ -131,8 +132,6 @@ class Registrar(ABC):
 
     def register_torch(self, moving_rgb: Any, fixed_raw: Any, fixed_encoding: str) -> TorchRegistration:
         """Register one pair, results left on the device (for GPU pipelines that keep going there)."""
-        from nmr.models.resampler import flow_to_native, warp
-
         t0 = time.perf_counter()
         with torch.inference_mode():
             with self._prepost_threads():
@@ -164,9 +163,8 @@ class Registrar(ABC):
 
         Each of those ops is a few ms; with several intra-op threads every op is a fork/join that, on
         shared or loaded cores, waits for a thread to be scheduled (and competes with ONNX Runtime's own
-        pool). Measured at 640x512 on 2 loaded cores with ONNX Runtime: a register step of 139-159 ms
-        single-threaded vs 236-420 ms with 2 threads. Backends whose network is not torch turn it on; the
-        torch backend does not (switching torch's process-wide thread count slows its network down).
+        pool); docs/performance.md has the measurement. Backends whose network is not torch turn it on;
+        the torch backend does not (switching torch's process-wide thread count slows its network down).
         """
         if self.device.type != 'cpu' or self.prepost_threads is None:
             yield

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from nmr import flow as nmr_flow
 from nmr.domain import PAIR_FIXED_KIND, PAIRS, STREAM_ENCODINGS
 from nmr.errors import NmrUserError
 from nmr.inference.protocol import RegistrarProtocol, Registration
@@ -76,8 +77,6 @@ class PairProcessor:
     def outputs(self, registration: Registration, fixed_raw: np.ndarray, fixed_encoding: str,
                 wanted: Iterable[str] = PAIR_OUTPUTS) -> dict[str, tuple[np.ndarray, str]]:
         """The requested outputs of an existing registration (flow_viz/overlay only computed if wanted)."""
-        from nmr import flow as nmr_flow
-
         wanted = set(wanted)
         out: dict[str, tuple[np.ndarray, str]] = {}
         flow = np.ascontiguousarray(registration.flow, dtype=np.float32)
@@ -89,7 +88,7 @@ class PairProcessor:
         if 'flow_viz' in wanted:
             out['flow_viz'] = (nmr_flow.flow_to_rgb(flow, self.flow_viz_max_px), 'rgb8')
         if 'overlay' in wanted:
-            from nmr.data.preprocess import fixed_display
+            from nmr.data.preprocess import fixed_display  # torch: not for `nmr register-bag --help`
 
             checked = check_fixed(self.fixed_kind, fixed_raw, fixed_encoding)
             fixed_rgb = fixed_display(self.fixed_kind, checked, fixed_encoding)

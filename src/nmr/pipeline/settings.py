@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from nmr.domain import BACKEND_CHOICES, DEFAULT_TOPICS, PAIR_FIXED_KIND, PAIRS, STREAMS
 from nmr.errors import ConfigError
+from nmr.resources import share_dirs, share_path
 
 if TYPE_CHECKING:
     from nmr.inference.protocol import RegistrarProtocol
@@ -247,8 +250,6 @@ def read_params_file(path: str | Path, node_name: str = 'register_node') -> dict
     Entries under `/**`, `<node_name>` or `/<namespace>/<node_name>` apply (later ones win), as for
     `--ros-args --params-file`.
     """
-    import yaml
-
     path = Path(path)
     try:
         doc = yaml.safe_load(path.read_text())
@@ -276,8 +277,6 @@ def default_model_path(pair: str) -> Path:
 
     Returns the .onnx path when neither exists, so the error message names the preferred file.
     """
-    from nmr.resources import share_dirs, share_path
-
     dirs = [d / 'models' for d in share_dirs()] or [share_path('models')]
     for folder in dirs:
         for ext in ('.onnx', '.pt'):

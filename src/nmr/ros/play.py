@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from nmr.data.bag_reader import open_bag
 from nmr.errors import BagError, ConfigError
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
@@ -54,8 +55,6 @@ def _message_class(msgtype: str) -> type:
 
 def open_reader(paths: Sequence[Path]) -> Any:
     """An opened rosbags AnyReader, or BagError naming the bag (and `nmr recover-bag` for a cut one)."""
-    from nmr.data.bag_reader import open_bag
-
     for path in paths:
         if not path.exists():
             raise BagError(f'bag {path} does not exist')

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from nmr.domain import DEFAULT_TOPICS, PAIRS
 from nmr.errors import ConfigError
+from nmr.synth.generator import SynthConfig, generate, gt_topics
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,9 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nmr.domain import DEFAULT_TOPICS, PAIRS
-    from nmr.synth.generator import SynthConfig, generate, gt_topics
-
     if args.frames is not None:
         if args.frames < 1:
             raise ConfigError(f'--frames {args.frames}: give at least 1')

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 BOX = 0
@@ -174,8 +175,6 @@ class Scene:
 
 def _value_noise(rng: np.random.Generator, size: int = 256) -> np.ndarray:
     """Tileable smooth noise in [-1, 1]: sum of octaves of bilinearly up-sampled random grids."""
-    import cv2
-
     out = np.zeros((size, size), dtype=np.float32)
     amp, total = 1.0, 0.0
     for cells in (8, 16, 32, 64, 256):
