@@ -18,6 +18,7 @@ from typing import Any
 
 from nmr.domain import BACKENDS
 from nmr.errors import ConfigError
+from nmr.inference.protocol import RegistrarProtocol
 
 DEFAULT_SIZES = '320x256,640x512,1280x1024'
 
@@ -103,7 +104,9 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                         backend=backend, arch=arch, size=format_size(hw), device=device, gflops=gflops
                     )
 
-                    def make(backend: str = backend, path: Path = path, hw: tuple[int, int] = hw) -> Any:
+                    def make(
+                        backend: str = backend, path: Path = path, hw: tuple[int, int] = hw
+                    ) -> RegistrarProtocol:
                         return create_registrar(
                             path,
                             backend=backend,

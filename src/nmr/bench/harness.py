@@ -19,6 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from nmr.inference.protocol import RegistrarProtocol
+from nmr.inference.registrar import Registrar
+
 N_INPUTS = 3
 
 
@@ -149,7 +152,7 @@ def plan_iters(one_run_s: float, iters: int, max_seconds: float) -> tuple[int, s
 
 
 def measure(
-    registrar: Any,
+    registrar: RegistrarProtocol,
     pairs: Sequence[tuple[np.ndarray, np.ndarray, str]],
     iters: int,
     warmup: int,
@@ -169,7 +172,7 @@ def measure(
     if n == 0:
         return result
     # R_Phi alone (registrars with a network only), on inputs pre-processed once
-    if hasattr(registrar, '_infer') and hasattr(registrar, 'preprocess'):
+    if isinstance(registrar, Registrar):
         import torch
 
         with torch.inference_mode():
@@ -206,7 +209,7 @@ def measure(
 
 
 def bench_config(
-    make: Callable[[], Any],
+    make: Callable[[], RegistrarProtocol],
     pairs: Sequence[tuple[np.ndarray, np.ndarray, str]],
     iters: int,
     warmup: int,
