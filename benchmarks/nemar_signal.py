@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 
 from nmr.data.pairs import FolderPairDataset
+from nmr.domain import PAIR_FIXED_KIND
 from nmr.models.checkpoint import read_checkpoint
 from nmr.models.resampler import resize_flow_same_size, warp
 from nmr.training.config import config_from_dict
 from nmr.training.data import TrainingPairs, collate
 from nmr.training.losses import bilateral_smoothness, reconstruction_l1
 from nmr.training.step import NemarSystem
-from nmr.training.trainer import FIXED_KIND
 
 
 def main() -> int:
@@ -46,7 +46,7 @@ def main() -> int:
     system.load(ckpt.state)
     system.train(False)
     assert system.T is not None, 'a NeMAR checkpoint (not a baseline) is needed'
-    kind = FIXED_KIND[cfg.data.pair]
+    kind = PAIR_FIXED_KIND[cfg.data.pair]
     data = FolderPairDataset(args.pairs[0], args.pairs[1], kind, args.moving_suffix, args.fixed_suffix,
                              split='train', val_fraction=cfg.data.val_fraction, scene_prefix=args.scene_prefix)
     items = TrainingPairs(data, kind, cfg.data.net_hw, cfg.data.normalisation, cfg.augment, deterministic=True)

@@ -40,8 +40,9 @@ from typing import Any
 
 import numpy as np
 
-PAIRS = {'rgb_lwir': 'lwir', 'rgb_depth': 'depth'}
-PAIR_OUTPUTS = ('registered', 'flow', 'flow_viz', 'overlay')
+from nmr.domain import PAIR_FIXED_KIND as PAIRS
+from nmr.pipeline.settings import PAIR_OUTPUTS
+
 NS = '/nmr'
 
 

@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from nmr.domain import PAIR_FIXED_KIND
 from nmr.ros.testing import INPUT_TOPICS, make_tiny_model
 
 FRAMES = 8
 NS = '/nmr'
-PAIRS = {'rgb_lwir': 'lwir', 'rgb_depth': 'depth'}
+PAIRS = PAIR_FIXED_KIND
 PAIR_OUTPUTS = {'registered': 'rgb8', 'flow': '32FC2', 'flow_viz': 'rgb8', 'overlay': 'rgb8'}
 SLOP_NS = 20_000_000  # the default sync.slop_s
 SECOND = 1_000_000_000
