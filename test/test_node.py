@@ -232,7 +232,10 @@ def test_drops_are_counted_when_input_outruns_inference(live: Any) -> None:
                  and int(d['rgb_lwir']['stale_dropped']) > int(before['stale_dropped']) and d,
                  10.0, 'stale drops in diagnostics')
     assert int(diag['rgb_lwir']['processed_sets']) > int(before['processed_sets'])
-    assert float(diag['rgb_lwir']['latency_ms.p50']) >= 0
+    # the test's stamps are from 2023, not the node clock: no latency percentiles of years, a reason instead
+    assert 'latency_ms.p50' not in diag['rgb_lwir']
+    assert diag['rgb_lwir']['latency_ms'].startswith('n/a: header stamps are') and 'behind' in \
+        diag['rgb_lwir']['latency_ms'] and 'use_sim_time' in diag['rgb_lwir']['latency_ms']
     assert diag['rgb_lwir']['backend'] == 'torch'
 
 
