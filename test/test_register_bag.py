@@ -152,6 +152,76 @@ def test_missing_model_is_refused(bag: Path, models: dict[str, Path], tmp_path: 
     assert not (tmp_path / 'o.mcap').exists()
 
 
+TRANSPORTS = {'rgb': 'compressed', 'lwir': 'compressed', 'depth': 'compressedDepth'}
+
+
+@pytest.fixture(scope='module')
+def compressed_bag(bag: Path, folder: Path) -> Path:
+    """The rig bag's inputs as image_transport records them: CompressedImage on <topic>/<transport>."""
+    from nmr.data.bag_reader import iter_images
+    from nmr.data.bag_writer import BagWriter
+    from nmr.data.encodings import stamp_ns
+
+    out = folder / 'compressed'
+    stream_of = {topic: stream for stream, topic in INPUT_TOPICS.items()}
+    with BagWriter(out) as writer:
+        for topic, rec, arr, encoding, header in iter_images(bag, list(INPUT_TOPICS.values())):
+            transport = TRANSPORTS[stream_of[topic]]
+            writer.write_compressed_image(f'{topic}/{transport}', stamp_ns(header), header.frame_id, arr, encoding,
+                                          transport, record_ns=rec)
+    return out
+
+
+def test_compressed_inputs_give_the_same_sets_and_lossless_depth(
+        compressed_bag: Path, offline: dict[str, list[tuple[int, str, str, Any]]], models: dict[str, Path],
+        tmp_path: Path) -> None:
+    from nmr.data.bag_reader import iter_images, list_topics
+    from nmr.data.encodings import stamp_ns
+
+    hint = _one_line_error(_register_bag(compressed_bag, tmp_path / 'o.mcap', models))
+    assert f"{INPUT_TOPICS['rgb']}/compressed" in hint and 'transport.rgb=compressed' in hint
+    out = tmp_path / 'from_compressed.mcap'
+    sets = [arg for s, t in TRANSPORTS.items() for arg in ('--set', f'transport.{s}={t}')]
+    result = _register_bag(compressed_bag, out, models, *sets)
+    assert result.returncode == 0 and 'Traceback' not in result.stderr, result.stderr
+    got: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
+    for topic, _rec, _arr, encoding, header in iter_images(out, list(list_topics(out))):
+        got[topic].append((stamp_ns(header), header.frame_id, encoding))
+    assert set(got) == set(offline)  # same outputs, same sets, same headers as from raw images
+    for topic, messages in offline.items():
+        assert got[topic] == [(stamp, frame, enc) for stamp, frame, enc, _a in messages], topic
+
+
+def test_training_reads_compressed_bags(bag: Path, compressed_bag: Path) -> None:
+    """`nmr train --bag` (BagPairDataset) on image_transport topics: same pairs, depth decoded exactly."""
+    from nmr.data.bag_reader import BagPairDataset
+
+    raw = BagPairDataset(bag, 'rgb_depth', {'rgb': INPUT_TOPICS['rgb'], 'depth': INPUT_TOPICS['depth']}, split='all')
+    packed = BagPairDataset(compressed_bag, 'rgb_depth', {'rgb': f"{INPUT_TOPICS['rgb']}/compressed",
+                                                          'depth': f"{INPUT_TOPICS['depth']}/compressedDepth"},
+                            split='all')
+    assert len(packed) == len(raw) > 0
+    a, b = raw[0], packed[0]
+    assert b.fixed_encoding == a.fixed_encoding == '16UC1' and np.array_equal(a.fixed, b.fixed)
+    assert b.moving.shape == a.moving.shape and np.abs(b.moving.astype(int) - a.moving.astype(int)).mean() < 4
+
+
+def test_a_bad_compressed_payload_is_one_line(bag: Path, models: dict[str, Path], tmp_path: Path) -> None:
+    from nmr.data.bag_writer import BagWriter
+
+    broken = tmp_path / 'broken'
+    with BagWriter(broken) as writer:
+        writer.write('/camera/camera/color/image_raw/compressed', 'sensor_msgs/msg/CompressedImage', SECOND,
+                     {'header': {'stamp': {'sec': 1, 'nanosec': 0}, 'frame_id': 'c'}, 'format': 'rgb8; jpeg',
+                      'data': np.frombuffer(b'garbage', np.uint8)})
+        writer.write_image(INPUT_TOPICS['lwir'], SECOND, 'l', np.zeros((4, 4), np.uint16), 'mono16')
+        writer.write_image(INPUT_TOPICS['depth'], SECOND, 'd', np.zeros((4, 4), np.uint16), '16UC1')
+    result = _register_bag(broken, tmp_path / 'o.mcap', models, '--set', 'transport.rgb=compressed')
+    errors = [line for line in result.stderr.splitlines() if 'error' in line]  # after the model-load log lines
+    assert result.returncode != 0 and len(errors) == 1 and 'Traceback' not in result.stderr, result.stderr
+    assert '/camera/camera/color/image_raw/compressed' in errors[0] and 'not a decodable JPEG/PNG' in errors[0]
+
+
 @pytest.fixture()
 def ros() -> Iterator[None]:
     """A private DDS domain; rclpy (re)initialised in it (an earlier module may use another domain)."""

@@ -211,6 +211,25 @@ class BagWriter:
         )
         self.write(topic, 'sensor_msgs/msg/Image', stamp_ns if record_ns is None else record_ns, msg)
 
+    def write_compressed_image(
+        self,
+        topic: str,
+        stamp_ns: int,
+        frame_id: str,
+        arr: np.ndarray,
+        encoding: str,
+        transport: str = 'compressed',
+        record_ns: int | None = None,
+    ) -> None:
+        """``sensor_msgs/msg/CompressedImage`` as image_transport's `compressed` / `compressedDepth` write it."""
+        from nmr.data.compressed import encode_compressed
+
+        fmt, data = encode_compressed(arr, encoding, transport)
+        msgtype = 'sensor_msgs/msg/CompressedImage'
+        msg = self.typestore.types[msgtype](header=header_msg(self.typestore, stamp_ns, frame_id), format=fmt,
+                                            data=np.frombuffer(data, np.uint8))
+        self.write(topic, msgtype, stamp_ns if record_ns is None else record_ns, msg)
+
     def write_camera_info(
         self,
         topic: str,

@@ -118,6 +118,23 @@ def count_messages(paths: Iterable[Path], topics: Iterable[str]) -> int:
         return 0
 
 
+def check_input_topics(settings: NodeSettings, streams: list[str], available: dict[str, str],
+                       bags: Iterable[Path]) -> None:
+    """Every input topic is in the bags; if only its compressed form is, say which `transport` to set."""
+    for stream in streams:
+        wanted = settings.inputs[stream].subscribed_topic
+        if wanted in available:
+            continue
+        base = settings.inputs[stream].topic
+        other = [t for t in (base, f'{base}/compressed', f'{base}/compressedDepth') if t in available]
+        if other:
+            transport = other[0].rpartition('/')[2] if other[0] != base else 'raw'
+            hint = f'the bag has {other[0]}: run with --set transport.{stream}={transport}'
+        else:
+            hint = f'it has {", ".join(sorted(available))}; set topics.{stream} with --config or --set'
+        raise BagError(f'input topic {wanted} is not in {", ".join(map(str, bags))}: {hint}')
+
+
 def make_processors(settings: NodeSettings, log: Any = print) -> dict[str, PairProcessor]:
     """One PairProcessor per configured pair (ModelFileError naming a missing or wrong model)."""
     from nmr.errors import ModelFileError
@@ -143,12 +160,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     ns = '/' + args.namespace.strip('/') if args.namespace.strip('/') else ''
     streams = {'rgb': 0, **{PAIRS[p]: 1 for p in settings.pairs}}
-    topic_stream = {settings.inputs[s].topic: s for s in streams}
-    available = list_topics(args.inputs)
-    missing = [t for t in topic_stream if t not in available]
-    if missing:
-        raise BagError(f'input topic {missing[0]} is not in {", ".join(map(str, args.inputs))} (it has '
-                       f'{", ".join(sorted(available))}); set topics.* with --config or --set')
+    topic_stream = {settings.inputs[s].subscribed_topic: s for s in streams}
+    check_input_topics(settings, list(streams), list_topics(args.inputs), args.inputs)
     if args.out.exists():
         raise ConfigError(f'output {args.out} already exists: remove it or choose another --out')
     processors = make_processors(settings,
@@ -164,8 +177,8 @@ def run(args: argparse.Namespace) -> int:
         for topic, _t, arr, encoding, header in iter_images(args.inputs, list(topic_stream)):
             stream = topic_stream[topic]
             stamp = stamp_ns(header)
-            if args.copy_inputs:
-                writer.write_image(topic, stamp, header.frame_id, arr, encoding)
+            if args.copy_inputs:  # decoded: a compressed input is copied as an Image on its base topic
+                writer.write_image(settings.inputs[stream].topic, stamp, header.frame_id, arr, encoding)
             if stamp < last_stamp.get(stream, stamp):  # time went backwards (concatenated bags): as the node
                 for sync in syncs.values():
                     sync.reset()
