@@ -133,6 +133,7 @@ def test_lazy_pairs_are_not_computed_without_subscribers(live: Any) -> None:
                         and int(d['rgb_lwir'].get('lazy_skipped', 0)) >= 1
                         and int(d['rgb_lwir']['synced_sets']) >= 4 and d, 10.0, 'lazy_skipped in diagnostics')
     assert diag['rgb_lwir']['processed_sets'] == '0' and diag['rgb_depth']['processed_sets'] == '0'
+    assert all(status['hardware_id'] == f'{NS}/register_node' for status in diag.values())
 
 
 def test_bad_inputs_are_logged_and_the_node_recovers(live: Any) -> None:
@@ -374,3 +375,17 @@ def test_warnings_and_errors_can_share_the_throttled_log_helper(quiet_node: Any)
     quiet_node._warn('first', 'an error', error=True)
     quiet_node._warn('second', 'a warning')
     quiet_node._warn('third', 'an error again', error=True)
+
+
+def test_input_reliability_follows_the_publisher_by_default_and_best_effort_stays_selectable(
+        quiet_node: Any) -> None:
+    from rclpy.qos import ReliabilityPolicy
+
+    from nmr.pipeline.settings import InputSettings
+    from nmr.ros.qos import input_qos
+
+    assert input_qos(InputSettings('/t')).reliability == ReliabilityPolicy.BEST_AVAILABLE
+    assert input_qos(InputSettings('/t', 'best_effort')).reliability == ReliabilityPolicy.BEST_EFFORT
+    assert input_qos(InputSettings('/t', 'reliable')).reliability == ReliabilityPolicy.RELIABLE
+    assert quiet_node._sub_reliability == {'rgb': 'best_available', 'lwir': 'best_available',
+                                           'depth': 'best_available'}

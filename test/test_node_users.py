@@ -276,6 +276,9 @@ def test_compressed_inputs_and_camera_info_with_remapped_topics(models: dict[str
         harness.wait(lambda: all(harness.received(t) for t in outputs), 30.0, 'flows and camera_info')
         text = log.read_text()
         assert re.search(r'/thermal/image/compressed.*not a decodable JPEG/PNG', text), text[-2000:]
+        # the harness publishes best effort after the node subscribed (best_available -> reliable): followed
+        assert re.search(r'topic /thermal/image/compressed: a best-effort publisher appeared.*subscribing best '
+                         'effort', text), text[-2000:]
     finally:
         _finish(proc, harness, log)
     out_info = harness.received(outputs[2])[-1]

@@ -257,6 +257,7 @@ def diagnostic_values(msg: Any) -> dict[str, dict[str, str]]:
         level = status.level
         values['level'] = str(level[0] if isinstance(level, (bytes, bytearray)) else int(level))
         values['message'] = status.message
+        values['hardware_id'] = status.hardware_id
         out[status.name.split(': ')[-1]] = values
     return out
 
