@@ -127,6 +127,30 @@ def test_a_default_qos_driver_without_a_profile_delivers_nearly_every_full_size_
     assert all(f >= 0.95 for f in fractions.values()), fractions
 
 
+def test_a_best_effort_driver_started_after_the_node_is_followed(models: dict[str, Path], tmp_path: Path) -> None:
+    """best_available resolves to reliable when no publisher exists yet; a best-effort driver that starts
+    later raises an incompatible-QoS event and the node re-subscribes best effort."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    log = tmp_path / 'node.log'
+    proc = start_node(_params(models, pairs=['rgb_lwir']), log, extra_args=['-r', f'__ns:={NS}'])
+    harness = RosHarness('nmr_test_late_best_effort')
+    try:
+        harness.subscribe(['/diagnostics'], DiagnosticArray)
+        harness.wait_matched(30.0)
+        harness.wait(lambda: _started(log), 60.0, 'the node to start (its subscriptions exist)')
+        publisher = harness.publisher(INPUT_TOPICS['lwir'])  # best effort, like a sensor-data driver
+        harness.wait(lambda: publisher.get_subscription_count() > 0, 30.0, 'the node to follow the driver')
+        frames = make_frames(0)
+        harness.wait(lambda: (harness.publish_image(INPUT_TOPICS['lwir'], frames.lwir, 'mono16', BASE_NS, 'l')
+                              or int(_diag(harness).get('inputs', {}).get('lwir.received', 0)) > 0),
+                     20.0, 'an LWIR frame to arrive')
+    finally:
+        _finish(proc, harness, log)
+    assert re.search(r'topic /flir_boson/image_raw: a best-effort publisher appeared.*subscribing best effort',
+                     log.read_text())
+
+
 # -- 2. Ctrl-C under ros2 launch: SIGINT to the whole process group, and again while cleaning up ----------
 @pytest.mark.parametrize('run', [0, 1])
 def test_sigint_to_the_process_group_during_clean_up_exits_0_without_a_traceback(
@@ -276,9 +300,6 @@ def test_compressed_inputs_and_camera_info_with_remapped_topics(models: dict[str
         harness.wait(lambda: all(harness.received(t) for t in outputs), 30.0, 'flows and camera_info')
         text = log.read_text()
         assert re.search(r'/thermal/image/compressed.*not a decodable JPEG/PNG', text), text[-2000:]
-        # the harness publishes best effort after the node subscribed (best_available -> reliable): followed
-        assert re.search(r'topic /thermal/image/compressed: a best-effort publisher appeared.*subscribing best '
-                         'effort', text), text[-2000:]
     finally:
         _finish(proc, harness, log)
     out_info = harness.received(outputs[2])[-1]
