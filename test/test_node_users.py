@@ -78,10 +78,11 @@ def _finish(proc: subprocess.Popen, harness: RosHarness, log: Path) -> None:
 # -- 1. an ordinary driver: default QoS, no Fast DDS profile, full-size frames ---------------------------
 def test_a_default_qos_driver_without_a_profile_delivers_nearly_every_full_size_frame(
         models: dict[str, Path], tmp_path: Path) -> None:
-    """The driver process has no FASTDDS_DEFAULT_PROFILES_FILE (the node has it, as the launch file sets it).
+    """Two driver processes as on the rig (realsense-ros: RGB + depth; flir_boson_usb: LWIR), default QoS,
+    no FASTDDS_DEFAULT_PROFILES_FILE in their environment (the node has it, as the launch file sets it).
 
     Regression: best-effort input subscriptions received 15-50 % of such frames; the default now follows
-    what the driver offers (reliable here).
+    what the drivers offer (reliable here).
     """
     from diagnostic_msgs.msg import DiagnosticArray
 
@@ -91,8 +92,9 @@ def test_a_default_qos_driver_without_a_profile_delivers_nearly_every_full_size_
     harness = RosHarness('nmr_test_driver_qos')
     harness.subscribe(['/diagnostics'], DiagnosticArray)
     env = {k: v for k, v in os.environ.items() if k != 'FASTDDS_DEFAULT_PROFILES_FILE'}
-    driver = subprocess.Popen([sys.executable, '-m', 'nmr.ros.testing', 'driver', str(count), '10'], env=env,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    drivers = [subprocess.Popen([sys.executable, '-m', 'nmr.ros.testing', 'driver', str(count), '10', streams],
+                                env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+               for streams in ('rgb,depth', 'lwir')]
 
     def received() -> dict[str, int]:
         inputs = _diag(harness).get('inputs', {})
@@ -103,27 +105,44 @@ def test_a_default_qos_driver_without_a_profile_delivers_nearly_every_full_size_
         harness.wait(lambda: _diag(harness), 10.0, 'fresh diagnostics')
         return received()
 
+    def settled_counts() -> dict[str, int]:
+        """Counts that two consecutive diagnostics agree on (no frame still on its way)."""
+        last: list[dict[str, int]] = [fresh_counts()]
+
+        def same() -> bool:
+            last.append(fresh_counts())
+            return last[-1] == last[-2]
+
+        harness.wait(same, 20.0, 'the input counters to settle')
+        return last[-1]
+
+    def tell(line: str) -> None:
+        for driver in drivers:
+            assert driver.stdin
+            driver.stdin.write(line + '\n')
+            driver.stdin.flush()
+
     try:
         harness.wait_matched(30.0)
         harness.wait(lambda: all(n > 0 for n in received().values()), 60.0, 'warm-up frames on every input')
-        assert driver.stdin and driver.stdout
-        driver.stdin.write('stop\n')
-        driver.stdin.flush()
-        assert driver.stdout.readline().startswith('warm; acknowledged: True')
-        before = fresh_counts()
-        driver.stdin.write('go\n')
-        driver.stdin.flush()
-        harness.wait(lambda: driver.poll() is not None, 120.0, 'the driver to finish')
+        tell('stop')
+        for driver in drivers:
+            assert driver.stdout and driver.stdout.readline().startswith('warm; acknowledged: True')
+        before = settled_counts()
+        tell('go')
+        harness.wait(lambda: all(d.poll() is not None for d in drivers), 120.0, 'the drivers to finish')
         with contextlib.suppress(AssertionError):  # acknowledged frames reach the callbacks very soon
             harness.wait(lambda: all(received()[s] - before[s] >= count for s in before), 5.0, 'every frame')
-        after = fresh_counts()
+        after = settled_counts()
     finally:
-        if driver.poll() is None:
-            driver.kill()
+        for driver in drivers:
+            if driver.poll() is None:
+                driver.kill()
         _finish(proc, harness, log)
     fractions = {s: (after[s] - before[s]) / count for s in before}
     print(f'received fraction per input: {fractions}')
-    assert driver.returncode == 0 and 'acknowledged: True' in driver.stdout.read()
+    for driver in drivers:
+        assert driver.returncode == 0 and driver.stdout and 'acknowledged: True' in driver.stdout.read()
     assert all(f >= 0.95 for f in fractions.values()), fractions
 
 

@@ -266,8 +266,10 @@ FULL_SIZE = {'rgb': ((480, 640, 3), 'rgb8'), 'lwir': ((512, 640), 'mono16'), 'de
 """A real rig's frame sizes: RealSense colour 640x480, Boson 640x512, RealSense depth 848x480."""
 
 
-def plain_driver(count: int, rate_hz: float = 10.0, match_timeout_s: float = 60.0) -> int:
-    """Publish full-size RGB + LWIR + depth frames at `rate_hz` the way ordinary camera drivers do.
+def plain_driver(count: int, rate_hz: float = 10.0, streams: Sequence[str] = tuple(FULL_SIZE),
+                 match_timeout_s: float = 60.0) -> int:
+    """Publish full-size frames of `streams` at `rate_hz` the way ordinary camera drivers do (one process
+    per camera driver: realsense-ros publishes RGB and depth, flir_boson_usb LWIR).
 
     Default QoS (reliable, keep last 10) and no Fast DDS profile of its own (the caller leaves
     FASTDDS_DEFAULT_PROFILES_FILE out of this process's environment). Stamps are the wall clock.
@@ -287,11 +289,12 @@ def plain_driver(count: int, rate_hz: float = 10.0, match_timeout_s: float = 60.
     from nmr.ros.convert import time_from_ns, to_image_msg
 
     rclpy.init()
-    node = rclpy.create_node('plain_camera_driver')
-    pubs = {s: node.create_publisher(Image, INPUT_TOPICS[s], 10) for s in FULL_SIZE}
+    node = rclpy.create_node('plain_camera_driver_' + '_'.join(streams))
+    pubs = {s: node.create_publisher(Image, INPUT_TOPICS[s], 10) for s in streams}
     rng = np.random.default_rng(0)
     msgs = {}
-    for stream, (shape, encoding) in FULL_SIZE.items():
+    for stream in streams:
+        shape, encoding = FULL_SIZE[stream]
         arr = rng.integers(0, 255 if encoding == 'rgb8' else 4000, shape).astype(
             np.uint8 if encoding == 'rgb8' else np.uint16)
         msgs[stream] = to_image_msg(arr, encoding, Header(frame_id=stream))
@@ -323,7 +326,8 @@ def plain_driver(count: int, rate_hz: float = 10.0, match_timeout_s: float = 60.
     return 0
 
 
-if __name__ == '__main__':  # python -m nmr.ros.testing driver COUNT [RATE_HZ]
+if __name__ == '__main__':  # python -m nmr.ros.testing driver COUNT [RATE_HZ [STREAM,STREAM]]
     if len(sys.argv) >= 3 and sys.argv[1] == 'driver':
-        sys.exit(plain_driver(int(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 10.0))
-    sys.exit('usage: python -m nmr.ros.testing driver COUNT [RATE_HZ]')
+        sys.exit(plain_driver(int(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 10.0,
+                              sys.argv[4].split(',') if len(sys.argv) > 4 else tuple(FULL_SIZE)))
+    sys.exit('usage: python -m nmr.ros.testing driver COUNT [RATE_HZ [STREAM,STREAM]]')
