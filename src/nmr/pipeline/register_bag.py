@@ -13,7 +13,7 @@ import argparse
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from nmr.pipeline.outputs import PairProcessor
 from nmr.pipeline.settings import (
     PAIRS,
     NodeSettings,
+    camera_info_topic,
     create_registrar,
     model_path,
     read_params_file,
@@ -135,6 +136,35 @@ def check_input_topics(settings: NodeSettings, streams: list[str], available: di
         raise BagError(f'input topic {wanted} is not in {", ".join(map(str, bags))}: {hint}')
 
 
+def read_camera_infos(paths: Iterable[Path], topics: dict[str, str]) -> dict[str, list[tuple[int, Any]]]:
+    """stream -> [(stamp ns, CameraInfo)] sorted, for the fixed cameras whose camera_info the bag holds.
+
+    Read before the images: camera_info messages are small (one per frame at most).
+    """
+    from rosbags.highlevel import AnyReader
+
+    from nmr.data.encodings import stamp_ns
+
+    found: dict[str, list[tuple[int, Any]]] = {}
+    by_topic = {t: s for s, t in topics.items()}
+    with AnyReader(list(paths)) as reader:
+        conns = [c for c in reader.connections if c.topic in by_topic and c.msgtype.endswith('/CameraInfo')]
+        if not conns:  # messages(connections=[]) would read every connection
+            return {}
+        for conn, _t, raw in reader.messages(connections=conns):
+            msg = reader.deserialize(raw, conn.msgtype)
+            found.setdefault(by_topic[conn.topic], []).append((stamp_ns(msg.header), msg))
+    return {s: sorted(v, key=lambda x: x[0]) for s, v in found.items()}
+
+
+def camera_info_at(infos: list[tuple[int, Any]], stamp: int) -> Any:
+    """The newest camera_info at or before `stamp` (the first one when all are later)."""
+    import bisect
+
+    i = bisect.bisect_right([s for s, _m in infos], stamp)
+    return infos[max(i - 1, 0)][1]
+
+
 def make_processors(settings: NodeSettings, log: Any = print) -> dict[str, PairProcessor]:
     """One PairProcessor per configured pair (ModelFileError naming a missing or wrong model)."""
     from nmr.errors import ModelFileError
@@ -153,7 +183,7 @@ def make_processors(settings: NodeSettings, log: Any = print) -> dict[str, PairP
 
 def run(args: argparse.Namespace) -> int:
     from nmr.data.bag_reader import iter_images, list_topics
-    from nmr.data.bag_writer import BagWriter
+    from nmr.data.bag_writer import BagWriter, header_msg
     from nmr.data.encodings import stamp_ns, to_rgb
     from nmr.data.sync import ApproxTimeSynchronizer
 
@@ -164,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
     check_input_topics(settings, list(streams), list_topics(args.inputs), args.inputs)
     if args.out.exists():
         raise ConfigError(f'output {args.out} already exists: remove it or choose another --out')
+    infos = read_camera_infos(args.inputs, {PAIRS[p]: camera_info_topic(settings.inputs[PAIRS[p]].topic)
+                                            for p in settings.pairs})
     processors = make_processors(settings,
                                  log=lambda text: print(f'nmr register-bag: {text}', file=sys.stderr))
     syncs = {p: ApproxTimeSynchronizer(2, settings.sync_slop_ns, settings.sync_queue_size)
@@ -197,6 +229,11 @@ def run(args: argparse.Namespace) -> int:
                     for name, (out, enc) in proc.outputs(registration, fixed[0], fixed[1],
                                                          settings.pair_outputs).items():
                         writer.write_image(f'{ns}/{pair}/{name}', fixed[3], fixed[2].frame_id, out, enc)
+                    if PAIRS[pair] in infos:  # the fixed camera's calibration describes the outputs' grid
+                        info = camera_info_at(infos[PAIRS[pair]], fixed[3])
+                        writer.write(f'{ns}/{pair}/camera_info', 'sensor_msgs/msg/CameraInfo', fixed[3],
+                                     replace(info, header=header_msg(writer.typestore, fixed[3],
+                                                                     fixed[2].frame_id)))
                     last[pair] = _Result(registration.flow, registration.registered, fixed,
                                          (int(moving.shape[0]), int(moving.shape[1])), rgb[3])
             if settings.fused and 'rgb_lwir' in last and 'rgb_depth' in last:
