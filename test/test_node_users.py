@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +46,20 @@ def _params(models: dict[str, Path], **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope='module')
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """Tiny models, and a private DDS domain with rclpy (re)initialised in it: an earlier test module may
+    have initialised rclpy in another domain, which the nodes started here would never see."""
+    import rclpy
+
+    if rclpy.ok():
+        rclpy.shutdown()
     ros_env()
+    rclpy.init()
     folder = tmp_path_factory.mktemp('models')
     made = {p: make_tiny_model(folder / f'{p}.pt', p, seed=i) for i, p in enumerate(('rgb_lwir', 'rgb_depth'))}
     made['other_lwir'] = make_tiny_model(folder / 'other_lwir.pt', 'rgb_lwir', seed=7)
-    return made
+    yield made
+    rclpy.try_shutdown()
 
 
 def _diag(harness: RosHarness) -> dict[str, dict[str, str]]:

@@ -175,22 +175,9 @@ class RegisterNode(Node):
         # Loaded lazily in the worker, the first seconds of input (the whole first second of a demo bag)
         # were synchronised and dropped as stale while onnxruntime/torch were still being imported.
         self._check_models()
-        self._out_qos = output_qos()
-        self.fused_publishers: dict[str, Any] = {}
-        self._update_publishers()
-        for pair in self.pairs.values():
-            pair.info_publisher = self.create_publisher(CameraInfo, f'{pair.name}/{CAMERA_INFO}', self._out_qos)
-        both = all(p in self.pairs for p in PAIRS)  # fused outputs possible (also after `outputs` is set)
-        self._fused_info_pub = self.create_publisher(CameraInfo, f'fused/{CAMERA_INFO}', self._out_qos) \
-            if both else None
+        self._create_outputs()
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self._subs: dict[str, Any] = {}
-        self._sub_reliability: dict[str, str] = {}
-        for n in used:
-            self._subscribe(n)
-        self._info_subs = {n: self.create_subscription(CameraInfo, self._info_topic(n),
-                                                       lambda m, n=n: self._on_camera_info(n, m), camera_info_qos())
-                           for n in used if n != 'rgb'}
+        self._create_inputs(used)
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self._diag_timer = self.create_timer(s.diagnostics_period_s, self._publish_diagnostics)
@@ -203,6 +190,27 @@ class RegisterNode(Node):
             + f'; outputs {", ".join(s.outputs)} under {self.get_namespace()}')
 
     # -- subscriptions and publishers ------------------------------------------------------------
+    def _create_outputs(self) -> None:
+        """Image publishers per the `outputs` setting, and camera_info beside them (always advertised)."""
+        self._out_qos = output_qos()
+        self.fused_publishers: dict[str, Any] = {}
+        self._update_publishers()
+        for pair in self.pairs.values():
+            pair.info_publisher = self.create_publisher(CameraInfo, f'{pair.name}/{CAMERA_INFO}', self._out_qos)
+        both = all(p in self.pairs for p in PAIRS)  # fused outputs possible (also after `outputs` is set)
+        self._fused_info_pub = self.create_publisher(CameraInfo, f'fused/{CAMERA_INFO}', self._out_qos) \
+            if both else None
+
+    def _create_inputs(self, used: list[str]) -> None:
+        """Image subscriptions of the used streams and camera_info of their fixed cameras."""
+        self._subs: dict[str, Any] = {}
+        self._sub_reliability: dict[str, str] = {}
+        for n in used:
+            self._subscribe(n)
+        self._info_subs = {n: self.create_subscription(CameraInfo, self._info_topic(n),
+                                                       lambda m, n=n: self._on_camera_info(n, m), camera_info_qos())
+                           for n in used if n != 'rgb'}
+
     def _subscribe(self, stream: str, reliability: str | None = None) -> None:
         """(Re)create the input subscription of `stream` (raw Image or CompressedImage per `transport`)."""
         settings = self.settings.inputs[stream]
@@ -215,6 +223,7 @@ class RegisterNode(Node):
         self._subs[stream] = self.create_subscription(
             msg_type, settings.subscribed_topic, lambda m, n=stream: self._on_image(n, m),
             input_qos(settings, reliability), event_callbacks=events)
+        self.streams[stream].topic = self._subs[stream].topic_name  # diagnostics name it as remapped
 
     def _info_topic(self, stream: str) -> str:
         """camera_info beside the image topic as subscribed (after remapping), compressed suffix removed."""
@@ -267,7 +276,11 @@ class RegisterNode(Node):
 
     def _apply_parameters(self, params: list[Parameter]) -> None:
         """Apply an accepted set: reload models, rebuild publishers, update the outputs' look."""
-        new = updated_settings(self.settings, params)
+        try:
+            new = updated_settings(self.settings, params)
+        except ConfigError as err:  # valid a moment ago (a model file removed since): keep the old settings
+            self._warn('params', f'parameters not applied: {err}', error=True)
+            return
         if new is None:
             return
         old, self.settings = self.settings, new
@@ -307,7 +320,7 @@ class RegisterNode(Node):
     def _on_image(self, stream: str, msg: Image | CompressedImage) -> None:
         st = self.streams[stream]
         st.received.tick()
-        topic = self._subs[stream].topic_name if stream in self._subs else st.topic
+        topic = st.topic
         try:
             if isinstance(msg, CompressedImage):
                 arr, encoding = decode_compressed(msg, topic)
