@@ -17,7 +17,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from nmr.pipeline.outputs import PairProcessor
 from nmr.pipeline.settings import (
     PAIRS,
     NodeSettings,
+    camera_info_topic,
     create_registrar,
     model_path,
     read_params_file,
@@ -126,6 +127,52 @@ def count_messages(paths: Iterable[Path], topics: Iterable[str]) -> int:
         return 0
 
 
+def check_input_topics(settings: NodeSettings, streams: list[str], available: dict[str, str],
+                       bags: Iterable[Path]) -> None:
+    """Every input topic is in the bags; if only its compressed form is, say which `transport` to set."""
+    for stream in streams:
+        wanted = settings.inputs[stream].subscribed_topic
+        if wanted in available:
+            continue
+        base = settings.inputs[stream].topic
+        other = [t for t in (base, f'{base}/compressed', f'{base}/compressedDepth') if t in available]
+        if other:
+            transport = other[0].rpartition('/')[2] if other[0] != base else 'raw'
+            hint = f'the bag has {other[0]}: run with --set transport.{stream}={transport}'
+        else:
+            hint = f'it has {", ".join(sorted(available))}; set topics.{stream} with --config or --set'
+        raise BagError(f'input topic {wanted} is not in {", ".join(map(str, bags))}: {hint}')
+
+
+def read_camera_infos(paths: Iterable[Path], topics: dict[str, str]) -> dict[str, list[tuple[int, Any]]]:
+    """stream -> [(stamp ns, CameraInfo)] sorted, for the fixed cameras whose camera_info the bag holds.
+
+    Read before the images: camera_info messages are small (one per frame at most).
+    """
+    from rosbags.highlevel import AnyReader
+
+    from nmr.data.encodings import stamp_ns
+
+    found: dict[str, list[tuple[int, Any]]] = {}
+    by_topic = {t: s for s, t in topics.items()}
+    with AnyReader(list(paths)) as reader:
+        conns = [c for c in reader.connections if c.topic in by_topic and c.msgtype.endswith('/CameraInfo')]
+        if not conns:  # messages(connections=[]) would read every connection
+            return {}
+        for conn, _t, raw in reader.messages(connections=conns):
+            msg = reader.deserialize(raw, conn.msgtype)
+            found.setdefault(by_topic[conn.topic], []).append((stamp_ns(msg.header), msg))
+    return {s: sorted(v, key=lambda x: x[0]) for s, v in found.items()}
+
+
+def camera_info_at(infos: list[tuple[int, Any]], stamp: int) -> Any:
+    """The newest camera_info at or before `stamp` (the first one when all are later)."""
+    import bisect
+
+    i = bisect.bisect_right([s for s, _m in infos], stamp)
+    return infos[max(i - 1, 0)][1]
+
+
 def make_processors(settings: NodeSettings, log: Any = print) -> dict[str, PairProcessor]:
     """One PairProcessor per configured pair (ModelFileError naming a missing or wrong model)."""
     from nmr.errors import ModelFileError
@@ -165,19 +212,12 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     streams = {'rgb': 0, **{PAIRS[p]: 1 for p in settings.pairs}}
-    topic_stream = {settings.inputs[s].topic: s for s in streams}
-    available = list_topics(args.inputs)
-    missing = [t for t in topic_stream if t not in available]
-    if missing:
-        raise BagError(f'input topic {missing[0]} is not in {", ".join(map(str, args.inputs))} (it has '
-                       f'{", ".join(sorted(available))}); set topics.* with --config or --set')
-    wrong = [t for t in topic_stream if available[t] != IMAGE_TYPE]
-    if wrong:
-        images = ', '.join(sorted(t for t, m in available.items() if m == IMAGE_TYPE)) or 'none'
-        raise BagError(f'input topic {wrong[0]} in {", ".join(map(str, args.inputs))} is {available[wrong[0]]}, '
-                       f'not {IMAGE_TYPE}; set topics.* to an Image topic (this bag has: {images})')
+    topic_stream = {settings.inputs[s].subscribed_topic: s for s in streams}
+    check_input_topics(settings, list(streams), list_topics(args.inputs), args.inputs)
     if args.out.exists():
         raise ConfigError(f'output {args.out} already exists: remove it or choose another --out')
+    infos = read_camera_infos(args.inputs, {PAIRS[p]: camera_info_topic(settings.inputs[PAIRS[p]].topic)
+                                            for p in settings.pairs})
     processors = make_processors(settings,
                                  log=lambda text: print(f'nmr register-bag: {text}', file=sys.stderr))
     progress = _Progress(count_messages(args.inputs, topic_stream), args.quiet)
@@ -185,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     writer = BagWriter(args.out, storage=args.storage).open()
     try:
         with _stop_on_signals() as stop:
-            _register_all(args, settings, topic_stream, processors, writer, progress, state, stop)
+            _register_all(args, settings, topic_stream, processors, infos, writer, progress, state, stop)
     except KeyboardInterrupt:
         progress.close()
         _finish(writer, args.out, f'partial: interrupted after {state.sets} sets')
@@ -276,10 +316,11 @@ def _stop_on_signals() -> Iterator[_StopRequest]:
 
 
 def _register_all(args: argparse.Namespace, settings: NodeSettings, topic_stream: dict[str, str],
-                  processors: dict[str, PairProcessor], writer: Any, progress: _Progress, state: _Run,
-                  stop: _StopRequest) -> None:
+                  processors: dict[str, PairProcessor], infos: dict[str, Any], writer: Any,
+                  progress: _Progress, state: _Run, stop: _StopRequest) -> None:
     """The node's processing over the input bag(s), every output written to `writer`."""
     from nmr.data.bag_reader import iter_images
+    from nmr.data.bag_writer import header_msg
     from nmr.data.encodings import stamp_ns, to_rgb
     from nmr.data.sync import ApproxTimeSynchronizer
 
@@ -293,8 +334,8 @@ def _register_all(args: argparse.Namespace, settings: NodeSettings, topic_stream
         stop.check()
         stream = topic_stream[topic]
         stamp = stamp_ns(header)
-        if args.copy_inputs:
-            writer.write_image(topic, stamp, header.frame_id, arr, encoding)
+        if args.copy_inputs:  # decoded: a compressed input is copied as an Image on its base topic
+            writer.write_image(settings.inputs[stream].topic, stamp, header.frame_id, arr, encoding)
         if stamp < last_stamp.get(stream, stamp):  # time went backwards (concatenated bags): as the node
             for sync in syncs.values():
                 sync.reset()
@@ -312,6 +353,10 @@ def _register_all(args: argparse.Namespace, settings: NodeSettings, topic_stream
                 for name, (out, enc) in proc.outputs(registration, fixed[0], fixed[1],
                                                      settings.pair_outputs).items():
                     writer.write_image(f'{ns}/{pair}/{name}', fixed[3], fixed[2].frame_id, out, enc)
+                if PAIRS[pair] in infos:  # the fixed camera's calibration describes the outputs' grid
+                    info = camera_info_at(infos[PAIRS[pair]], fixed[3])
+                    writer.write(f'{ns}/{pair}/camera_info', 'sensor_msgs/msg/CameraInfo', fixed[3],
+                                 replace(info, header=header_msg(writer.typestore, fixed[3], fixed[2].frame_id)))
                 state.sets += 1
                 state.last_stamp_ns = fixed[3]
                 last[pair] = _Result(registration.flow, registration.registered, fixed,
