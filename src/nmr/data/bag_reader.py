@@ -121,11 +121,20 @@ def _check_topics(reader: AnyReader, topics: Sequence[str], paths: Paths,
             raise BagError(
                 f'topic {topic} is not in bag {_names(paths)}; it has: {have}. Set the topic to one of these'
             )
-        if msgtypes is not None and available[topic] not in msgtypes:
-            wanted = ' or '.join(msgtypes)
-            same = ', '.join(sorted(t for t, m in available.items() if m in msgtypes)) or 'none'
+        expected = _expected_types(topic, msgtypes)
+        if expected is not None and available[topic] not in expected:
+            wanted = ' or '.join(expected)
+            same = ', '.join(sorted(t for t, m in available.items() if m in expected)) or 'none'
             raise BagError(f'topic {topic} in {_names(paths)} is {available[topic]}, not {wanted}; set the '
-                           f'topic to an image topic (this bag has: {same})')
+                           f'topic to an Image topic (this bag has: {same})')
+
+
+def _expected_types(topic: str, msgtypes: Sequence[str] | None) -> Sequence[str] | None:
+    """Image topics: image_transport's naming says which type (`.../compressed[Depth]` is a CompressedImage)."""
+    if msgtypes is None or tuple(msgtypes) != IMAGE_TYPES:
+        return msgtypes
+    compressed = topic.rsplit('/', 1)[-1] in ('compressed', 'compressedDepth')
+    return (COMPRESSED_MSGTYPE,) if compressed else (IMAGE_TYPE,)
 
 
 def decode_image(msg: Any, topic: str = '') -> tuple[np.ndarray, str]:
@@ -349,7 +358,8 @@ class BagPairDataset:
         return pairs, gt
 
     def _valid_stamp(self, reader: AnyReader, conn: Any, raw: Any) -> int | None:
-        """The message's header stamp, or None (counted in `skipped`) when it is not a decodable Image.
+        """The message's header stamp, or None (counted in `skipped`) when it is not a decodable Image (or an
+        empty CompressedImage).
 
         Checked while indexing (deserialising an Image makes a view of its bytes, no pixel copy) so that
         one corrupt message in a long recording is left out, and reported, instead of stopping a training
@@ -357,7 +367,11 @@ class BagPairDataset:
         """
         try:
             msg: Any = reader.deserialize(raw, conn.msgtype)
-            image_to_numpy(msg, conn.topic)
+            if is_compressed(msg):  # decoding it here would cost a full JPEG/PNG decode per message
+                if len(msg.data) == 0:
+                    raise ValueError('empty compressed payload')
+            else:
+                image_to_numpy(msg, conn.topic)
             return stamp_ns(msg.header)
         except Exception:
             self.skipped[conn.topic] += 1

@@ -38,6 +38,7 @@ from nmr.pipeline.settings import (
 )
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
+COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
 #: metadata.yaml custom_data key: 'complete', or 'partial: ...' when the run ended early
 STATUS_KEY = 'nmr.register_bag'
 
@@ -133,6 +134,12 @@ def check_input_topics(settings: NodeSettings, streams: list[str], available: di
     for stream in streams:
         wanted = settings.inputs[stream].subscribed_topic
         if wanted in available:
+            expected = IMAGE_TYPE if wanted == settings.inputs[stream].topic else COMPRESSED_TYPE
+            if available[wanted] != expected:
+                same = ', '.join(sorted(t for t, m in available.items() if m == expected)) or 'none'
+                raise BagError(f'input topic {wanted} in {", ".join(map(str, bags))} is {available[wanted]}, not '
+                               f'{expected}; set topics.{stream} to an {expected.rsplit("/", 1)[-1]} topic '
+                               f'(this bag has: {same}) or transport.{stream} to match it')
             continue
         base = settings.inputs[stream].topic
         other = [t for t in (base, f'{base}/compressed', f'{base}/compressedDepth') if t in available]
@@ -149,13 +156,12 @@ def read_camera_infos(paths: Iterable[Path], topics: dict[str, str]) -> dict[str
 
     Read before the images: camera_info messages are small (one per frame at most).
     """
-    from rosbags.highlevel import AnyReader
-
+    from nmr.data.bag_reader import open_bag
     from nmr.data.encodings import stamp_ns
 
     found: dict[str, list[tuple[int, Any]]] = {}
     by_topic = {t: s for s, t in topics.items()}
-    with AnyReader(list(paths)) as reader:
+    with open_bag(list(paths)) as reader:
         conns = [c for c in reader.connections if c.topic in by_topic and c.msgtype.endswith('/CameraInfo')]
         if not conns:  # messages(connections=[]) would read every connection
             return {}
