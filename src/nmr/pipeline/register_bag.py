@@ -36,7 +36,8 @@ from nmr.pipeline.settings import (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('inputs', nargs='+', type=Path, metavar='IN', help='input rosbag2 bag(s)')
     parser.add_argument('--out', required=True, type=Path, metavar='OUT_BAG',
-                        help='output rosbag2 bag folder (metadata.yaml + OUT_BAG.mcap inside)')
+                        help='output rosbag2 bag folder (metadata.yaml + OUT_BAG.mcap inside); a name ending '
+                             'in .mcap names the file: out.mcap -> folder out/ with out.mcap inside')
     parser.add_argument('--config', type=Path, default=None,
                         help='register_node parameters file (default: the built-in defaults = '
                              'config/register.yaml)')
@@ -52,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap', help='output storage')
     parser.add_argument('--copy-inputs', action='store_true', help='also write the input images')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    parser.add_argument('-v', '--verbose', action='store_true',
+                        help='also say which inference backends were passed over, and why')
 
 
 def settings_from_args(args: argparse.Namespace) -> NodeSettings:
@@ -70,6 +73,46 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
     if args.pairs:
         values['pairs'] = list(args.pairs)
     return validate(values)
+
+
+@dataclass
+class PairCounts:
+    """What happened to one pair's frames: offered -> synchronised -> registered, and why the rest went."""
+
+    offered_rgb: int = 0
+    offered_fixed: int = 0
+    synchronised: int = 0
+    registered: int = 0
+    unmatched_rgb: int = 0     # RGB frames with no fixed frame within the slop (or left over at the end)
+    unmatched_fixed: int = 0   # fixed frames with no RGB frame within the slop (or left over at the end)
+
+    def as_json(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class BackendLog:
+    """Log of backend selection: the chosen backend always, the ones passed over only with --verbose.
+
+    create_registrar prefixes its lines with 'nmr: '; this log prints them under one prefix instead.
+    """
+
+    def __init__(self, prefix: str, verbose: bool) -> None:
+        self.prefix, self.verbose = prefix, verbose
+        self.chosen: list[str] = []
+
+    def __call__(self, text: str) -> None:
+        text = text.removeprefix('nmr: ')
+        chosen = text.startswith('backend ') and ' chosen: ' in text
+        if chosen:  # 'backend onnxruntime-cpu chosen: <details>' -> 'onnxruntime-cpu'
+            self.chosen.append(text.split(' chosen: ', 1)[0].removeprefix('backend '))
+        if self.verbose or not (chosen or (text.startswith('backend ') and ' skipped: ' in text)):
+            print(f'{self.prefix}: {text}', file=sys.stderr)
+
+    def summary(self, pairs: list[str]) -> str:
+        """'backend onnxruntime-cpu for rgb_lwir, rgb_depth' (per pair where they differ)."""
+        if len(set(self.chosen)) == 1:
+            return f'backend {self.chosen[0]} for {", ".join(pairs)}'
+        return 'backends ' + '; '.join(f'{p}: {c}' for p, c in zip(pairs, self.chosen))
 
 
 @dataclass
@@ -134,13 +177,15 @@ def make_processors(settings: NodeSettings, log: Any = print) -> dict[str, PairP
     return processors
 
 
-def run(args: argparse.Namespace) -> int:
+def register_bag(args: argparse.Namespace) -> dict[str, Any]:
+    """Register every synchronised set of the input bag(s) into `args.out`; returns counts per pair."""
     from nmr.data.bag_reader import iter_images, list_topics
-    from nmr.data.bag_writer import BagWriter
+    from nmr.data.bag_writer import BagWriter, bag_folder
     from nmr.data.encodings import stamp_ns, to_rgb
     from nmr.data.sync import ApproxTimeSynchronizer
 
     settings = settings_from_args(args)
+    out_bag = bag_folder(args.out)
     ns = '/' + args.namespace.strip('/') if args.namespace.strip('/') else ''
     streams = {'rgb': 0, **{PAIRS[p]: 1 for p in settings.pairs}}
     topic_stream = {settings.inputs[s].topic: s for s in streams}
@@ -149,18 +194,22 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise BagError(f'input topic {missing[0]} is not in {", ".join(map(str, args.inputs))} (it has '
                        f'{", ".join(sorted(available))}); set topics.* with --config or --set')
-    if args.out.exists():
-        raise ConfigError(f'output {args.out} already exists: remove it or choose another --out')
-    processors = make_processors(settings,
-                                 log=lambda text: print(f'nmr register-bag: {text}', file=sys.stderr))
+    if out_bag.exists():
+        raise ConfigError(f'output {out_bag} already exists: remove it or choose another --out')
+    backend_log = BackendLog('nmr register-bag', getattr(args, 'verbose', False))
+    processors = make_processors(settings, log=backend_log)
+    if not backend_log.verbose:
+        print(f'nmr register-bag: {backend_log.summary(list(settings.pairs))} (-v: the backends passed over)',
+              file=sys.stderr)
     syncs = {p: ApproxTimeSynchronizer(2, settings.sync_slop_ns, settings.sync_queue_size)
              for p in settings.pairs}
+    counts = {p: PairCounts() for p in settings.pairs}
     last: dict[str, _Result] = {}
     fused_done: tuple[int, int] | None = None
     last_stamp: dict[str, int] = {}
     progress = _Progress(count_messages(args.inputs, topic_stream), args.quiet)
     sets = 0
-    with BagWriter(args.out, storage=args.storage) as writer:
+    with BagWriter(out_bag, storage=args.storage) as writer:
         for topic, _t, arr, encoding, header in iter_images(args.inputs, list(topic_stream)):
             stream = topic_stream[topic]
             stamp = stamp_ns(header)
@@ -176,11 +225,17 @@ def run(args: argparse.Namespace) -> int:
             for pair in settings.pairs:
                 if stream not in ('rgb', PAIRS[pair]):
                     continue
+                if stream == 'rgb':
+                    counts[pair].offered_rgb += 1
+                else:
+                    counts[pair].offered_fixed += 1
                 for rgb, fixed in syncs[pair].add(0 if stream == 'rgb' else 1, stamp, frame):
                     sets += 1
+                    counts[pair].synchronised += 1
                     moving = to_rgb(rgb[0], rgb[1])
                     proc = processors[pair]
                     registration = proc.register(moving, fixed[0], fixed[1])
+                    counts[pair].registered += 1
                     for name, (out, enc) in proc.outputs(registration, fixed[0], fixed[1],
                                                          settings.pair_outputs).items():
                         writer.write_image(f'{ns}/{pair}/{name}', fixed[3], fixed[2].frame_id, out, enc)
@@ -196,5 +251,15 @@ def run(args: argparse.Namespace) -> int:
                         writer.write_image(f'{ns}/{name}', a.fixed[3], a.fixed[2].frame_id, out, enc)
             progress.step(sets)
     progress.close()
-    print(f'nmr register-bag: {sets} synchronised sets registered -> {args.out}')
+    for c in counts.values():  # whatever was not used in a set found no partner within the slop
+        c.unmatched_rgb = c.offered_rgb - c.synchronised
+        c.unmatched_fixed = c.offered_fixed - c.synchronised
+    return {'out': out_bag, 'sets': sets, 'pairs': {p: c.as_json() for p, c in counts.items()},
+            'backend': ', '.join(sorted(set(backend_log.chosen))) or 'none',
+            'slop_ms': settings.sync_slop_ns / 1e6}
+
+
+def run(args: argparse.Namespace) -> int:
+    result = register_bag(args)
+    print(f'nmr register-bag: {result["sets"]} synchronised sets registered -> {result["out"]}')
     return 0
