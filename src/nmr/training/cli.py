@@ -177,8 +177,9 @@ def run(args: argparse.Namespace) -> int:
         import sys
 
         print('nmr train: warning: 0 validation pairs: no validation score, and best.pt will be the last '
-              "epoch's model; pass --val-manifest CSV, or raise --set data.val_fraction=0.2 (folders: "
-              '--set data.scene_prefix=N splits by scene, the first N characters of each stem)', file=sys.stderr)
+              "epoch's model; pass --val-manifest CSV, or set data.val_fraction (bags are split in blocks of "
+              'data.block_s seconds: shorter blocks for a short bag; folders: data.scene_prefix=N splits by '
+              'scene, the first N characters of each stem)', file=sys.stderr)
     result = Trainer(cfg, data, args.out, resume=args.resume).fit()
     best = result.get('best')
     print(
