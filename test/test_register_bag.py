@@ -73,8 +73,8 @@ def offline(bag: Path, models: dict[str, Path], folder: Path) -> dict[str, list[
     from nmr.data.bag_reader import iter_images
     from nmr.data.encodings import stamp_ns
 
-    out = folder / 'registered.mcap'
-    result = _register_bag(bag, out, models)
+    result = _register_bag(bag, folder / 'registered.mcap', models)
+    out = folder / 'registered'  # a .mcap suffix names the storage file: folder registered/, registered.mcap
     assert result.returncode == 0, result.stderr
     assert 'Traceback' not in result.stderr, result.stderr
     messages: dict[str, list[tuple[int, str, str, Any]]] = defaultdict(list)
@@ -163,21 +163,22 @@ def _one_line_error(result: subprocess.CompletedProcess) -> str:
 def test_missing_input_topic_lists_the_bags_topics(bag: Path, models: dict[str, Path], tmp_path: Path) -> None:
     line = _one_line_error(_register_bag(bag, tmp_path / 'o.mcap', models, '--set', 'topics.lwir=/no/lwir'))
     assert '/no/lwir' in line and INPUT_TOPICS['lwir'] in line and INPUT_TOPICS['depth'] in line
-    assert not (tmp_path / 'o.mcap').exists()
+    assert not (tmp_path / 'o').exists() and not (tmp_path / 'o.mcap').exists()
 
 
 def test_existing_output_is_refused(bag: Path, models: dict[str, Path], tmp_path: Path) -> None:
-    out = tmp_path / 'exists.mcap'
-    out.write_bytes(b'keep me')
+    out = tmp_path / 'exists'
+    out.mkdir()
+    (out / 'keep').write_bytes(b'keep me')
     line = _one_line_error(_register_bag(bag, out, models))
-    assert str(out) in line and out.read_bytes() == b'keep me'
+    assert str(out) in line and (out / 'keep').read_bytes() == b'keep me'
 
 
 def test_missing_model_is_refused(bag: Path, models: dict[str, Path], tmp_path: Path) -> None:
     missing = {**models, 'rgb_lwir': tmp_path / 'nothing.pt'}
     line = _one_line_error(_register_bag(bag, tmp_path / 'o.mcap', missing))
     assert 'nothing.pt' in line and '--model-rgb-lwir' in line
-    assert not (tmp_path / 'o.mcap').exists()
+    assert not (tmp_path / 'o').exists() and not (tmp_path / 'o.mcap').exists()
 
 
 TRANSPORTS = {'rgb': 'compressed', 'lwir': 'compressed', 'depth': 'compressedDepth'}
@@ -317,3 +318,18 @@ def test_register_bag_output_equals_the_live_node_output(
         code = stop_node(node)
     text = log.read_text()
     assert 'Traceback' not in text and code == 0, text[-2000:]
+
+
+def test_one_backend_line_unless_verbose(bag: Path, models: dict[str, Path], tmp_path: Path) -> None:
+    def backend_lines(*extra: str) -> list[str]:
+        result = subprocess.run(_nmr('register-bag', str(bag), '--out', str(tmp_path / extra[-1]), '--pairs',
+                                     'rgb_lwir', '--model-rgb-lwir', str(models['rgb_lwir']), '--quiet',
+                                     *extra[:-1]), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return [line for line in result.stderr.splitlines() if 'backend' in line]
+
+    quiet = backend_lines('a')
+    assert len(quiet) == 1 and re.match(r'nmr register-bag: backend \S+ for rgb_lwir \(-v', quiet[0]), quiet
+    verbose = backend_lines('-v', 'b')
+    assert any(' skipped: ' in line for line in verbose) and any(' chosen: ' in line for line in verbose)
+    assert not any('nmr: ' in line for line in quiet + verbose)  # one prefix, not 'nmr register-bag: nmr:'

@@ -81,6 +81,16 @@ _NUMPY_BASE = {
 _TYPESTORE: Any = None
 
 
+def bag_folder(path: str | Path) -> Path:
+    """The bag FOLDER for a requested output path: `rig.mcap` / `rig.db3` -> `rig` (holding `rig.mcap`).
+
+    A rosbag2 bag is a folder (metadata.yaml + storage files named after it). People who ask for
+    `--out rig.mcap` want a file called rig.mcap, not a folder `rig.mcap/` holding `rig.mcap.mcap`.
+    """
+    path = Path(path)
+    return path.with_suffix('') if path.suffix in ('.mcap', '.db3') and path.stem else path
+
+
 def default_typestore() -> Any:
     """The rosbags typestore for ROS 2 Kilted, or the newest one rosbags has (cached)."""
     global _TYPESTORE

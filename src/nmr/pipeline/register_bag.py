@@ -46,7 +46,8 @@ STATUS_KEY = 'nmr.register_bag'
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('inputs', nargs='+', type=Path, metavar='IN', help='input rosbag2 bag(s)')
     parser.add_argument('--out', required=True, type=Path, metavar='OUT_BAG',
-                        help='output rosbag2 bag folder (metadata.yaml + OUT_BAG.mcap inside)')
+                        help='output rosbag2 bag folder (metadata.yaml + OUT_BAG.mcap inside); a name ending '
+                             'in .mcap names the file: out.mcap -> folder out/ with out.mcap inside')
     parser.add_argument('--config', type=Path, default=None,
                         help='register_node parameters file (default: the built-in defaults = '
                              'config/register.yaml)')
@@ -62,6 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap', help='output storage')
     parser.add_argument('--copy-inputs', action='store_true', help='also write the input images')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    parser.add_argument('-v', '--verbose', action='store_true',
+                        help='also say which inference backends were passed over, and why')
 
 
 def settings_from_args(args: argparse.Namespace) -> NodeSettings:
@@ -80,6 +83,46 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
     if args.pairs:
         values['pairs'] = list(args.pairs)
     return validate(values)
+
+
+@dataclass
+class PairCounts:
+    """What happened to one pair's frames: offered -> synchronised -> registered, and why the rest went."""
+
+    offered_rgb: int = 0
+    offered_fixed: int = 0
+    synchronised: int = 0
+    registered: int = 0
+    unmatched_rgb: int = 0     # RGB frames with no fixed frame within the slop (or left over at the end)
+    unmatched_fixed: int = 0   # fixed frames with no RGB frame within the slop (or left over at the end)
+
+    def as_json(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class BackendLog:
+    """Log of backend selection: the chosen backend always, the ones passed over only with --verbose.
+
+    create_registrar prefixes its lines with 'nmr: '; this log prints them under one prefix instead.
+    """
+
+    def __init__(self, prefix: str, verbose: bool) -> None:
+        self.prefix, self.verbose = prefix, verbose
+        self.chosen: list[str] = []
+
+    def __call__(self, text: str) -> None:
+        text = text.removeprefix('nmr: ')
+        chosen = text.startswith('backend ') and ' chosen: ' in text
+        if chosen:  # 'backend onnxruntime-cpu chosen: <details>' -> 'onnxruntime-cpu'
+            self.chosen.append(text.split(' chosen: ', 1)[0].removeprefix('backend '))
+        if self.verbose or not (chosen or (text.startswith('backend ') and ' skipped: ' in text)):
+            print(f'{self.prefix}: {text}', file=sys.stderr)
+
+    def summary(self, pairs: list[str]) -> str:
+        """'backend onnxruntime-cpu for rgb_lwir, rgb_depth' (per pair where they differ)."""
+        if len(set(self.chosen)) == 1:
+            return f'backend {self.chosen[0]} for {", ".join(pairs)}'
+        return 'backends ' + '; '.join(f'{p}: {c}' for p, c in zip(pairs, self.chosen))
 
 
 @dataclass
@@ -199,63 +242,84 @@ def make_processors(settings: NodeSettings, log: Any = print) -> dict[str, PairP
 class _Run:
     """What the loop has done so far (read when it ends early)."""
 
+    counts: dict[str, PairCounts]
     sets: int = 0
     last_stamp_ns: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Register every synchronised set of the input bag(s) into the output bag.
+def register_bag(args: argparse.Namespace) -> dict[str, Any]:
+    """Register every synchronised set of the input bag(s) into the output bag; returns counts per pair.
 
     Ending early (Ctrl-C / SIGINT / SIGTERM, honoured at the next message boundary, or input damage
     found mid-way) finishes the output bag so that rosbag2 readers open it, with every set registered so
-    far, and marks it partial in metadata.yaml (custom_data nmr.register_bag); the last line says so. A
-    failed write (disk full, file-size limit) cannot leave a valid bag: the output folder is removed and
-    the error says so.
+    far, and marks it partial in metadata.yaml (custom_data nmr.register_bag); the result says so
+    (`interrupted`). A failed write (disk full, file-size limit) cannot leave a valid bag: the output
+    folder is removed and the error says so.
     """
     from nmr.data.bag_reader import list_topics
-    from nmr.data.bag_writer import BagWriter
+    from nmr.data.bag_writer import BagWriter, bag_folder
 
     settings = settings_from_args(args)
+    out_bag = bag_folder(args.out)
     streams = {'rgb': 0, **{PAIRS[p]: 1 for p in settings.pairs}}
     topic_stream = {settings.inputs[s].subscribed_topic: s for s in streams}
     check_input_topics(settings, list(streams), list_topics(args.inputs), args.inputs)
-    if args.out.exists():
-        raise ConfigError(f'output {args.out} already exists: remove it or choose another --out')
+    if out_bag.exists():
+        raise ConfigError(f'output {out_bag} already exists: remove it or choose another --out')
     infos = read_camera_infos(args.inputs, {PAIRS[p]: camera_info_topic(settings.inputs[PAIRS[p]].topic)
                                             for p in settings.pairs})
-    processors = make_processors(settings,
-                                 log=lambda text: print(f'nmr register-bag: {text}', file=sys.stderr))
+    backend_log = BackendLog('nmr register-bag', getattr(args, 'verbose', False))
+    processors = make_processors(settings, log=backend_log)
+    if not backend_log.verbose:
+        print(f'nmr register-bag: {backend_log.summary(list(settings.pairs))} (-v: the backends passed over)',
+              file=sys.stderr)
     progress = _Progress(count_messages(args.inputs, topic_stream), args.quiet)
-    state = _Run()
-    writer = BagWriter(args.out, storage=args.storage).open()
+    state = _Run(counts={p: PairCounts() for p in settings.pairs})
+    result: dict[str, Any] = {'out': out_bag, 'backend': ', '.join(sorted(set(backend_log.chosen))) or 'none',
+                              'slop_ms': settings.sync_slop_ns / 1e6, 'interrupted': False}
+    writer = BagWriter(out_bag, storage=args.storage).open()
     try:
         with _stop_on_signals() as stop:
             _register_all(args, settings, topic_stream, processors, infos, writer, progress, state, stop)
     except KeyboardInterrupt:
         progress.close()
-        _finish(writer, args.out, f'partial: interrupted after {state.sets} sets')
-        print(f'nmr register-bag: interrupted: {args.out} holds the {state.sets} sets registered so far '
-              f'(up to stamp {state.last_stamp_ns / 1e9:.3f} s; marked partial in its metadata.yaml)',
-              file=sys.stderr)
-        return 130
+        _finish(writer, out_bag, f'partial: interrupted after {state.sets} sets')
+        result['interrupted'] = True
     except OSError as err:
-        _discard(writer, args.out)
-        raise _io_error(err, args.out) from None
+        _discard(writer, out_bag)
+        raise _io_error(err, out_bag) from None
     except NmrUserError as err:
         progress.close()
-        _finish(writer, args.out, f'partial: stopped after {state.sets} sets: {err}')
-        raise BagError(f'{err}; {args.out} holds the {state.sets} sets registered before that (marked partial '
+        _finish(writer, out_bag, f'partial: stopped after {state.sets} sets: {err}')
+        raise BagError(f'{err}; {out_bag} holds the {state.sets} sets registered before that (marked partial '
                        'in its metadata.yaml)') from None
     except BaseException:  # a bug: no output that might pass for a complete one
-        _discard(writer, args.out)
+        _discard(writer, out_bag)
         raise
-    progress.close()
-    _finish(writer, args.out, 'complete')
-    lost = sum(state.skipped.values())
+    else:
+        progress.close()
+        _finish(writer, out_bag, 'complete')
+    for c in state.counts.values():  # whatever was not used in a set found no partner within the slop
+        c.unmatched_rgb = c.offered_rgb - c.synchronised
+        c.unmatched_fixed = c.offered_fixed - c.synchronised
+    return {**result, 'sets': state.sets, 'last_stamp_ns': state.last_stamp_ns, 'skipped': dict(state.skipped),
+            'pairs': {p: c.as_json() for p, c in state.counts.items()}}
+
+
+def run(args: argparse.Namespace) -> int:
+    result = register_bag(args)
+    out, sets = result['out'], result['sets']
+    if result['interrupted']:
+        print(f'nmr register-bag: interrupted: {out} holds the {sets} sets registered so far '
+              f'(up to stamp {result["last_stamp_ns"] / 1e9:.3f} s; marked partial in its metadata.yaml)',
+              file=sys.stderr)
+        return 130
+    skipped = result['skipped']
+    lost = sum(skipped.values())
     lost_text = (f'; {lost} unreadable input messages skipped ('
-                 + ', '.join(f'{t}: {n}' for t, n in sorted(state.skipped.items())) + ')') if lost else ''
-    print(f'nmr register-bag: {state.sets} synchronised sets registered -> {args.out}{lost_text}')
+                 + ', '.join(f'{t}: {n}' for t, n in sorted(skipped.items())) + ')') if lost else ''
+    print(f'nmr register-bag: {sets} synchronised sets registered -> {out}{lost_text}')
     return 0
 
 
@@ -333,6 +397,7 @@ def _register_all(args: argparse.Namespace, settings: NodeSettings, topic_stream
     ns = '/' + args.namespace.strip('/') if args.namespace.strip('/') else ''
     syncs = {p: ApproxTimeSynchronizer(2, settings.sync_slop_ns, settings.sync_queue_size)
              for p in settings.pairs}
+    counts = state.counts
     last: dict[str, _Result] = {}
     fused_done: tuple[int, int] | None = None
     last_stamp: dict[str, int] = {}
@@ -352,10 +417,16 @@ def _register_all(args: argparse.Namespace, settings: NodeSettings, topic_stream
         for pair in settings.pairs:
             if stream not in ('rgb', PAIRS[pair]):
                 continue
+            if stream == 'rgb':
+                counts[pair].offered_rgb += 1
+            else:
+                counts[pair].offered_fixed += 1
             for rgb, fixed in syncs[pair].add(0 if stream == 'rgb' else 1, stamp, frame):
+                counts[pair].synchronised += 1
                 moving = to_rgb(rgb[0], rgb[1])
                 proc = processors[pair]
                 registration = proc.register(moving, fixed[0], fixed[1])
+                counts[pair].registered += 1
                 for name, (out, enc) in proc.outputs(registration, fixed[0], fixed[1],
                                                      settings.pair_outputs).items():
                     writer.write_image(f'{ns}/{pair}/{name}', fixed[3], fixed[2].frame_id, out, enc)
