@@ -125,7 +125,7 @@ def test_camera_info_of_the_fixed_camera_accompanies_every_output_set(
     from nmr.data.encodings import stamp_ns
 
     infos: dict[str, list[Any]] = defaultdict(list)
-    with AnyReader([folder / 'registered.mcap', bag]) as reader:
+    with AnyReader([folder / 'registered', bag]) as reader:
         for conn, _t, raw in reader.messages():
             if conn.msgtype == 'sensor_msgs/msg/CameraInfo':
                 infos[conn.topic].append(reader.deserialize(raw, conn.msgtype))
@@ -209,7 +209,7 @@ def test_compressed_inputs_give_the_same_sets_and_lossless_depth(
 
     hint = _one_line_error(_register_bag(compressed_bag, tmp_path / 'o.mcap', models))
     assert f"{INPUT_TOPICS['rgb']}/compressed" in hint and 'transport.rgb=compressed' in hint
-    out = tmp_path / 'from_compressed.mcap'
+    out = tmp_path / 'from_compressed'
     sets = [arg for s, t in TRANSPORTS.items() for arg in ('--set', f'transport.{s}={t}')]
     result = _register_bag(compressed_bag, out, models, *sets)
     assert result.returncode == 0 and 'Traceback' not in result.stderr, result.stderr
