@@ -1,8 +1,33 @@
 """ament_python build for nmr: the Python package lives in src/nmr, data files go to share/nmr."""
 
+import sys
 from glob import glob
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+from setuptools.command.install_lib import install_lib
+
+
+class _QuietByteCompile:
+    """Skip byte-compiling silently where Python was told not to write bytecode.
+
+    colcon runs setup.py with PYTHONDONTWRITEBYTECODE=1; setuptools then skips byte-compiling anyway but
+    says so on stderr ("byte-compiling is disabled, skipping."), which makes every `colcon build` end
+    with "1 package had stderr output: nmr".
+    """
+
+    def byte_compile(self, files):
+        if not sys.dont_write_bytecode:
+            super().byte_compile(files)
+
+
+class QuietBuildPy(_QuietByteCompile, build_py):
+    pass
+
+
+class QuietInstallLib(_QuietByteCompile, install_lib):
+    pass
+
 
 package_name = 'nmr'
 
@@ -23,6 +48,7 @@ setup(
     install_requires=['setuptools'],
     extras_require={'test': ['pytest', 'hypothesis']},
     zip_safe=False,
+    cmdclass={'build_py': QuietBuildPy, 'install_lib': QuietInstallLib},
     maintainer='nmr developers',
     maintainer_email='nmr@example.com',
     description='Learned multi-modal image registration (NeMAR) for ROS 2.',

@@ -17,7 +17,7 @@ ruff check .
 echo "== mypy"
 mypy
 echo "== colcon build"
-colcon build --event-handlers console_cohesion- 2>&1 | grep -v 'byte-compiling is disabled' | tail -n 3
+colcon build --event-handlers console_cohesion- 2>&1 | tail -n 3
 echo "== colcon test"
 rm -f build/nmr/pytest.xml
 pytest_args=()

@@ -258,3 +258,54 @@ def test_bag_errors(tmp_path: Path, storage: str):
     data_file.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(BagError, match=r'corrupt|truncated'):
         BagPairDataset(bag, 'rgb_lwir', {'rgb': RGB, 'lwir': LWIR})
+
+
+def _mcap_string(body: bytes, at: int) -> tuple[str, int]:
+    import struct
+
+    n = struct.unpack_from('<I', body, at)[0]
+    return body[at + 4:at + 4 + n].decode(), at + 4 + n
+
+
+def _mcap_channels(path: Path) -> dict[str, dict[str, str]]:
+    """topic -> channel metadata, parsed from the MCAP file's top-level Channel records (op 0x04) with
+    nothing but the MCAP spec (an independent reader: no rosbags)."""
+    import struct
+
+    data = path.read_bytes()
+    assert data[:8] == b'\x89MCAP0\r\n'
+    channels: dict[str, dict[str, str]] = {}
+    pos = 8
+    while pos + 9 <= len(data) - 8:
+        op, length = data[pos], struct.unpack_from('<Q', data, pos + 1)[0]
+        body = data[pos + 9:pos + 9 + length]
+        pos += 9 + length
+        if op != 0x04:
+            continue
+        topic, at = _mcap_string(body, 4)  # after channel id (u16) and schema id (u16)
+        _encoding, at = _mcap_string(body, at)
+        end = at + 4 + struct.unpack_from('<I', body, at)[0]
+        at += 4
+        meta = {}
+        while at < end:
+            key, at = _mcap_string(body, at)
+            meta[key], at = _mcap_string(body, at)
+        channels[topic] = meta
+    return channels
+
+
+def test_mcap_channels_carry_offered_qos_and_the_type_hash_like_rosbag2(tmp_path: Path):
+    import yaml
+
+    bag = tmp_path / 'b'
+    with BagWriter(bag) as w:
+        w.write_image('/nmr/rgb_lwir/flow', 5, 'lwir', np.zeros((2, 2, 2), np.float32), '32FC2')
+    channels = _mcap_channels(bag / 'b.mcap')
+    meta = channels['/nmr/rgb_lwir/flow']
+    assert meta['topic_type_hash'] == default_typestore().hash_rihs01('sensor_msgs/msg/Image')
+    assert meta['topic_type_hash'].startswith('RIHS01_')
+    qos = yaml.safe_load(meta['offered_qos_profiles'])
+    assert qos[0]['reliability'] in (1, 'reliable') and qos[0]['durability'] in (2, 'volatile'), qos
+    with AnyReader([bag]) as reader:  # rosbags still reads it, QoS included
+        conn = reader.connections[0]
+        assert conn.ext.offered_qos_profiles and conn.ext.offered_qos_profiles[0].depth == 10

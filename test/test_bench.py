@@ -87,3 +87,27 @@ def test_wrapper_script_help() -> None:
     script = Path(__file__).resolve().parents[1] / 'benchmarks' / 'bench_engines.py'
     proc = subprocess.run([sys.executable, str(script), '--help'], capture_output=True, text=True)
     assert proc.returncode == 0 and 'nmr bench' in proc.stdout
+
+
+def test_onnx_model_skips_torch_with_the_reason_and_prints_the_header_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nmr.bench.fresh import fresh_checkpoint
+    from nmr.inference.export import export_onnx
+    from nmr.inference.model_file import read_checkpoint
+
+    monkeypatch.setenv('NMR_CACHE_DIR', str(tmp_path / 'cache'))
+    pt = fresh_checkpoint(tmp_path / 'm.pt', 'fast', 'rgb_lwir', (96, 128))
+    net, info = read_checkpoint(pt)
+    onnx = tmp_path / 'm.onnx'
+    export_onnx(net, info, onnx, sizes=[(96, 128)], dynamic=True, log=lambda _m: None)
+    argv = ['bench', '--model', str(onnx), '--sizes', '128x96', '--iters', '1', '--warmup', '0',
+            '--backends', 'onnxruntime,torch', '--baselines', 'none']
+    assert main(argv) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    skipped = [line for line in lines if line.startswith('nmr bench: torch skipped')]
+    assert skipped and '.pt' in skipped[0]
+    assert not any('failed' in line for line in lines)
+    header = next(i for i, line in enumerate(lines) if line.startswith('backend '))
+    row = next(i for i, line in enumerate(lines) if line.startswith('onnxruntime-cpu'))
+    assert header < row and sum(line.startswith('onnxruntime-cpu') for line in lines) == 1

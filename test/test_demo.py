@@ -35,8 +35,20 @@ def test_demo_offline_writes_bag_sheets_and_summary(tmp_path: Path, tiny_models:
         assert score['epe_before_px'] > 0 and score['epe_after_px'] > 0
         sheet = cv2.imread(str(out / f'contact_{pair}.png'))
         assert sheet is not None and sheet.shape[0] >= 2 * 200  # two frames of 200-px rows
+        ok, gif = cv2.imreadanimation(str(out / f'flicker_{pair}.gif'))
+        assert ok and len(gif.frames) == 2
+        frames = summary['frames'][pair]
+        assert frames['offered'] > 0 and frames['offered_rgb'] > 0
+        assert frames['processed'] == frames['synchronised'] == score['frames']  # offline: nothing is stale
+        assert frames['dropped_stale'] == 0
+        assert frames['offered'] - frames['synchronised'] <= frames['dropped_unmatched']
     printed = capsys.readouterr().out
     assert 'nmr demo summary' in printed and 'EPE' in printed and str(out) in printed
+    assert f'rgb_lwir: {summary["frames"]["rgb_lwir"]["offered"]} offered' in printed
+    from nmr.data.bag_reader import list_topics
+
+    topics = list_topics(out / 'registered')  # the same topics as nmr register-bag writes, fused included
+    assert {'/nmr/fused/rgb', '/nmr/fused/lwir', '/nmr/fused/depth', '/nmr/rgb_lwir/flow'} <= set(topics)
 
 
 def test_demo_without_models_names_the_missing_file(tmp_path: Path) -> None:
@@ -47,3 +59,49 @@ def test_demo_without_models_names_the_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / 'nope.onnx'
     with pytest.raises(ModelFileError, match=r'nope\.onnx'):
         default_models(Namespace(model_rgb_lwir=missing, model_rgb_depth=missing))
+
+
+def test_demo_names_a_given_model_path_as_given_not_as_the_default(tmp_path: Path) -> None:
+    from argparse import Namespace
+
+    from nmr.demo import default_models
+
+    with pytest.raises(ModelFileError) as err:
+        default_models(Namespace(model_rgb_lwir=tmp_path / 'typo.pt', model_rgb_depth=None))
+    assert '--model-rgb-lwir' in str(err.value) and 'default' not in str(err.value).split(';')[0]
+
+
+def test_demo_refuses_a_corrupt_model_before_rendering(tmp_path: Path, tiny_models: dict[str, Path],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    corrupt = tmp_path / 'corrupt.pt'
+    corrupt.write_bytes(b'not a checkpoint' * 100)
+    out = tmp_path / 'demo'
+    code = main(['demo', '--out', str(out), '--mode', 'offline', '--model-rgb-lwir', str(corrupt),
+                 '--model-rgb-depth', str(tiny_models['rgb_depth'])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and 'corrupt.pt' in err[0]
+    assert not (out / 'input_rig').exists()  # nothing rendered
+
+
+def test_frames_line_says_what_was_dropped_and_why() -> None:
+    from nmr.demo import DROP_REASONS, frames_line
+
+    line = frames_line('rgb_lwir', {'offered': 60, 'offered_rgb': 60, 'synchronised': 59, 'processed': 10,
+                                    'dropped_stale': 49, 'dropped_unmatched': 2, 'errors': 0})
+    assert line == 'rgb_lwir: 60 offered (+ 60 RGB), 59 synchronised, 10 processed; dropped: 49 stale, 2 unmatched'
+    assert 'newest set' in DROP_REASONS['dropped_stale']
+
+
+def test_live_demo_reads_the_nodes_counters_from_its_diagnostics() -> None:
+    pytest.importorskip('diagnostic_msgs')
+    from nmr.ros.demo_live import pair_counts
+    from nmr.ros.diagnostics import PairStats, pair_status
+
+    stats = PairStats(stale_dropped=49, errors=1)
+    for _ in range(10):
+        stats.processed.tick()
+    for _ in range(59):
+        stats.synced.tick()
+    status = pair_status('/nmr/register_node', 'rgb_lwir', stats, 'onnxruntime', 'cpu', 'm.onnx', [1, 2])
+    assert pair_counts(status) == ('rgb_lwir', {'synchronised': 59, 'processed': 10, 'dropped_stale': 49,
+                                                'dropped_unmatched': 3, 'errors': 1, 'lazy_skipped': 0})

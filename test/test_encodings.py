@@ -233,3 +233,47 @@ def test_stamp_ns_accepts_header_or_time():
         stamp = T()
 
     assert stamp_ns(H()) == stamp_ns(T()) == 2_000_000_005
+
+
+# -- CompressedImage (image_transport `compressed` / `compressedDepth`) ------------------------------------
+class _Compressed:
+    def __init__(self, fmt: str, data: bytes) -> None:
+        self.format, self.data = fmt, np.frombuffer(data, np.uint8)
+
+
+@pytest.mark.parametrize(('encoding', 'transport', 'want'), [
+    ('mono16', 'compressed', 'mono16'), ('16UC1', 'compressedDepth', '16UC1'), ('mono8', 'compressed', 'mono8'),
+    ('32FC1', 'compressedDepth', '32FC1'), ('rgb8', 'compressed', 'bgr8'),
+])
+def test_compressed_round_trip(encoding: str, transport: str, want: str) -> None:
+    from nmr.data.compressed import decode_compressed, encode_compressed
+
+    rng = np.random.default_rng(0)
+    arrays = {'mono16': rng.integers(0, 65535, (12, 16)).astype(np.uint16),
+              '16UC1': rng.integers(0, 9000, (12, 16)).astype(np.uint16),
+              'mono8': np.full((12, 16), 77, np.uint8), '32FC1': np.full((12, 16), 2.0, np.float32),
+              'rgb8': np.full((12, 16, 3), (200, 100, 50), np.uint8)}
+    arr = arrays[encoding]
+    out, got = decode_compressed(_Compressed(*encode_compressed(arr, encoding, transport)), '/t')
+    assert got == want and out.shape[:2] == arr.shape[:2]
+    if encoding in ('mono16', '16UC1'):
+        assert np.array_equal(out, arr)  # PNG is lossless
+    elif encoding == 'rgb8':
+        assert np.abs(out[..., ::-1].astype(int) - arr).max() <= 3  # JPEG, decoded as BGR
+    else:
+        np.testing.assert_allclose(out, arr, rtol=0.02)
+
+
+@pytest.mark.parametrize(('fmt', 'data', 'words'), [
+    ('rgb8; jpeg compressed bgr8', b'', 'empty CompressedImage on topic /cam'),
+    ('rgb8; jpeg compressed bgr8', b'garbage', 'not a decodable JPEG/PNG'),
+    ('16UC1; compressedDepth png', b'\0' * 8, '12-byte header'),
+    ('16UC1; compressedDepth rvl', b'\0' * 40, 'rvl'),
+    ('8UC3; compressedDepth png', b'\0' * 40, 'expected 16UC1 or 32FC1'),
+])
+def test_bad_compressed_payloads_are_one_line(fmt: str, data: bytes, words: str) -> None:
+    from nmr.data.compressed import decode_compressed
+
+    with pytest.raises(ImageDecodeError, match=words) as info:
+        decode_compressed(_Compressed(fmt, data), '/cam')
+    assert '\n' not in str(info.value) and '/cam' in str(info.value)

@@ -118,3 +118,16 @@ def test_engine_without_tensorrt_is_a_clear_error(ckpt: Path, tmp_path: Path) ->
     with pytest.raises(ModelFileError, match='tensorrt'):
         ex.export_checkpoint(ckpt, out, engine=True, log=lambda _m: None)
     assert out.is_file()  # the ONNX is still written and usable
+
+
+def test_onnx_metadata_is_read_without_the_onnx_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`onnx` has no rosdep key, so a robot may only have onnxruntime: it reads the metadata itself."""
+    shipped = Path(__file__).resolve().parents[1] / 'models' / 'rgb_lwir.onnx'
+    with_onnx = read_onnx_info(shipped)
+    monkeypatch.setitem(__import__('sys').modules, 'onnx', None)  # `import onnx` raises ImportError
+    without = read_onnx_info(shipped)
+    assert (without.pair, without.net_hw, without.kind) == (with_onnx.pair, with_onnx.net_hw, 'onnx')
+    broken = tmp_path / 'broken.onnx'
+    broken.write_bytes(b'not onnx')
+    with pytest.raises(ModelFileError, match='not a readable ONNX file'):
+        read_onnx_info(broken)

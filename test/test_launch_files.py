@@ -44,7 +44,6 @@ def _fake_launch_modules() -> dict[str, types.ModuleType]:
     names = {
         'launch': ['LaunchDescription'],
         'launch.actions': ['DeclareLaunchArgument', 'OpaqueFunction', 'SetEnvironmentVariable'],
-        'launch.conditions': ['IfCondition'],
         'launch.substitutions': ['PathJoinSubstitution'],
         'launch_ros.actions': ['Node'],
         'launch_ros.substitutions': ['FindPackageShare'],
@@ -61,14 +60,33 @@ def _fake_launch_modules() -> dict[str, types.ModuleType]:
 
 
 @pytest.fixture
-def description(monkeypatch: pytest.MonkeyPatch) -> Any:
+def launch_module(monkeypatch: pytest.MonkeyPatch) -> Any:
     for name, module in _fake_launch_modules().items():
         monkeypatch.setitem(sys.modules, name, module)
     spec = importlib.util.spec_from_file_location('register_launch', LAUNCH)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.generate_launch_description()
+    return module
+
+
+@pytest.fixture
+def description(launch_module: Any) -> Any:
+    return launch_module.generate_launch_description()
+
+
+def _context(**values: str) -> dict[str, str]:
+    context = {'model_rgb_lwir': '', 'model_rgb_depth': '', 'backend': '', 'device': '', 'use_sim_time': 'false',
+               'config': 'c.yaml', 'namespace': 'nmr', 'rviz': 'false', 'rviz_config': '',
+               'rviz_template': str(RVIZ), 'fixed_frame': 'flir_boson_optical_frame', 'rgb_topic': '',
+               'lwir_topic': '', 'depth_topic': ''}
+    context.update(values)
+    return context
+
+
+def _run_opaque(description: Any, context: dict[str, str]) -> list[Any]:
+    opaque = next(a for a in description.args[0] if type(a).__name__ == 'OpaqueFunction')
+    return opaque.kwargs['function'](context)
 
 
 def _arguments(description: Any) -> dict[str, Any]:
@@ -79,7 +97,8 @@ def test_launch_file_parses_and_declares_the_documented_arguments(description: A
     ast.parse(LAUNCH.read_text())
     args = _arguments(description)
     assert set(args) >= {'config', 'model_rgb_lwir', 'model_rgb_depth', 'backend', 'device', 'namespace',
-                         'use_sim_time', 'rviz', 'fastdds_profile'}
+                         'use_sim_time', 'rviz', 'fastdds_profile', 'rgb_topic', 'lwir_topic', 'depth_topic',
+                         'fixed_frame', 'rviz_config'}
     assert all(a.get('description') for a in args.values())
     env = [a for a in description.args[0] if type(a).__name__ == 'SetEnvironmentVariable']
     assert env and env[0].args[0] == 'FASTDDS_DEFAULT_PROFILES_FILE'
@@ -90,17 +109,40 @@ def test_launch_file_parses_and_declares_the_documented_arguments(description: A
 
 
 def test_launch_file_starts_register_node_with_known_parameters(description: Any) -> None:
-    opaque = next(a for a in description.args[0] if type(a).__name__ == 'OpaqueFunction')
-    context = {'model_rgb_lwir': '/m/lwir.onnx', 'model_rgb_depth': '', 'backend': 'torch', 'device': '',
-               'use_sim_time': 'True', 'config': 'c.yaml', 'namespace': 'nmr', 'rviz': 'false'}
-    nodes = opaque.kwargs['function'](context)
+    context = _context(model_rgb_lwir='/m/lwir.onnx', backend='torch', use_sim_time='True',
+                       lwir_topic='/boson/image_raw')
+    nodes = _run_opaque(description, context)
     node = next(n for n in nodes if n.kwargs['executable'] == 'register_node')
     _config, overrides = node.kwargs['parameters']
-    assert overrides == {'models.rgb_lwir': '/m/lwir.onnx', 'backend': 'torch', 'use_sim_time': True}
+    assert overrides == {'models.rgb_lwir': '/m/lwir.onnx', 'backend': 'torch', 'topics.lwir': '/boson/image_raw',
+                         'use_sim_time': True}
     assert all(name in PARAMS_BY_NAME for name in overrides if name != 'use_sim_time')
     assert node.kwargs['package'] == 'nmr' and node.kwargs['name'] == 'register_node'
+    assert not [n for n in nodes if n.kwargs['executable'] == 'rviz2']  # rviz:=false
+
+
+def test_rviz_without_rviz2_installed_stops_before_starting_anything(description: Any, launch_module: Any) -> None:
+    """Regression: launch failed on the missing rviz2 package after register_node had started (orphaned)."""
+    assert not launch_module.rviz2_installed()  # rviz2 is not installed here
+    with pytest.raises(launch_module.RvizMissingError, match=r'rviz:=true but rviz2 is not installed.*rviz:=false'):
+        _run_opaque(description, _context(rviz='true'))
+
+
+def test_rviz_config_follows_namespace_topics_and_fixed_frame(description: Any, launch_module: Any,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launch_module, 'rviz2_installed', lambda: True)
+    nodes = _run_opaque(description, _context(rviz='true', namespace='/robot/nmr', fixed_frame='boson_camera',
+                                              lwir_topic='/boson/image_raw'))
     rviz = next(n for n in nodes if n.kwargs['executable'] == 'rviz2')
     assert rviz.kwargs['arguments'][0] == '-d'
+    doc = yaml.safe_load(Path(rviz.kwargs['arguments'][1]).read_text())
+    topics = {d['Topic']['Value'] for d in doc['Visualization Manager']['Displays']}
+    assert '/robot/nmr/rgb_lwir/overlay' in topics and '/robot/nmr/fused/rgb' in topics
+    assert not any(t.startswith('/nmr/') for t in topics)
+    assert '/boson/image_raw' in topics and '/flir_boson/image_raw' not in topics
+    assert doc['Visualization Manager']['Global Options']['Fixed Frame'] == 'boson_camera'
+    explicit = _run_opaque(description, _context(rviz='true', rviz_config='/my.rviz'))
+    assert next(n for n in explicit if n.kwargs['executable'] == 'rviz2').kwargs['arguments'] == ['-d', '/my.rviz']
 
 
 def test_executables_and_data_files_exist_in_setup_py() -> None:
@@ -130,6 +172,9 @@ def test_rviz_config_shows_inputs_and_every_pair_output() -> None:
     node_outputs = {f'{p}/{o}' for p in PAIRS for o in PAIR_OUTPUTS} | set(FUSED_TOPICS)
     assert shown <= node_outputs  # nothing shown that the node does not publish
     assert all(d['Class'] == 'rviz_default_plugins/Image' for d in displays)
+    assert {f'/nmr/{t}' for t in FUSED_TOPICS} <= topics  # the fused images too
+    fixed_frame = doc['Visualization Manager']['Global Options']['Fixed Frame']
+    assert fixed_frame != 'map' and 'flir_boson' in fixed_frame  # the LWIR camera's frame: no TF needed
     assert not any(t.endswith('/flow') for t in topics)  # 32FC2 cannot be displayed
     assert 'fused' in OUTPUTS
 
@@ -145,3 +190,12 @@ def test_fastdds_profile_has_a_16_mb_shared_memory_segment() -> None:
     used = {e.text for e in participant.iterfind('.//d:userTransports/d:transport_id', ns)}
     assert shm[0].findtext('d:transport_id', namespaces=ns) in used
     assert re.search(r'useBuiltinTransports>\s*false', FASTDDS.read_text())
+
+
+def test_package_xml_depends_only_on_keys_that_resolve_and_not_on_rviz2() -> None:
+    """kilted has no python3-onnx rosdep key (rosdep install failed); rviz2 is optional; ros2launch runs
+    `ros2 launch`."""
+    root = ET.parse(ROOT / 'package.xml').getroot()
+    execs = {e.text for e in root.iterfind('exec_depend')}
+    assert 'python3-onnx' not in execs and 'rviz2' not in execs
+    assert {'ros2launch', 'launch', 'launch_ros', 'python3-onnxruntime-pip'} <= execs

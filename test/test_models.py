@@ -143,9 +143,12 @@ def test_registration_net_exports_to_onnx_with_dynamic_size() -> None:
     buf = io.BytesIO()
     args = (torch.rand(1, 3, 32, 48), torch.rand(1, 1, 32, 48))
     dyn = {2: 'h', 3: 'w'}
-    torch.onnx.export(net, args, buf, opset_version=17, input_names=['moving', 'fixed'],
-                      output_names=['flow'], dynamic_axes={'moving': dyn, 'fixed': dyn, 'flow': dyn},
-                      dynamo=False)
+    from nmr.inference.export import torchscript_export_warnings_silenced
+
+    with torchscript_export_warnings_silenced():  # why this exporter: see that function
+        torch.onnx.export(net, args, buf, opset_version=17, input_names=['moving', 'fixed'],
+                          output_names=['flow'], dynamic_axes={'moving': dyn, 'fixed': dyn, 'flow': dyn},
+                          dynamo=False)
     sess = ort.InferenceSession(buf.getvalue(), providers=['CPUExecutionProvider'])
     moving, fixed = torch.rand(1, 3, 45, 70) * 2 - 1, torch.rand(1, 1, 45, 70) * 2 - 1
     ref = net(moving, fixed).detach().numpy()

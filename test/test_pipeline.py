@@ -25,7 +25,10 @@ def test_defaults_follow_the_spec() -> None:
     assert s.inputs['rgb'].topic == '/camera/camera/color/image_raw'
     assert s.inputs['depth'].topic == '/camera/camera/depth/image_rect_raw'
     assert s.inputs['lwir'].topic == '/flir_boson/image_raw'
-    assert all(i.reliability == 'best_effort' for i in s.inputs.values())
+    assert all(i.reliability == 'best_available' for i in s.inputs.values())  # matches what drivers offer
+    assert all(i.transport == 'raw' and i.subscribed_topic == i.topic for i in s.inputs.values())
+    assert s.inputs['lwir'].camera_info_topic == '/flir_boson/camera_info'
+    assert s.inputs['depth'].camera_info_topic == '/camera/camera/depth/camera_info'
     assert s.pairs == ('rgb_lwir', 'rgb_depth')
     assert s.fused and s.pair_outputs == ('registered', 'flow', 'flow_viz', 'overlay')
 
@@ -45,10 +48,39 @@ def test_defaults_follow_the_spec() -> None:
     ('net_height', 64, 'net_width'),
     ('topics.lwir', '/camera/camera/color/image_raw', 'topics'),
     ('sync.slopp_s', 0.1, 'sync.slopp_s'),
+    ('transport.rgb', 'compressedDepth', 'transport.rgb'),
+    ('transport.lwir', 'theora', 'transport.lwir'),
 ])
 def test_bad_values_name_the_parameter(name: str, value: object, words: str) -> None:
     with pytest.raises(ConfigError, match=words.replace('.', r'\.')):
         validate({name: value})
+
+
+def test_compressed_transports_subscribe_beside_the_image_topic() -> None:
+    s = validate({'transport.rgb': 'compressed', 'transport.depth': 'compressedDepth'})
+    assert s.inputs['rgb'].subscribed_topic == '/camera/camera/color/image_raw/compressed'
+    assert s.inputs['depth'].subscribed_topic == '/camera/camera/depth/image_rect_raw/compressedDepth'
+    assert s.inputs['rgb'].camera_info_topic == '/camera/camera/color/camera_info'
+
+
+@pytest.mark.parametrize(('backend', 'suffix'), [('torch', '.pt'), ('onnxruntime', '.onnx'), ('auto', '.onnx')])
+def test_the_default_model_follows_the_backend(backend: str, suffix: str) -> None:
+    """Regression: `backend:=torch` was handed the shipped .onnx file and left both pairs idle."""
+    from nmr.pipeline.settings import model_path
+
+    settings = validate({'backend': backend})
+    for pair in ('rgb_lwir', 'rgb_depth'):
+        path = model_path(settings, pair)
+        assert path.suffix == suffix and path.is_file() and path.parent.name == 'models'
+    assert model_path(validate({'backend': 'torch', 'models.rgb_lwir': '/m/x.onnx'}), 'rgb_lwir') == Path('/m/x.onnx')
+
+
+def test_the_torch_backend_runs_its_default_model() -> None:
+    from nmr.pipeline.settings import create_registrar, model_path
+
+    settings = validate({'backend': 'torch', 'device': 'cpu'})
+    registrar = create_registrar(model_path(settings, 'rgb_lwir'), settings, 'rgb_lwir', log=lambda _t: None)
+    assert getattr(registrar, 'backend', None) == 'torch'
 
 
 def test_ints_are_accepted_for_floats_and_topics_may_repeat_for_unused_streams() -> None:

@@ -55,6 +55,12 @@ def models(folder: Path) -> dict[str, Path]:
     return {p: make_tiny_model(folder / f'{p}.pt', p, seed=i) for i, p in enumerate(PAIRS)}
 
 
+def _image_topics(bag: Path) -> list[str]:
+    from nmr.data.bag_reader import list_topics
+
+    return [t for t, msgtype in list_topics(bag).items() if msgtype.endswith('Image')]
+
+
 def _register_bag(bag: Path, out: Path, models: dict[str, Path], *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(_nmr('register-bag', str(bag), '--out', str(out), '--model-rgb-lwir',
                                str(models['rgb_lwir']), '--model-rgb-depth', str(models['rgb_depth']),
@@ -65,15 +71,15 @@ def _register_bag(bag: Path, out: Path, models: dict[str, Path], *extra: str) ->
 @pytest.fixture(scope='module')
 def offline(bag: Path, models: dict[str, Path], folder: Path) -> dict[str, list[tuple[int, str, str, Any]]]:
     """register-bag's output bag: topic -> [(stamp ns, frame_id, encoding, array)]."""
-    from nmr.data.bag_reader import iter_images, list_topics
+    from nmr.data.bag_reader import iter_images
     from nmr.data.encodings import stamp_ns
 
-    out = folder / 'registered.mcap'
-    result = _register_bag(bag, out, models)
+    result = _register_bag(bag, folder / 'registered.mcap', models)
+    out = folder / 'registered'  # a .mcap suffix names the storage file: folder registered/, registered.mcap
     assert result.returncode == 0, result.stderr
     assert 'Traceback' not in result.stderr, result.stderr
     messages: dict[str, list[tuple[int, str, str, Any]]] = defaultdict(list)
-    for topic, _rec, arr, encoding, header in iter_images(out, list(list_topics(out))):
+    for topic, _rec, arr, encoding, header in iter_images(out, _image_topics(out)):
         messages[topic].append((stamp_ns(header), header.frame_id, encoding, arr))
     return dict(messages)
 
@@ -112,6 +118,28 @@ def test_every_output_topic_is_on_the_fixed_grid_with_the_fixed_header(
     assert set(offline) == expected  # and nothing else (no --copy-inputs)
 
 
+def test_camera_info_of_the_fixed_camera_accompanies_every_output_set(
+        bag: Path, offline: dict[str, list[Any]], folder: Path) -> None:
+    """As the node publishes it: the fixed camera's calibration, with the outputs' stamp and frame."""
+    from rosbags.highlevel import AnyReader
+
+    from nmr.data.encodings import stamp_ns
+
+    infos: dict[str, list[Any]] = defaultdict(list)
+    with AnyReader([folder / 'registered', bag]) as reader:
+        for conn, _t, raw in reader.messages():
+            if conn.msgtype == 'sensor_msgs/msg/CameraInfo':
+                infos[conn.topic].append(reader.deserialize(raw, conn.msgtype))
+    for pair, stream in PAIRS.items():
+        flows = offline[f'{NS}/{pair}/flow']
+        out = infos[f'{NS}/{pair}/camera_info']
+        source = infos[INPUT_TOPICS[stream].rsplit('/', 1)[0] + '/camera_info']
+        assert source and sorted(stamp_ns(m.header) for m in out) == sorted(f[0] for f in flows)
+        assert {m.header.frame_id for m in out} == {f[1] for f in flows}
+        assert all(list(m.k) == list(source[0].k) and (m.width, m.height) == (source[0].width, source[0].height)
+                   for m in out)
+
+
 def test_flow_equals_the_registrar_on_the_synchronised_frames(
         offline: dict[str, list[Any]], synced: dict[str, list[Any]], models: dict[str, Path]) -> None:
     from nmr.inference import create_registrar
@@ -136,21 +164,93 @@ def _one_line_error(result: subprocess.CompletedProcess) -> str:
 def test_missing_input_topic_lists_the_bags_topics(bag: Path, models: dict[str, Path], tmp_path: Path) -> None:
     line = _one_line_error(_register_bag(bag, tmp_path / 'o.mcap', models, '--set', 'topics.lwir=/no/lwir'))
     assert '/no/lwir' in line and INPUT_TOPICS['lwir'] in line and INPUT_TOPICS['depth'] in line
-    assert not (tmp_path / 'o.mcap').exists()
+    assert not (tmp_path / 'o').exists() and not (tmp_path / 'o.mcap').exists()
 
 
 def test_existing_output_is_refused(bag: Path, models: dict[str, Path], tmp_path: Path) -> None:
-    out = tmp_path / 'exists.mcap'
-    out.write_bytes(b'keep me')
+    out = tmp_path / 'exists'
+    out.mkdir()
+    (out / 'keep').write_bytes(b'keep me')
     line = _one_line_error(_register_bag(bag, out, models))
-    assert str(out) in line and out.read_bytes() == b'keep me'
+    assert str(out) in line and (out / 'keep').read_bytes() == b'keep me'
 
 
 def test_missing_model_is_refused(bag: Path, models: dict[str, Path], tmp_path: Path) -> None:
     missing = {**models, 'rgb_lwir': tmp_path / 'nothing.pt'}
     line = _one_line_error(_register_bag(bag, tmp_path / 'o.mcap', missing))
     assert 'nothing.pt' in line and '--model-rgb-lwir' in line
-    assert not (tmp_path / 'o.mcap').exists()
+    assert not (tmp_path / 'o').exists() and not (tmp_path / 'o.mcap').exists()
+
+
+TRANSPORTS = {'rgb': 'compressed', 'lwir': 'compressed', 'depth': 'compressedDepth'}
+
+
+@pytest.fixture(scope='module')
+def compressed_bag(bag: Path, folder: Path) -> Path:
+    """The rig bag's inputs as image_transport records them: CompressedImage on <topic>/<transport>."""
+    from nmr.data.bag_reader import iter_images
+    from nmr.data.bag_writer import BagWriter
+    from nmr.data.encodings import stamp_ns
+
+    out = folder / 'compressed'
+    stream_of = {topic: stream for stream, topic in INPUT_TOPICS.items()}
+    with BagWriter(out) as writer:
+        for topic, rec, arr, encoding, header in iter_images(bag, list(INPUT_TOPICS.values())):
+            transport = TRANSPORTS[stream_of[topic]]
+            writer.write_compressed_image(f'{topic}/{transport}', stamp_ns(header), header.frame_id, arr, encoding,
+                                          transport, record_ns=rec)
+    return out
+
+
+def test_compressed_inputs_give_the_same_sets_and_lossless_depth(
+        compressed_bag: Path, offline: dict[str, list[tuple[int, str, str, Any]]], models: dict[str, Path],
+        tmp_path: Path) -> None:
+    from nmr.data.bag_reader import iter_images
+    from nmr.data.encodings import stamp_ns
+
+    hint = _one_line_error(_register_bag(compressed_bag, tmp_path / 'o.mcap', models))
+    assert f"{INPUT_TOPICS['rgb']}/compressed" in hint and 'transport.rgb=compressed' in hint
+    out = tmp_path / 'from_compressed'
+    sets = [arg for s, t in TRANSPORTS.items() for arg in ('--set', f'transport.{s}={t}')]
+    result = _register_bag(compressed_bag, out, models, *sets)
+    assert result.returncode == 0 and 'Traceback' not in result.stderr, result.stderr
+    got: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
+    for topic, _rec, _arr, encoding, header in iter_images(out, _image_topics(out)):
+        got[topic].append((stamp_ns(header), header.frame_id, encoding))
+    assert set(got) == set(offline)  # same outputs, same sets, same headers as from raw images
+    for topic, messages in offline.items():
+        assert got[topic] == [(stamp, frame, enc) for stamp, frame, enc, _a in messages], topic
+
+
+def test_training_reads_compressed_bags(bag: Path, compressed_bag: Path) -> None:
+    """`nmr train --bag` (BagPairDataset) on image_transport topics: same pairs, depth decoded exactly."""
+    from nmr.data.bag_reader import BagPairDataset
+
+    raw = BagPairDataset(bag, 'rgb_depth', {'rgb': INPUT_TOPICS['rgb'], 'depth': INPUT_TOPICS['depth']}, split='all')
+    packed = BagPairDataset(compressed_bag, 'rgb_depth', {'rgb': f"{INPUT_TOPICS['rgb']}/compressed",
+                                                          'depth': f"{INPUT_TOPICS['depth']}/compressedDepth"},
+                            split='all')
+    assert len(packed) == len(raw) > 0
+    a, b = raw[0], packed[0]
+    assert b.fixed_encoding == a.fixed_encoding == '16UC1' and np.array_equal(a.fixed, b.fixed)
+    assert b.moving.shape == a.moving.shape and np.abs(b.moving.astype(int) - a.moving.astype(int)).mean() < 4
+
+
+def test_a_bad_compressed_payload_is_skipped_and_counted(bag: Path, models: dict[str, Path], tmp_path: Path) -> None:
+    """A payload that is not a JPEG/PNG is one unreadable message: skipped, counted in the last line (issue 15's
+    policy for offline runs), never a traceback."""
+    from nmr.data.bag_writer import BagWriter
+
+    broken = tmp_path / 'broken'
+    with BagWriter(broken) as writer:
+        writer.write('/camera/camera/color/image_raw/compressed', 'sensor_msgs/msg/CompressedImage', SECOND,
+                     {'header': {'stamp': {'sec': 1, 'nanosec': 0}, 'frame_id': 'c'}, 'format': 'rgb8; jpeg',
+                      'data': np.frombuffer(b'garbage', np.uint8)})
+        writer.write_image(INPUT_TOPICS['lwir'], SECOND, 'l', np.zeros((4, 4), np.uint16), 'mono16')
+        writer.write_image(INPUT_TOPICS['depth'], SECOND, 'd', np.zeros((4, 4), np.uint16), '16UC1')
+    result = _register_bag(broken, tmp_path / 'o.mcap', models, '--set', 'transport.rgb=compressed')
+    assert result.returncode == 0 and 'Traceback' not in result.stderr, result.stderr
+    assert '1 unreadable input messages skipped (/camera/camera/color/image_raw/compressed: 1)' in result.stdout
 
 
 @pytest.fixture()
@@ -219,3 +319,18 @@ def test_register_bag_output_equals_the_live_node_output(
         code = stop_node(node)
     text = log.read_text()
     assert 'Traceback' not in text and code == 0, text[-2000:]
+
+
+def test_one_backend_line_unless_verbose(bag: Path, models: dict[str, Path], tmp_path: Path) -> None:
+    def backend_lines(*extra: str) -> list[str]:
+        result = subprocess.run(_nmr('register-bag', str(bag), '--out', str(tmp_path / extra[-1]), '--pairs',
+                                     'rgb_lwir', '--model-rgb-lwir', str(models['rgb_lwir']), '--quiet',
+                                     *extra[:-1]), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return [line for line in result.stderr.splitlines() if 'backend' in line]
+
+    quiet = backend_lines('a')
+    assert len(quiet) == 1 and re.match(r'nmr register-bag: backend \S+ for rgb_lwir \(-v', quiet[0]), quiet
+    verbose = backend_lines('-v', 'b')
+    assert any(' skipped: ' in line for line in verbose) and any(' chosen: ' in line for line in verbose)
+    assert not any('nmr: ' in line for line in quiet + verbose)  # one prefix, not 'nmr register-bag: nmr:'

@@ -327,8 +327,26 @@ def test_cli_prints_summary_and_refuses_existing_output(
     assert len(msgs[IMAGE_TOPICS['lwir']]) == 6  # a 60 Hz Boson: two LWIR frames per RGB frame
     assert len(msgs[gt_topics('rgb_lwir')[0]]) == 6
     assert main(['synth', '--out', str(out), '--frames', '2', '--size-scale', '0.2']) == 2
-    assert 'already exists' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert 'already exists' in err and '--overwrite' in err
     assert main(['synth', '--out', str(tmp_path / 'x'), '--frames', '0']) == 2
+
+
+def test_mcap_suffix_names_the_file_not_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nmr.cli.main import main
+
+    opts = ['--frames', '1', '--size-scale', '0.2', '--workers', '1']
+    assert main(['synth', '--out', str(tmp_path / 'rig.mcap'), *opts]) == 0
+    assert (tmp_path / 'rig' / 'metadata.yaml').is_file() and (tmp_path / 'rig' / 'rig.mcap').is_file()
+    assert not (tmp_path / 'rig.mcap').exists()
+    assert f'bag folder {tmp_path / "rig"}' in capsys.readouterr().out
+    assert main(['synth', '--out', str(tmp_path / 'rig.mcap'), *opts]) == 2  # the same bag: refused...
+    assert '--overwrite' in capsys.readouterr().err
+    assert main(['synth', '--out', str(tmp_path / 'rig'), '--overwrite', *opts]) == 0  # ...unless asked
+    assert len(_read_bag(tmp_path / 'rig')[IMAGE_TOPICS['rgb']]) == 1
+    from nmr.data.bag_reader import list_topics
+
+    assert IMAGE_TOPICS['rgb'] in list_topics(tmp_path / 'rig' / 'rig.mcap')  # the file opens as its bag
 
 
 @pytest.mark.parametrize('pair', sorted(PAIRS))

@@ -436,3 +436,38 @@ def test_nmr_train_refuses_a_manifest_of_the_other_pair(tmp_path: Path, capsys: 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and '8-bit, so LWIR' in err and '--pair rgb_lwir' in err
     assert not (out / 'last.pt').exists()
+
+
+def test_nmr_train_warns_without_validation_pairs_and_rounds_the_score(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    cv2 = pytest.importorskip('cv2')
+    from nmr.cli.main import main
+
+    (tmp_path / 'rgb').mkdir()
+    (tmp_path / 'lwir').mkdir()
+    for fp in _frame_pairs(4):
+        cv2.imwrite(str(tmp_path / 'rgb' / f'{fp.name}.png'), fp.moving[:, :, ::-1])
+        cv2.imwrite(str(tmp_path / 'lwir' / f'{fp.name}.png'), fp.fixed)
+    sets = [*TINY, 'optim.epochs=1', 'optim.batch_size=1', 'data.net_hw=[32,48]', 'data.workers=0',
+            'run.keep_every=0']
+    for fraction, out in (('0', 'none'), ('0.5', 'some')):
+        argv = ['train', '--pairs', str(tmp_path / 'rgb'), str(tmp_path / 'lwir'), '--pair', 'rgb_lwir',
+                '--out', str(tmp_path / out)]
+        for s in [*sets, f'data.val_fraction={fraction}']:
+            argv += ['--set', s]
+        assert main(argv) == 0
+        captured = capsys.readouterr()
+        done = captured.out.strip().splitlines()[-1]
+        if fraction == '0':
+            warning = [line for line in captured.err.splitlines() if '0 validation pairs' in line]
+            assert len(warning) == 1 and '--val-manifest' in warning[0] and 'data.val_fraction' in warning[0]
+            assert 'best validation score n/a' in done
+        else:
+            assert '0 validation pairs' not in captured.err
+            score = re.search(r'best validation score ([0-9.e+-]+);', done)
+            assert score, done
+            mantissa = score.group(1).split('e')[0].replace('.', '').lstrip('0')
+            assert len(mantissa) <= 4, done  # rounded to 4 significant digits, not 5.155641317367554

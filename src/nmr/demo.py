@@ -24,13 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from nmr.data.bag_reader import iter_images
+from nmr.data.bag_reader import count_messages, iter_images
 from nmr.data.encodings import to_rgb
 from nmr.domain import DEFAULT_TOPICS, PAIR_FIXED_KIND, PAIRS
 from nmr.errors import ConfigError, ModelFileError
 from nmr.evaluation.baselines import identity_flow
-from nmr.evaluation.figures import contact_sheet, write_png
+from nmr.evaluation.figures import FigureRow, contact_sheet, write_flicker_gif, write_png
 from nmr.evaluation.metrics import endpoint_error
+from nmr.inference.model_file import read_model_info
 from nmr.pipeline import register_bag
 from nmr.pipeline.settings import default_model_path
 from nmr.ros.demo_live import run_live_pipeline
@@ -72,14 +73,21 @@ class PairScore:
 
 
 def default_models(args: argparse.Namespace) -> dict[str, Path]:
+    """The model of each pair, checked before anything is rendered: it exists, loads, and is for that pair."""
     chosen = {'rgb_lwir': args.model_rgb_lwir, 'rgb_depth': args.model_rgb_depth}
     models = {}
     for pair in PAIRS:
-        path = chosen[pair] or default_model_path(pair)
-        if not Path(path).is_file():
-            raise ModelFileError(f'default model for {pair} not found at {path}: pass --model-'
-                                 f'{pair.replace("_", "-")} or restore models/ from git')
-        models[pair] = Path(path)
+        option = '--model-' + pair.replace('_', '-')
+        path = Path(chosen[pair]) if chosen[pair] else default_model_path(pair)
+        if not path.is_file() and chosen[pair]:
+            raise ModelFileError(f'{option} {path}: no such file; check the path, or leave {option} out to '
+                                 'use the default model')
+        if not path.is_file():
+            raise ModelFileError(f'default model for {pair} not found at {path}: pass {option} or restore '
+                                 'models/ from git')
+        info = read_model_info(path)  # a corrupt or wrong-pair model fails here, in a second
+        info.metadata.check_pair(pair, info.path)
+        models[pair] = path
     return models
 
 
@@ -96,10 +104,14 @@ def run_offline(args: argparse.Namespace, bag: Path, models: dict[str, Path], ou
     bag_args = argparse.Namespace(
         inputs=[bag], out=out_bag, config=None, set=[], model_rgb_lwir=models['rgb_lwir'],
         model_rgb_depth=models['rgb_depth'], pairs=list(PAIRS), backend=args.backend, device=None,
-        namespace=NAMESPACE, storage='mcap', copy_inputs=False, quiet=False)
+        namespace=NAMESPACE, storage='mcap', copy_inputs=False, quiet=False, verbose=False)
     start = time.monotonic()
-    register_bag.run(bag_args)
-    return {'mode': 'offline (nmr register-bag)', 'wall_s': round(time.monotonic() - start, 2)}
+    result = register_bag.register_bag(bag_args)
+    counts = {pair: {'synchronised': c['synchronised'], 'processed': c['registered'], 'dropped_stale': 0,
+                     'dropped_unmatched': c['unmatched_rgb'] + c['unmatched_fixed'], 'errors': 0}
+              for pair, c in result['pairs'].items()}
+    return {'mode': 'offline (nmr register-bag)', 'wall_s': round(time.monotonic() - start, 2),
+            'backend': result['backend'], 'node_counts': counts}
 
 
 def run_live(args: argparse.Namespace, bag: Path, models: dict[str, Path], out_bag: Path) -> dict[str, Any]:
@@ -107,16 +119,18 @@ def run_live(args: argparse.Namespace, bag: Path, models: dict[str, Path], out_b
     return run_live_pipeline(bag, models, out_bag, NAMESPACE, args.backend, args.rate)
 
 
-def score_and_draw(bag: Path, out_bag: Path, out_dir: Path, sheets: int) -> tuple[dict[str, Any], list[Path]]:
-    """EPE of the published flows vs the rig's ground truth (matched on the fixed frame's stamp)."""
-    from nmr.data.preprocess import fixed_display  # torch: not for `nmr demo --help`
-
-    published: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+def score_and_draw(bag: Path, out_bag: Path, out_dir: Path, sheets: int,
+                   titles: dict[str, str] | None = None) -> tuple[dict[str, Any], list[Path]]:
+    """EPE of the published flows vs the rig's ground truth (matched on the fixed frame's stamp), and the
+    figures: a contact sheet (`contact_<pair>.png`) and a flicker GIF (`flicker_<pair>.gif`) per pair."""
+    published: dict[tuple[str, int], dict[str, Any]] = {}
     for topic, _t, arr, _enc, header in iter_images([out_bag], [f'{NAMESPACE}/{p}/{o}' for p in PAIRS
                                                                 for o in ('flow', 'registered')]):
         pair, output = topic.split('/')[-2:]
         stamp = header.stamp.sec * 10**9 + header.stamp.nanosec
-        published.setdefault((pair, stamp), {})[output] = np.array(arr)
+        entry = published.setdefault((pair, stamp), {})
+        entry[output] = np.array(arr)
+        entry['frame_id'] = header.frame_id
 
     scores = {p: PairScore() for p in PAIRS}
     gt: dict[tuple[str, int], dict[str, np.ndarray]] = {}
@@ -136,7 +150,7 @@ def score_and_draw(bag: Path, out_bag: Path, out_dir: Path, sheets: int) -> tupl
             gt.setdefault((pair, stamp), {})[kind] = np.array(arr)
 
     rgb_stamps = np.array([s for s, _ in rgb_frames], dtype=np.int64)
-    drawn: dict[str, list[np.ndarray]] = {p: [] for p in PAIRS}
+    drawn: dict[str, list[FigureRow]] = {p: [] for p in PAIRS}
     for (pair, stamp), outputs in sorted(published.items(), key=lambda kv: kv[0][1]):
         if 'flow' not in outputs or (pair, stamp) not in gt:
             continue
@@ -150,14 +164,16 @@ def score_and_draw(bag: Path, out_bag: Path, out_dir: Path, sheets: int) -> tupl
         score.epe_after.append(endpoint_error(flow, truth['flow'], valid))
         if len(drawn[pair]) < sheets and 'registered' in outputs and (pair, stamp) in fixed_frames:
             fixed_raw, enc = fixed_frames[(pair, stamp)]
-            display = fixed_display(PAIR_FIXED_KIND[pair], fixed_raw, enc)
-            drawn[pair].append(contact_sheet(moving, display, outputs['registered'], flow, ident, height=200))
+            drawn[pair].append(FigureRow(
+                moving, fixed_raw, PAIR_FIXED_KIND[pair], enc, outputs['registered'], flow,
+                label=f'{outputs["frame_id"]} @ {stamp / 1e9:.3f} s',
+                epe_before=score.epe_before[-1], epe_after=score.epe_after[-1]))
     written = []
     for pair, rows in drawn.items():
         if rows:
-            width = max(r.shape[1] for r in rows)
-            padded = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-            written.append(write_png(out_dir / f'contact_{pair}.png', np.concatenate(padded, axis=0)))
+            title = (titles or {}).get(pair, f'nmr demo: {pair}')
+            written.append(write_png(out_dir / f'contact_{pair}.png', contact_sheet(rows, title)))
+            written.append(write_flicker_gif(out_dir / f'flicker_{pair}.gif', rows[0]))
     return {p: s.summary() for p, s in scores.items()}, written
 
 
@@ -184,26 +200,77 @@ def run(args: argparse.Namespace) -> int:
                 shutil.rmtree(out_bag)
             run_info = run_offline(args, bag, models, out_bag)
     print('[3/3] scoring against the rig ground truth and drawing contact sheets')
-    scores, sheets = score_and_draw(bag, out_bag, out, args.sheets)
-    summary = {'models': {p: str(m) for p, m in models.items()}, **run_info, 'alignment': scores,
+    backend = run_info.get('backend', 'see log')
+    titles = {p: f'nmr demo   pair {p}   model {models[p]}   backend {backend}' for p in PAIRS}
+    scores, figures = score_and_draw(bag, out_bag, out, args.sheets, titles)
+    frames = frame_counts(bag, run_info.pop('node_counts', {}), run_info.pop('processed_per_pair', {}))
+    summary = {'models': {p: str(m) for p, m in models.items()}, **run_info, 'frames': frames,
+               'alignment': scores,
                'outputs': {'bag': str(out_bag), 'mcap': [str(p) for p in sorted(out_bag.glob('*.mcap'))],
-                           'contact_sheets': [str(s) for s in sheets]},
+                           'contact_sheets': [str(f) for f in figures if f.suffix == '.png'],
+                           'flicker_gifs': [str(f) for f in figures if f.suffix == '.gif']},
                'total_s': round(time.monotonic() - start, 1)}
     (out / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
     print_summary(summary, out)
     return 0
 
 
+def frame_counts(bag: Path, node_counts: dict[str, dict[str, int]],
+                 processed: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Per pair: frames offered (played from the rig), synchronised into sets, processed, and dropped.
+
+    `node_counts` are the pipeline's own counters (register_node's last /diagnostics, or register-bag's);
+    `processed` (flows recorded per pair) stands in where the node's counters did not arrive.
+    """
+    rgb = count_messages(bag, [DEFAULT_TOPICS['rgb']])
+    out: dict[str, dict[str, Any]] = {}
+    for pair in PAIRS:
+        counts: dict[str, Any] = {'offered': count_messages(bag, [DEFAULT_TOPICS[PAIR_FIXED_KIND[pair]]]),
+                                  'offered_rgb': rgb}
+        counts.update(node_counts.get(pair) or {'processed': processed.get(pair, 0)})
+        out[pair] = counts
+    return out
+
+
+DROP_REASONS = {
+    'dropped_stale': 'stale: a newer set arrived while the model was still busy, and the node registers the '
+                     'newest set (inference here is slower than the cameras\' frame rate)',
+    'dropped_unmatched': 'unmatched: a frame with no partner of the other camera within the sync slop',
+    'errors': 'errors: sets that failed (see the node log)',
+}
+
+
+def frames_line(pair: str, c: dict[str, Any]) -> str:
+    """'rgb_lwir: 60 offered (+ 60 RGB), 59 synchronised, 10 processed; dropped: 49 stale, 1 unmatched'."""
+    text = f'{pair}: {c["offered"]} offered (+ {c["offered_rgb"]} RGB), '
+    if 'synchronised' in c:
+        text += f'{c["synchronised"]} synchronised, '
+    text += f'{c["processed"]} processed'
+    dropped = [f'{c[k]} {k.split("_", 1)[-1]}' for k in DROP_REASONS if c.get(k)]
+    if dropped:
+        text += '; dropped: ' + ', '.join(dropped)
+    elif 'synchronised' not in c:
+        text += ' (the node\'s counters did not arrive: see register_node.log)'
+    return text
+
+
 def print_summary(summary: dict[str, Any], out: Path) -> None:
     print('\n== nmr demo summary')
     print(f'pipeline: {summary["mode"]}, backend {summary.get("backend", "see log")}, '
           f'{summary["total_s"]} s in all')
-    for key in ('frames_processed', 'sets_dropped', 'latency_ms_median', 'latency_ms_p99'):
-        if key in summary:
+    print('frames per pair (offered: frames of the pair\'s fixed camera played, with the RGB frames):')
+    for pair, counts in summary['frames'].items():
+        print('  ' + frames_line(pair, counts))
+    reasons = [why for key, why in DROP_REASONS.items() if any(c.get(key) for c in summary['frames'].values())]
+    for why in reasons:
+        print(f'  {why}')
+    for key in ('latency_ms_median', 'latency_ms_p99'):
+        if summary.get(key) is not None:
             print(f'{key.replace("_", " ")}: {summary[key]}')
     for pair, s in summary['alignment'].items():
         print(f'{pair}: {s["frames"]} frames scored, EPE {s["epe_before_px"]} px unregistered -> '
               f'{s["epe_after_px"]} px registered ({s["epe_percent_of_unregistered"]} % of unregistered)')
+    names = [Path(p).name for p in summary['outputs']['contact_sheets'] + summary['outputs']['flicker_gifs']]
     mcap = ', '.join(str(Path(p).relative_to(out)) for p in summary['outputs']['mcap'])
     print(f'outputs in {out}/: {mcap} (the outputs bag: open it in Foxglove), '
-          + ', '.join(Path(p).name for p in summary['outputs']['contact_sheets']) + ', summary.json')
+          + ', '.join(names) + ', summary.json')

@@ -12,11 +12,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Camera:
-    """One camera stream of the rig: its kind, the driver's default topic and the encodings nmr reads."""
+    """One camera stream of the rig: its kind, the driver's default topic, the encodings nmr reads and the
+    image_transport transports it may arrive in ('raw' = sensor_msgs/Image on the topic itself; the others
+    are sensor_msgs/CompressedImage on `<topic>/<transport>`, as image_transport publishes and bags record)."""
 
     kind: str
     default_topic: str
     encodings: tuple[str, ...]
+    transports: tuple[str, ...] = ('raw', 'compressed')
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,8 @@ class Pair:
 CAMERAS: dict[str, Camera] = {
     'rgb': Camera('rgb', '/camera/camera/color/image_raw', ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8')),
     'lwir': Camera('lwir', '/flir_boson/image_raw', ('mono16', 'mono8')),
-    'depth': Camera('depth', '/camera/camera/depth/image_rect_raw', ('16UC1', '32FC1')),
+    'depth': Camera('depth', '/camera/camera/depth/image_rect_raw', ('16UC1', '32FC1'),
+                    ('raw', 'compressed', 'compressedDepth')),
 }
 
 #: The pairs, one trained model each; the moving image is always RGB.
@@ -54,4 +58,5 @@ FIXED_KINDS: tuple[str, ...] = tuple(PAIR_FIXED_KIND.values())
 FIXED_KIND_PAIR: dict[str, str] = {kind: pair for pair, kind in PAIR_FIXED_KIND.items()}
 DEFAULT_TOPICS: dict[str, str] = {c.kind: c.default_topic for c in CAMERAS.values()}
 STREAM_ENCODINGS: dict[str, tuple[str, ...]] = {c.kind: c.encodings for c in CAMERAS.values()}
+TRANSPORTS: dict[str, tuple[str, ...]] = {c.kind: c.transports for c in CAMERAS.values()}
 BACKEND_CHOICES: tuple[str, ...] = ('auto', *BACKENDS)

@@ -54,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--json', metavar='OUT', help='write machine info and all results as JSON')
 
 
-def _available_backends(requested: str, device: str, log: Any) -> list[str]:
+def _available_backends(requested: str, device: str, log: Any, kind: str = 'checkpoint') -> list[str]:
+    """The requested backends that can run a model file of `kind` here; one line per one that cannot."""
     from nmr.inference.select import Candidate, probe
 
     names = (
@@ -64,11 +65,11 @@ def _available_backends(requested: str, device: str, log: Any) -> list[str]:
     for name in names:
         if name not in BACKENDS:
             raise ConfigError(f'--backends: {name!r} is not one of {", ".join(BACKENDS)}')
-        reasons = [probe(Candidate(name, d), 'checkpoint', device) for d in ('cuda', 'cpu')]
+        reasons = [probe(Candidate(name, d), kind, device) for d in ('cuda', 'cpu')]
         if any(r is None for r in reasons):
             out.append(name)
         else:
-            log(f'nmr bench: {name} skipped: {reasons[0]}')
+            log(f'nmr bench: {name} skipped: {reasons[-1]}')  # the CPU reason: the one a CUDA machine shares
     return out
 
 
@@ -84,10 +85,16 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
 
     sizes = parse_sizes(args.sizes)
     device = str(resolve_device(args.device))
-    backends = _available_backends(args.backends, args.device, log)
+    kind = 'checkpoint'
+    if args.model:
+        from nmr.inference.model_file import model_kind
+
+        kind = model_kind(args.model)  # an .onnx cannot run on torch: say so instead of failing there
+    backends = _available_backends(args.backends, args.device, log, kind)
     machine = machine_summary()
     results: list[BenchResult] = []
     options = {'precision': args.precision} if args.precision else {}
+    log('\n'.join(format_table([]).splitlines()[:2]))  # the header, above the rows printed as they come
     with tempfile.TemporaryDirectory(prefix='nmr-bench-') as tmp:
         os.environ.setdefault('NMR_CACHE_DIR', str(Path(tmp) / 'cache'))  # on-the-fly ONNX exports
         if args.model:
@@ -137,8 +144,6 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                 log(format_table([result]).splitlines()[-1])
                 results.append(result)
     machine['loadavg_after'] = machine_summary()['loadavg']
-    log('')
-    log(format_table(results))
     log(
         f'machine: {machine["cpu_count"]} CPU(s), load average before {machine["loadavg"]} after '
         f'{machine["loadavg_after"]}, torch {machine["torch"]}, onnxruntime {machine["onnxruntime"]}, '

@@ -13,6 +13,10 @@ reset. The train/validation split is by blocks of ``block_s`` seconds of stamp t
 are near-duplicates, so a random split would leak): a fraction ``val_fraction`` of the blocks, spread
 evenly over the recording, is validation.
 
+Image topics may hold ``sensor_msgs/Image`` or ``sensor_msgs/CompressedImage`` (image_transport's
+`compressed` / `compressedDepth`, what recorded bags very often hold): ``decode_image`` decodes both
+(nmr.data.compressed), and the header stamp of both is the first CDR field.
+
 Synthetic-rig bags (``nmr.synth``) carry ground truth: ``/nmr_gt/<pair>/flow`` (32FC2) and
 ``/nmr_gt/<pair>/valid`` (mono8, 255 = valid), stamped with the fixed frame's stamp; the dataset
 attaches them to the pair whose fixed frame has that stamp.
@@ -36,6 +40,7 @@ from rosbags.highlevel import AnyReader
 
 from nmr.data.bag_recover import describe_damage, storage_files
 from nmr.data.bag_writer import default_typestore
+from nmr.data.compressed import COMPRESSED_MSGTYPE, decode_compressed, is_compressed
 from nmr.data.encodings import image_to_numpy, stamp_ns, to_rgb
 from nmr.data.sync import ApproxTimeSynchronizer
 from nmr.data.types import FramePair
@@ -43,6 +48,7 @@ from nmr.domain import PAIR_FIXED_KIND
 from nmr.errors import BagError, NmrUserError
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
+IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_MSGTYPE)
 #: A stamp this far behind the previous one on a stream means a new session: the synchroniser resets.
 TIME_JUMP_NS = 1_000_000_000
 
@@ -107,7 +113,8 @@ def list_topics(paths: Paths) -> dict[str, str]:
         return {c.topic: c.msgtype for c in reader.connections}
 
 
-def _check_topics(reader: AnyReader, topics: Sequence[str], paths: Paths, msgtype: str | None) -> None:
+def _check_topics(reader: AnyReader, topics: Sequence[str], paths: Paths,
+                  msgtypes: Sequence[str] | None) -> None:
     available = {c.topic: c.msgtype for c in reader.connections}
     for topic in topics:
         if topic not in available:
@@ -115,11 +122,27 @@ def _check_topics(reader: AnyReader, topics: Sequence[str], paths: Paths, msgtyp
             raise BagError(
                 f'topic {topic} is not in bag {_names(paths)}; it has: {have}. Set the topic to one of these'
             )
-        if msgtype is not None and available[topic] != msgtype:
-            same = ', '.join(sorted(t for t, m in available.items() if m == msgtype)) or 'none'
-            kind = msgtype.rsplit('/', 1)[-1]
-            raise BagError(f'topic {topic} in {_names(paths)} is {available[topic]}, not {msgtype}; set the '
-                           f'topic to an {kind} topic (this bag has: {same})')
+        expected = _expected_types(topic, msgtypes)
+        if expected is not None and available[topic] not in expected:
+            wanted = ' or '.join(expected)
+            same = ', '.join(sorted(t for t, m in available.items() if m in expected)) or 'none'
+            raise BagError(f'topic {topic} in {_names(paths)} is {available[topic]}, not {wanted}; set the '
+                           f'topic to an Image topic (this bag has: {same})')
+
+
+def _expected_types(topic: str, msgtypes: Sequence[str] | None) -> Sequence[str] | None:
+    """Image topics: image_transport's naming says which type (`.../compressed[Depth]` is a CompressedImage)."""
+    if msgtypes is None or tuple(msgtypes) != IMAGE_TYPES:
+        return msgtypes
+    compressed = topic.rsplit('/', 1)[-1] in ('compressed', 'compressedDepth')
+    return (COMPRESSED_MSGTYPE,) if compressed else (IMAGE_TYPE,)
+
+
+def decode_image(msg: Any, topic: str = '') -> tuple[np.ndarray, str]:
+    """(array, encoding) of an Image (raw, the message's channel order) or a CompressedImage (decoded)."""
+    if is_compressed(msg):
+        return decode_compressed(msg, topic)
+    return image_to_numpy(msg, topic), str(msg.encoding)
 
 
 def _names(paths: Paths) -> str:
@@ -141,15 +164,17 @@ def raw_header_stamp(raw: bytes | memoryview) -> int:
 
 def iter_images(paths: Paths, topics: Sequence[str],
                 skipped: Counter[str] | None = None) -> Iterator[tuple[str, int, np.ndarray, str, Any]]:
-    """Yield ``(topic, record_ns, array, encoding, header)`` for every Image on ``topics``, in record order.
+    """Yield ``(topic, record_ns, array, encoding, header)`` for every Image or CompressedImage on ``topics``,
+    in record order.
 
-    ``array`` is raw (``image_to_numpy``: the message's channel order). A message that cannot be decoded
-    (corrupt CDR, malformed Image) raises BagError / ImageDecodeError, or, when ``skipped`` is given, is
-    counted there per topic and skipped, so that one bad message does not end a long offline run.
-    Damage in the storage itself (a bad chunk) still ends the iteration with BagError.
+    ``array`` is raw (``image_to_numpy``: the message's channel order), or decoded from its compression. A
+    message that cannot be decoded (corrupt CDR, malformed Image, bad compressed payload) raises BagError /
+    ImageDecodeError, or, when ``skipped`` is given, is counted there per topic and skipped, so that one bad
+    message does not end a long offline run. Damage in the storage itself (a bad chunk) still ends the
+    iteration with BagError.
     """
     with open_bag(paths) as reader:
-        _check_topics(reader, topics, paths, IMAGE_TYPE)
+        _check_topics(reader, topics, paths, IMAGE_TYPES)
         conns = [c for c in reader.connections if c.topic in set(topics)]
         messages = reader.messages(connections=conns)
         while True:
@@ -161,7 +186,7 @@ def iter_images(paths: Paths, topics: Sequence[str],
                 raise _wrap_read_errors(paths, exc) from None
             try:
                 msg: Any = reader.deserialize(raw, conn.msgtype)
-                arr = image_to_numpy(msg, conn.topic)
+                arr, encoding = decode_image(msg, conn.topic)
             except Exception as exc:
                 if skipped is None:
                     if isinstance(exc, NmrUserError):
@@ -169,7 +194,7 @@ def iter_images(paths: Paths, topics: Sequence[str],
                     raise _wrap_read_errors(paths, exc) from None
                 skipped[conn.topic] += 1
                 continue
-            yield conn.topic, record_ns, arr, str(msg.encoding), msg.header
+            yield conn.topic, record_ns, arr, encoding, msg.header
 
 
 def count_messages(paths: Paths, topics: Sequence[str]) -> int:
@@ -296,7 +321,7 @@ class BagPairDataset:
         self, slop_ns: int, queue_size: int
     ) -> tuple[list[tuple[_Ref, _Ref]], dict[int, dict[str, _Ref]]]:
         reader = self._open()
-        _check_topics(reader, [self.moving_topic, self.fixed_topic], self.paths, IMAGE_TYPE)
+        _check_topics(reader, [self.moving_topic, self.fixed_topic], self.paths, IMAGE_TYPES)
         gt_topics = {c.topic for c in reader.connections} & {self.gt_flow_topic, self.gt_valid_topic}
         wanted = {self.moving_topic, self.fixed_topic} | gt_topics
         conns = [c for c in reader.connections if c.topic in wanted]
@@ -332,7 +357,8 @@ class BagPairDataset:
         return pairs, gt
 
     def _valid_stamp(self, reader: AnyReader, conn: Any, raw: Any) -> int | None:
-        """The message's header stamp, or None (counted in `skipped`) when it is not a decodable Image.
+        """The message's header stamp, or None (counted in `skipped`) when it is not a decodable Image (or an
+        empty CompressedImage).
 
         Checked while indexing (deserialising an Image makes a view of its bytes, no pixel copy) so that
         one corrupt message in a long recording is left out, and reported, instead of stopping a training
@@ -340,7 +366,11 @@ class BagPairDataset:
         """
         try:
             msg: Any = reader.deserialize(raw, conn.msgtype)
-            image_to_numpy(msg, conn.topic)
+            if is_compressed(msg):  # decoding it here would cost a full JPEG/PNG decode per message
+                if len(msg.data) == 0:
+                    raise ValueError('empty compressed payload')
+            else:
+                image_to_numpy(msg, conn.topic)
             return stamp_ns(msg.header)
         except Exception:
             self.skipped[conn.topic] += 1
@@ -390,16 +420,17 @@ class BagPairDataset:
             raise IndexError(f'pair {i} out of range ({len(self.pairs)} pairs)')
         m_ref, f_ref = self.pairs[i]
         m_msg, f_msg = self._read(m_ref), self._read(f_ref)
-        moving = to_rgb(image_to_numpy(m_msg, m_ref.topic), str(m_msg.encoding))
+        moving = to_rgb(*decode_image(m_msg, m_ref.topic))
         if not moving.flags.writeable:
             moving = moving.copy()
-        fixed = np.array(image_to_numpy(f_msg, f_ref.topic))  # own, writable copy
+        fixed_raw, fixed_encoding = decode_image(f_msg, f_ref.topic)
+        fixed = np.array(fixed_raw)  # own, writable copy
         item = FramePair(
             name=f'{self.pair}_{f_ref.stamp_ns}',
             moving=moving,
             fixed=fixed,
             fixed_kind=self.fixed_kind,
-            fixed_encoding=str(f_msg.encoding),
+            fixed_encoding=fixed_encoding,
             stamp_ns=f_ref.stamp_ns,
         )
         gt = self._gt.get(f_ref.stamp_ns, {})

@@ -10,18 +10,56 @@ from __future__ import annotations
 import contextlib
 import shutil
 from collections.abc import Mapping, Sequence
+from io import BytesIO
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import numpy as np
+from rosbags.interfaces import Connection, Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2.storage_mcap import Channel, McapWriter, write_channel, write_string
 from rosbags.typesys import Stores, get_typestore
 
 from nmr.data.encodings import numpy_to_image_fields
 from nmr.errors import BagError
 
 STORAGES: dict[str, StoragePlugin] = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
+
+_INFINITE = QosTime(sec=9223372036, nsec=854775807)  # RMW_DURATION_INFINITE, as rosbag2 writes it
+DEFAULT_QOS = Qos(history=QosHistory.KEEP_LAST, depth=10, reliability=QosReliability.RELIABLE,
+                  durability=QosDurability.VOLATILE, deadline=_INFINITE, lifespan=_INFINITE,
+                  liveliness=QosLiveliness.AUTOMATIC, liveliness_lease_duration=_INFINITE,
+                  avoid_ros_namespace_conventions=False)
+"""The offered QoS recorded for every topic (ROS's default profile: reliable, volatile, keep last 10):
+`ros2 bag play` offers it again, and readers that adapt their QoS to the recording find one."""
+
+
+class _Rosbag2McapWriter(McapWriter):
+    """rosbags' MCAP storage, with the channel metadata rosbag2 (Jazzy and later) writes.
+
+    rosbag2 puts `offered_qos_profiles` and `topic_type_hash` (RIHS01) into each MCAP channel's metadata;
+    rosbags writes only the first. Tools that check the type hash (ros2 bag, Foxglove) find it here.
+    """
+
+    def add_connection(self, connection: Connection, offered_qos_profiles: str) -> None:
+        metadata = BytesIO()
+        write_string(metadata, 'offered_qos_profiles')
+        write_string(metadata, offered_qos_profiles)
+        write_string(metadata, 'topic_type_hash')
+        write_string(metadata, connection.digest or '')
+        serialization = getattr(connection.ext, 'serialization_format', 'cdr')
+        self.channels.append(Channel(connection.id, connection.msgtype, connection.topic, serialization,
+                                     metadata.getvalue()))
+        self.channel_stats[connection.id] = 0
+        write_channel(self.chunk.bio, self.channels[-1], self.schemas)
+
+
+class _Rosbag2Writer(Writer):
+    """rosbags' Writer with the MCAP storage above (STORAGE_PLUGINS is rosbags' extension point)."""
+
+    STORAGE_PLUGINS: Mapping[StoragePlugin, Any] = {
+        **Writer.STORAGE_PLUGINS, StoragePlugin.MCAP: _Rosbag2McapWriter}
 
 _NUMPY_BASE = {
     'bool': np.bool_,
@@ -41,6 +79,16 @@ _NUMPY_BASE = {
 }
 
 _TYPESTORE: Any = None
+
+
+def bag_folder(path: str | Path) -> Path:
+    """The bag FOLDER for a requested output path: `rig.mcap` / `rig.db3` -> `rig` (holding `rig.mcap`).
+
+    A rosbag2 bag is a folder (metadata.yaml + storage files named after it). People who ask for
+    `--out rig.mcap` want a file called rig.mcap, not a folder `rig.mcap/` holding `rig.mcap.mcap`.
+    """
+    path = Path(path)
+    return path.with_suffix('') if path.suffix in ('.mcap', '.db3') and path.stem else path
 
 
 def default_typestore() -> Any:
@@ -145,7 +193,7 @@ class BagWriter:
                 raise BagError(f'output bag {self.path} already exists: remove it or choose another path')
         if not self.path.parent.is_dir():
             raise BagError(f'cannot write bag {self.path}: folder {self.path.parent} does not exist')
-        self._writer = Writer(self.path, version=9, storage_plugin=STORAGES[self.storage])
+        self._writer = _Rosbag2Writer(self.path, version=9, storage_plugin=STORAGES[self.storage])
         self._writer.open()
         return self
 
@@ -182,10 +230,13 @@ class BagWriter:
             raise BagError(f'bag {self.path} is not open: use BagWriter as a context manager')
         conn = self._connections.get(topic)
         if conn is None:
+            qos = [DEFAULT_QOS]
             if msgdef is not None:
-                conn = self._writer.add_connection(topic, msgtype, msgdef=msgdef, rihs01='')
+                conn = self._writer.add_connection(topic, msgtype, msgdef=msgdef, rihs01='',
+                                                   offered_qos_profiles=qos)
             else:
-                conn = self._writer.add_connection(topic, msgtype, typestore=self.typestore)
+                conn = self._writer.add_connection(topic, msgtype, typestore=self.typestore,
+                                                   offered_qos_profiles=qos)
             self._connections[topic] = conn
         elif conn.msgtype != msgtype:
             raise BagError(f'topic {topic} is already written as {conn.msgtype}, not {msgtype}')
@@ -225,6 +276,25 @@ class BagWriter:
             header=header_msg(self.typestore, stamp_ns, frame_id), **fields
         )
         self.write(topic, 'sensor_msgs/msg/Image', stamp_ns if record_ns is None else record_ns, msg)
+
+    def write_compressed_image(
+        self,
+        topic: str,
+        stamp_ns: int,
+        frame_id: str,
+        arr: np.ndarray,
+        encoding: str,
+        transport: str = 'compressed',
+        record_ns: int | None = None,
+    ) -> None:
+        """``sensor_msgs/msg/CompressedImage`` as image_transport's `compressed` / `compressedDepth` write it."""
+        from nmr.data.compressed import encode_compressed
+
+        fmt, data = encode_compressed(arr, encoding, transport)
+        msgtype = 'sensor_msgs/msg/CompressedImage'
+        msg = self.typestore.types[msgtype](header=header_msg(self.typestore, stamp_ns, frame_id), format=fmt,
+                                            data=np.frombuffer(data, np.uint8))
+        self.write(topic, msgtype, stamp_ns if record_ns is None else record_ns, msg)
 
     def write_camera_info(
         self,

@@ -20,8 +20,8 @@ import numpy as np
 from nmr.data.pairs import read_manifest
 from nmr.domain import FIXED_KINDS
 from nmr.errors import ConfigError
-from nmr.evaluation.baselines import create_baseline, grey_u8, identity_flow
-from nmr.evaluation.figures import contact_sheet, write_png
+from nmr.evaluation.baselines import create_baseline, identity_flow
+from nmr.evaluation.figures import FigureRow, contact_sheet, write_flicker_gif, write_png
 from nmr.evaluation.metrics import evaluate_pair, format_table, summarise
 from nmr.inference.engine_cache import parse_sizes
 from nmr.inference.model_file import read_model_info
@@ -43,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument('--save-flows', metavar='DIR', help='write DIR/<name>.npy (HxWx2 float32) per row')
     parser.add_argument('--out', metavar='JSON', help='write per-pair results and the summary as JSON')
-    parser.add_argument('--figures', metavar='DIR', help='write a Figure-4 style PNG per pair into DIR')
+    parser.add_argument('--figures', metavar='DIR',
+                        help='write DIR/<name>.png (Figure-4 style contact sheet) and DIR/<name>.gif '
+                             '(flicking between fixed and registered) per row')
     parser.add_argument('--backend', default='auto', help='auto (default), tensorrt, onnxruntime or torch')
     parser.add_argument('--device', default='auto', help='auto (default), cpu, cuda[:N]')
     parser.add_argument('--net-size', metavar='WxH', help="network size (default: the model's)")
@@ -105,6 +107,9 @@ def evaluate(
     if flows_dir:
         flows_dir.mkdir(parents=True, exist_ok=True)
     results = []
+    describe = registrar.describe()
+    pair_text = pair or f'fixed kind {fixed_kind or "guessed per file"}'
+    sheet_title = f'nmr evaluate   {pair_text}   model {model}   backend {describe}'
     warmed = False
     for i in range(n):
         fp = rows[i]
@@ -135,10 +140,9 @@ def evaluate(
         if flows_dir:
             np.save(flows_dir / f'{safe_name(fp.name)}.npy', reg.flow.astype(np.float32))
         if figs_dir:
-            _figure(figs_dir / f'{safe_name(fp.name)}.png', fp, reg, ident)
+            _figure(figs_dir, fp, reg, res, sheet_title)
     summary = summarise(results)
     log(format_table(results, summary))
-    describe = registrar.describe()
     return {
         'model': str(model),
         'backend': describe,
@@ -148,14 +152,14 @@ def evaluate(
     }
 
 
-def _figure(path: Path, fp: Any, reg: Any, ident: Any) -> None:
-    try:
-        from nmr.data.preprocess import fixed_display  # torch: not for `nmr evaluate --help`
-
-        fixed = fixed_display(fp.fixed_kind, fp.fixed, fp.fixed_encoding)
-    except Exception:  # an unknown kind / encoding still gets a figure, with a plain grey stretch
-        fixed = grey_u8(fp.fixed)
-    write_png(path, contact_sheet(fp.moving, fixed, reg.registered, reg.flow, ident))
+def _figure(figs_dir: Path, fp: Any, reg: Any, result: Any, title: str) -> None:
+    """`<name>.png` (contact sheet, one row) and `<name>.gif` (flicker) for one manifest row."""
+    has_gt = math.isfinite(result.epe)
+    row = FigureRow(fp.moving, fp.fixed, fp.fixed_kind, fp.fixed_encoding, reg.registered, reg.flow,
+                    label=fp.name, epe_before=result.epe_identity if has_gt else None,
+                    epe_after=result.epe if has_gt else None)
+    write_png(figs_dir / f'{safe_name(fp.name)}.png', contact_sheet([row], title))
+    write_flicker_gif(figs_dir / f'{safe_name(fp.name)}.gif', row)
 
 
 def run(args: argparse.Namespace) -> int:

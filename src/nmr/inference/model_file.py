@@ -79,17 +79,15 @@ def model_kind(path: str | Path) -> str:
 
 
 def read_onnx_info(path: str | Path) -> ModelInfo:
-    """Metadata of an nmr ONNX export without loading its weights into a session."""
-    import onnx
-
+    """Metadata of an nmr ONNX export, with the `onnx` package (weights not loaded) or, where it is not
+    installed (it has no rosdep key, so a robot may lack it), with onnxruntime's own model metadata."""
     path = Path(path)
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # onnx raises DecodeError, ValueError, google.protobuf errors...
+        props, model = _onnx_header(path)
+    except Exception as err:  # onnx raises DecodeError, ValueError, google.protobuf errors; ORT its own
         raise ModelFileError(
             f'{path} is not a readable ONNX file ({type(err).__name__}); re-export it with `nmr export`'
         ) from None
-    props = {p.key: p.value for p in model.metadata_props}
     if ONNX_METADATA_KEY not in props:
         raise ModelFileError(
             f'{path} has no nmr metadata (metadata_props[{ONNX_METADATA_KEY!r}]); export it with `nmr export`'
@@ -100,8 +98,9 @@ def read_onnx_info(path: str | Path) -> ModelInfo:
     except ValueError:
         raise ModelFileError(f'{path}: nmr metadata is not valid JSON; re-export with `nmr export`') from None
     info = ModelInfo.parse(path, 'onnx', meta, export)
-    check_external_data(model, path)
-    check_onnx_interface(model, info)
+    if model is not None:  # without the onnx package ONNX Runtime has read the file (and checks it itself)
+        check_external_data(model, path)
+        check_onnx_interface(model, info)
     return info
 
 
@@ -191,6 +190,20 @@ def check_onnx_interface(model: Any, info: ModelInfo) -> None:
                 f'{info.path}: {name!r} is {onnx.TensorProto.DataType.Name(elem).lower()} {shape or "scalar"}, '
                 f'the registrar expects {want}; export it with `nmr export`'
             )
+
+
+def _onnx_header(path: Path) -> tuple[dict[str, str], Any]:
+    """(metadata_props, ModelProto without external data) with onnx if installed; else (metadata_props from
+    onnxruntime, which loads the weights, None): onnx has no rosdep key, so a robot may lack it."""
+    try:
+        import onnx
+    except ImportError:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+        return dict(session.get_modelmeta().custom_metadata_map), None
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}, model
 
 
 def read_checkpoint(path: str | Path, expected_pair: str | None = None) -> tuple[Any, ModelInfo]:

@@ -10,22 +10,23 @@ drops stale sets when inference cannot keep up).
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import shutil
 import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from nmr.data.bag_reader import count_messages, iter_images, list_topics
-from nmr.data.bag_writer import BagWriter
+from nmr.data.bag_reader import count_messages, iter_images, list_topics, open_bag
+from nmr.data.bag_writer import BagWriter, bag_folder, header_msg
 from nmr.data.encodings import stamp_ns, to_rgb
 from nmr.data.sync import ApproxTimeSynchronizer
 from nmr.domain import BACKEND_CHOICES, PAIR_FIXED_KIND, PAIRS
@@ -34,6 +35,7 @@ from nmr.pipeline.fused import fuse
 from nmr.pipeline.outputs import PairProcessor
 from nmr.pipeline.settings import (
     NodeSettings,
+    camera_info_topic,
     create_registrar,
     model_path,
     read_params_file,
@@ -41,6 +43,7 @@ from nmr.pipeline.settings import (
 )
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
+COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
 #: metadata.yaml custom_data key: 'complete', or 'partial: ...' when the run ended early
 STATUS_KEY = 'nmr.register_bag'
 
@@ -48,7 +51,8 @@ STATUS_KEY = 'nmr.register_bag'
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('inputs', nargs='+', type=Path, metavar='IN', help='input rosbag2 bag(s)')
     parser.add_argument('--out', required=True, type=Path, metavar='OUT_BAG',
-                        help='output rosbag2 bag folder (metadata.yaml + OUT_BAG.mcap inside)')
+                        help='output rosbag2 bag folder (metadata.yaml + OUT_BAG.mcap inside); a name ending '
+                             'in .mcap names the file: out.mcap -> folder out/ with out.mcap inside')
     parser.add_argument('--config', type=Path, default=None,
                         help='register_node parameters file (default: the built-in defaults = '
                              'config/register.yaml)')
@@ -64,6 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap', help='output storage')
     parser.add_argument('--copy-inputs', action='store_true', help='also write the input images')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    parser.add_argument('-v', '--verbose', action='store_true',
+                        help='also say which inference backends were passed over, and why')
 
 
 def settings_from_args(args: argparse.Namespace) -> NodeSettings:
@@ -85,6 +91,46 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
 
 
 _Frame = tuple[np.ndarray, str, Any, int]   # array, encoding, header, stamp_ns
+
+
+@dataclass
+class PairCounts:
+    """What happened to one pair's frames: offered -> synchronised -> registered, and why the rest went."""
+
+    offered_rgb: int = 0
+    offered_fixed: int = 0
+    synchronised: int = 0
+    registered: int = 0
+    unmatched_rgb: int = 0     # RGB frames with no fixed frame within the slop (or left over at the end)
+    unmatched_fixed: int = 0   # fixed frames with no RGB frame within the slop (or left over at the end)
+
+    def as_json(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class BackendLog:
+    """Log of backend selection: the chosen backend always, the ones passed over only with --verbose.
+
+    create_registrar prefixes its lines with 'nmr: '; this log prints them under one prefix instead.
+    """
+
+    def __init__(self, prefix: str, verbose: bool) -> None:
+        self.prefix, self.verbose = prefix, verbose
+        self.chosen: list[str] = []
+
+    def __call__(self, text: str) -> None:
+        text = text.removeprefix('nmr: ')
+        chosen = text.startswith('backend ') and ' chosen: ' in text
+        if chosen:  # 'backend onnxruntime-cpu chosen: <details>' -> 'onnxruntime-cpu'
+            self.chosen.append(text.split(' chosen: ', 1)[0].removeprefix('backend '))
+        if self.verbose or not (chosen or (text.startswith('backend ') and ' skipped: ' in text)):
+            print(f'{self.prefix}: {text}', file=sys.stderr)
+
+    def summary(self, pairs: list[str]) -> str:
+        """'backend onnxruntime-cpu for rgb_lwir, rgb_depth' (per pair where they differ)."""
+        if len(set(self.chosen)) == 1:
+            return f'backend {self.chosen[0]} for {", ".join(pairs)}'
+        return 'backends ' + '; '.join(f'{p}: {c}' for p, c in zip(pairs, self.chosen))
 
 
 @dataclass
@@ -121,6 +167,52 @@ class _Progress:
             sys.stderr.write('\n')
 
 
+def check_input_topics(settings: NodeSettings, streams: list[str], available: dict[str, str],
+                       bags: Iterable[Path]) -> None:
+    """Every input topic is in the bags; if only its compressed form is, say which `transport` to set."""
+    for stream in streams:
+        wanted = settings.inputs[stream].subscribed_topic
+        if wanted in available:
+            expected = IMAGE_TYPE if wanted == settings.inputs[stream].topic else COMPRESSED_TYPE
+            if available[wanted] != expected:
+                same = ', '.join(sorted(t for t, m in available.items() if m == expected)) or 'none'
+                raise BagError(f'input topic {wanted} in {", ".join(map(str, bags))} is {available[wanted]}, not '
+                               f'{expected}; set topics.{stream} to an {expected.rsplit("/", 1)[-1]} topic '
+                               f'(this bag has: {same}) or transport.{stream} to match it')
+            continue
+        base = settings.inputs[stream].topic
+        other = [t for t in (base, f'{base}/compressed', f'{base}/compressedDepth') if t in available]
+        if other:
+            transport = other[0].rpartition('/')[2] if other[0] != base else 'raw'
+            hint = f'the bag has {other[0]}: run with --set transport.{stream}={transport}'
+        else:
+            hint = f'it has {", ".join(sorted(available))}; set topics.{stream} with --config or --set'
+        raise BagError(f'input topic {wanted} is not in {", ".join(map(str, bags))}: {hint}')
+
+
+def read_camera_infos(paths: Iterable[Path], topics: dict[str, str]) -> dict[str, list[tuple[int, Any]]]:
+    """stream -> [(stamp ns, CameraInfo)] sorted, for the fixed cameras whose camera_info the bag holds.
+
+    Read before the images: camera_info messages are small (one per frame at most).
+    """
+    found: dict[str, list[tuple[int, Any]]] = {}
+    by_topic = {t: s for s, t in topics.items()}
+    with open_bag(list(paths)) as reader:
+        conns = [c for c in reader.connections if c.topic in by_topic and c.msgtype.endswith('/CameraInfo')]
+        if not conns:  # messages(connections=[]) would read every connection
+            return {}
+        for conn, _t, raw in reader.messages(connections=conns):
+            msg: Any = reader.deserialize(raw, conn.msgtype)
+            found.setdefault(by_topic[conn.topic], []).append((stamp_ns(msg.header), msg))
+    return {s: sorted(v, key=lambda x: x[0]) for s, v in found.items()}
+
+
+def camera_info_at(infos: list[tuple[int, Any]], stamp: int) -> Any:
+    """The newest camera_info at or before `stamp` (the first one when all are later)."""
+    i = bisect.bisect_right([s for s, _m in infos], stamp)
+    return infos[max(i - 1, 0)][1]
+
+
 def make_processors(settings: NodeSettings, log: Callable[[str], None] = print) -> dict[str, PairProcessor]:
     """One PairProcessor per configured pair (ModelFileError naming a missing or wrong model)."""
     processors = {}
@@ -139,67 +231,81 @@ def make_processors(settings: NodeSettings, log: Callable[[str], None] = print) 
 class _Run:
     """What the loop has done so far (read when it ends early)."""
 
+    counts: dict[str, PairCounts]
     sets: int = 0
     last_stamp_ns: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Register every synchronised set of the input bag(s) into the output bag.
+def register_bag(args: argparse.Namespace) -> dict[str, Any]:
+    """Register every synchronised set of the input bag(s) into the output bag; returns counts per pair.
 
     Ending early (Ctrl-C / SIGINT / SIGTERM, honoured at the next message boundary, or input damage
     found mid-way) finishes the output bag so that rosbag2 readers open it, with every set registered so
-    far, and marks it partial in metadata.yaml (custom_data nmr.register_bag); the last line says so. A
-    failed write (disk full, file-size limit) cannot leave a valid bag: the output folder is removed and
-    the error says so.
+    far, and marks it partial in metadata.yaml (custom_data nmr.register_bag); the result says so
+    (`interrupted`). A failed write (disk full, file-size limit) cannot leave a valid bag: the output
+    folder is removed and the error says so.
     """
     settings = settings_from_args(args)
+    out_bag = bag_folder(args.out)
     streams = {'rgb': 0, **{PAIR_FIXED_KIND[p]: 1 for p in settings.pairs}}
-    topic_stream = {settings.inputs[s].topic: s for s in streams}
-    available = list_topics(args.inputs)
-    missing = [t for t in topic_stream if t not in available]
-    if missing:
-        raise BagError(f'input topic {missing[0]} is not in {", ".join(map(str, args.inputs))} (it has '
-                       f'{", ".join(sorted(available))}); set topics.* with --config or --set')
-    wrong = [t for t in topic_stream if available[t] != IMAGE_TYPE]
-    if wrong:
-        images = ', '.join(sorted(t for t, m in available.items() if m == IMAGE_TYPE)) or 'none'
-        raise BagError(f'input topic {wrong[0]} in {", ".join(map(str, args.inputs))} is {available[wrong[0]]}, '
-                       f'not {IMAGE_TYPE}; set topics.* to an Image topic (this bag has: {images})')
-    if args.out.exists():
-        raise ConfigError(f'output {args.out} already exists: remove it or choose another --out')
-    processors = make_processors(settings,
-                                 log=lambda text: print(f'nmr register-bag: {text}', file=sys.stderr))
+    topic_stream = {settings.inputs[s].subscribed_topic: s for s in streams}
+    check_input_topics(settings, list(streams), list_topics(args.inputs), args.inputs)
+    if out_bag.exists():
+        raise ConfigError(f'output {out_bag} already exists: remove it or choose another --out')
+    fixed_streams = [PAIR_FIXED_KIND[p] for p in settings.pairs]
+    infos = read_camera_infos(args.inputs, {s: camera_info_topic(settings.inputs[s].topic) for s in fixed_streams})
+    backend_log = BackendLog('nmr register-bag', getattr(args, 'verbose', False))
+    processors = make_processors(settings, log=backend_log)
+    if not backend_log.verbose:
+        print(f'nmr register-bag: {backend_log.summary(list(settings.pairs))} (-v: the backends passed over)',
+              file=sys.stderr)
     progress = _Progress(count_messages(args.inputs, list(topic_stream)), args.quiet)
-    state = _Run()
-    writer = BagWriter(args.out, storage=args.storage).open()
+    state = _Run(counts={p: PairCounts() for p in settings.pairs})
+    result: dict[str, Any] = {'out': out_bag, 'backend': ', '.join(sorted(set(backend_log.chosen))) or 'none',
+                              'slop_ms': settings.sync_slop_ns / 1e6, 'interrupted': False}
+    writer = BagWriter(out_bag, storage=args.storage).open()
     try:
         with _stop_on_signals() as stop:
-            _register_all(args, settings, topic_stream, processors, writer, progress, state, stop)
+            _register_all(args, settings, topic_stream, processors, infos, writer, progress, state, stop)
     except KeyboardInterrupt:
         progress.close()
-        _finish(writer, args.out, f'partial: interrupted after {state.sets} sets')
-        print(f'nmr register-bag: interrupted: {args.out} holds the {state.sets} sets registered so far '
-              f'(up to stamp {state.last_stamp_ns / 1e9:.3f} s; marked partial in its metadata.yaml)',
-              file=sys.stderr)
-        return 130
+        _finish(writer, out_bag, f'partial: interrupted after {state.sets} sets')
+        result['interrupted'] = True
     except OSError as err:
-        _discard(writer, args.out)
-        raise _io_error(err, args.out) from None
+        _discard(writer, out_bag)
+        raise _io_error(err, out_bag) from None
     except NmrUserError as err:
         progress.close()
-        _finish(writer, args.out, f'partial: stopped after {state.sets} sets: {err}')
-        raise BagError(f'{err}; {args.out} holds the {state.sets} sets registered before that (marked partial '
+        _finish(writer, out_bag, f'partial: stopped after {state.sets} sets: {err}')
+        raise BagError(f'{err}; {out_bag} holds the {state.sets} sets registered before that (marked partial '
                        'in its metadata.yaml)') from None
     except BaseException:  # a bug: no output that might pass for a complete one
-        _discard(writer, args.out)
+        _discard(writer, out_bag)
         raise
-    progress.close()
-    _finish(writer, args.out, 'complete')
-    lost = sum(state.skipped.values())
+    else:
+        progress.close()
+        _finish(writer, out_bag, 'complete')
+    for c in state.counts.values():  # whatever was not used in a set found no partner within the slop
+        c.unmatched_rgb = c.offered_rgb - c.synchronised
+        c.unmatched_fixed = c.offered_fixed - c.synchronised
+    return {**result, 'sets': state.sets, 'last_stamp_ns': state.last_stamp_ns, 'skipped': dict(state.skipped),
+            'pairs': {p: c.as_json() for p, c in state.counts.items()}}
+
+
+def run(args: argparse.Namespace) -> int:
+    result = register_bag(args)
+    out, sets = result['out'], result['sets']
+    if result['interrupted']:
+        print(f'nmr register-bag: interrupted: {out} holds the {sets} sets registered so far '
+              f'(up to stamp {result["last_stamp_ns"] / 1e9:.3f} s; marked partial in its metadata.yaml)',
+              file=sys.stderr)
+        return 130
+    skipped = result['skipped']
+    lost = sum(skipped.values())
     lost_text = (f'; {lost} unreadable input messages skipped ('
-                 + ', '.join(f'{t}: {n}' for t, n in sorted(state.skipped.items())) + ')') if lost else ''
-    print(f'nmr register-bag: {state.sets} synchronised sets registered -> {args.out}{lost_text}')
+                 + ', '.join(f'{t}: {n}' for t, n in sorted(skipped.items())) + ')') if lost else ''
+    print(f'nmr register-bag: {sets} synchronised sets registered -> {out}{lost_text}')
     return 0
 
 
@@ -266,13 +372,14 @@ def _stop_on_signals() -> Iterator[_StopRequest]:
 
 
 def _register_all(args: argparse.Namespace, settings: NodeSettings, topic_stream: dict[str, str],
-                  processors: dict[str, PairProcessor], writer: Any, progress: _Progress, state: _Run,
-                  stop: _StopRequest) -> None:
+                  processors: dict[str, PairProcessor], infos: dict[str, Any], writer: Any,
+                  progress: _Progress, state: _Run, stop: _StopRequest) -> None:
     """The node's processing over the input bag(s), every output written to `writer`."""
     ns = '/' + args.namespace.strip('/') if args.namespace.strip('/') else ''
     syncs: dict[str, ApproxTimeSynchronizer[_Frame]] = {
         p: ApproxTimeSynchronizer(2, settings.sync_slop_ns, settings.sync_queue_size)
         for p in settings.pairs}
+    counts = state.counts
     last: dict[str, _Result] = {}
     fused_done: tuple[int, int] | None = None
     last_stamp: dict[str, int] = {}
@@ -280,8 +387,8 @@ def _register_all(args: argparse.Namespace, settings: NodeSettings, topic_stream
         stop.check()
         stream = topic_stream[topic]
         stamp = stamp_ns(header)
-        if args.copy_inputs:
-            writer.write_image(topic, stamp, header.frame_id, arr, encoding)
+        if args.copy_inputs:  # decoded: a compressed input is copied as an Image on its base topic
+            writer.write_image(settings.inputs[stream].topic, stamp, header.frame_id, arr, encoding)
         if stamp < last_stamp.get(stream, stamp):  # time went backwards (concatenated bags): as the node
             for sync in syncs.values():
                 sync.reset()
@@ -292,13 +399,23 @@ def _register_all(args: argparse.Namespace, settings: NodeSettings, topic_stream
         for pair in settings.pairs:
             if stream not in ('rgb', PAIR_FIXED_KIND[pair]):
                 continue
+            if stream == 'rgb':
+                counts[pair].offered_rgb += 1
+            else:
+                counts[pair].offered_fixed += 1
             for rgb, fixed in syncs[pair].add(0 if stream == 'rgb' else 1, stamp, frame):
+                counts[pair].synchronised += 1
                 moving = to_rgb(rgb[0], rgb[1])
                 proc = processors[pair]
                 registration = proc.register(moving, fixed[0], fixed[1])
+                counts[pair].registered += 1
                 for name, (out, enc) in proc.outputs(registration, fixed[0], fixed[1],
                                                      settings.pair_outputs).items():
                     writer.write_image(f'{ns}/{pair}/{name}', fixed[3], fixed[2].frame_id, out, enc)
+                if PAIR_FIXED_KIND[pair] in infos:  # the fixed camera's calibration describes the outputs' grid
+                    info = camera_info_at(infos[PAIR_FIXED_KIND[pair]], fixed[3])
+                    writer.write(f'{ns}/{pair}/camera_info', 'sensor_msgs/msg/CameraInfo', fixed[3],
+                                 replace(info, header=header_msg(writer.typestore, fixed[3], fixed[2].frame_id)))
                 state.sets += 1
                 state.last_stamp_ns = fixed[3]
                 last[pair] = _Result(registration.flow, registration.registered, fixed,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from nmr.domain import BACKEND_CHOICES, DEFAULT_TOPICS, PAIR_FIXED_KIND, PAIRS, STREAMS
+from nmr.domain import BACKEND_CHOICES, DEFAULT_TOPICS, PAIR_FIXED_KIND, PAIRS, STREAMS, TRANSPORTS
 from nmr.errors import ConfigError
 from nmr.resources import share_dirs, share_path
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 PAIR_OUTPUTS: tuple[str, ...] = ('registered', 'flow', 'flow_viz', 'overlay')
 OUTPUTS: tuple[str, ...] = (*PAIR_OUTPUTS, 'fused')
-RELIABILITY: tuple[str, ...] = ('best_effort', 'reliable')
+RELIABILITY: tuple[str, ...] = ('best_available', 'reliable', 'best_effort')
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class ParamSpec:
     default: Any
     description: str
     check: Callable[[Any], str | None] = lambda _v: None  # returns a problem description or None
+    dynamic: bool = False
+    """Settable at run time (`ros2 param set`); the others are read-only: a set is refused."""
 
     @property
     def kind(self) -> type:
@@ -86,28 +88,36 @@ def _device(v: Any) -> str | None:
 PARAMS: tuple[ParamSpec, ...] = (
     *(ParamSpec(f'topics.{s}', DEFAULT_TOPICS[s], f'{s} image topic (sensor_msgs/Image)', _topic)
       for s in STREAMS),
-    *(ParamSpec(f'qos.{s}.reliability', 'best_effort',
-                f'{s} subscription reliability (best_effort also matches reliable publishers)',
-                _one_of(RELIABILITY)) for s in STREAMS),
+    *(ParamSpec(f'transport.{s}', 'raw', f"{s} transport: raw (sensor_msgs/Image) or compressed "
+                f"(CompressedImage on <topic>/compressed{', compressedDepth' if s == 'depth' else ''})",
+                _one_of(TRANSPORTS[s])) for s in STREAMS),
+    *(ParamSpec(f'qos.{s}.reliability', 'best_available',
+                f'{s} subscription reliability: best_available (what the publishers offer), reliable or '
+                'best_effort', _one_of(RELIABILITY)) for s in STREAMS),
     *(ParamSpec(f'qos.{s}.history_depth', 5, f'{s} subscription queue depth', _at_least(1))
       for s in STREAMS),
     ParamSpec('pairs', list(PAIRS), 'pairs to run', _subset_of(PAIRS)),
-    *(ParamSpec(f'models.{p}', '', f"model file for {p} (.onnx/.pt; '' = share/nmr/models/{p}.onnx or .pt)")
-      for p in PAIRS),
-    ParamSpec('backend', 'auto', 'inference backend', _one_of(BACKEND_CHOICES)),
-    ParamSpec('device', 'auto', "inference device: auto, cpu, cuda or cuda:N", _device),
-    ParamSpec('net_height', 0, "network input height (0 = the model's training size)", _at_least(0)),
-    ParamSpec('net_width', 0, "network input width (0 = the model's training size)", _at_least(0)),
+    *(ParamSpec(f'models.{p}', '', f"model file for {p} (.onnx/.pt; '' = share/nmr/models/{p}.onnx or "
+                ".pt; .pt for backend torch)", dynamic=True) for p in PAIRS),
+    ParamSpec('backend', 'auto', 'inference backend', _one_of(BACKEND_CHOICES), dynamic=True),
+    ParamSpec('device', 'auto', 'inference device: auto, cpu, cuda or cuda:N', _device, dynamic=True),
+    ParamSpec('net_height', 0, "network input height (0 = the model's training size)", _at_least(0),
+              dynamic=True),
+    ParamSpec('net_width', 0, "network input width (0 = the model's training size)", _at_least(0),
+              dynamic=True),
     ParamSpec('sync.slop_s', 0.02, 'max stamp difference within a synchronised pair [s]', _positive),
     ParamSpec('sync.queue_size', 10, 'messages kept per stream while waiting for a partner', _at_least(1)),
-    ParamSpec('outputs', list(OUTPUTS), 'outputs to publish', _subset_of(OUTPUTS)),
-    ParamSpec('overlay_alpha', 0.5, 'weight of the registered image in P/overlay', _unit),
-    ParamSpec('flow_viz_max_px', 0.0, 'flow magnitude at full colour (0 = per frame)', _at_least(0)),
+    ParamSpec('outputs', list(OUTPUTS), 'outputs to publish', _subset_of(OUTPUTS), dynamic=True),
+    ParamSpec('overlay_alpha', 0.5, 'weight of the registered image in P/overlay', _unit, dynamic=True),
+    ParamSpec('flow_viz_max_px', 0.0, 'flow magnitude at full colour (0 = per frame)', _at_least(0),
+              dynamic=True),
     ParamSpec('diagnostics_period_s', 1.0, 'period of /diagnostics messages [s]', _positive),
-    ParamSpec('log_throttle_s', 5.0, 'minimum interval between repeated warnings [s]', _at_least(0)),
-    ParamSpec('input_timeout_s', 3.0, 'an input silent this long is reported as stopped [s]', _positive),
+    ParamSpec('log_throttle_s', 5.0, 'minimum interval between repeated warnings [s]', _at_least(0),
+              dynamic=True),
+    ParamSpec('input_timeout_s', 3.0, 'an input silent this long is reported as stopped [s]', _positive,
+              dynamic=True),
     ParamSpec('model_retry_s', 5.0, 'how often a missing or broken model file is looked at again [s]',
-              _positive),
+              _positive, dynamic=True),
 )
 PARAMS_BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMS}
 
@@ -117,8 +127,25 @@ class InputSettings:
     """One input stream: its topic and subscription QoS."""
 
     topic: str
-    reliability: str = 'best_effort'
+    reliability: str = 'best_available'
     history_depth: int = 5
+    transport: str = 'raw'
+
+    @property
+    def subscribed_topic(self) -> str:
+        """The topic actually subscribed: `topic` for raw images, `topic/<transport>` otherwise."""
+        return self.topic if self.transport == 'raw' else f"{self.topic.rstrip('/')}/{self.transport}"
+
+    @property
+    def camera_info_topic(self) -> str:
+        return camera_info_topic(self.topic)
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """`camera_info` beside an image topic: image_transport's rule (replace the last name), so
+    `/camera/camera/depth/image_rect_raw` -> `/camera/camera/depth/camera_info`."""
+    head = image_topic.rstrip('/').rpartition('/')[0]
+    return f'{head}/camera_info'
 
 
 @dataclass(frozen=True)
@@ -207,7 +234,7 @@ def validate(values: Mapping[str, Any]) -> NodeSettings:
     if (merged['net_height'] == 0) != (merged['net_width'] == 0):
         raise ConfigError("parameters 'net_height' and 'net_width' must both be 0 (model's size) or both > 0")
     inputs = {s: InputSettings(merged[f'topics.{s}'], merged[f'qos.{s}.reliability'],
-                               merged[f'qos.{s}.history_depth']) for s in STREAMS}
+                               merged[f'qos.{s}.history_depth'], merged[f'transport.{s}']) for s in STREAMS}
     used = {'rgb', *(PAIR_FIXED_KIND[p] for p in merged['pairs'])}
     topics = [inputs[s].topic for s in STREAMS if s in used]
     if len(set(topics)) != len(topics):
@@ -272,24 +299,35 @@ def read_params_file(path: str | Path, node_name: str = 'register_node') -> dict
     return values
 
 
-def default_model_path(pair: str) -> Path:
-    """share/nmr/models/<pair>.onnx (preferred) or .pt; in a source checkout, <repo>/models/.
+MODEL_SUFFIXES: dict[str, tuple[str, ...]] = {
+    'auto': ('.onnx', '.pt'),
+    'onnxruntime': ('.onnx', '.pt'),
+    'tensorrt': ('.onnx', '.pt'),
+    'torch': ('.pt',),
+}
+"""Default model files per backend, preferred first. The torch backend runs only checkpoints, so it must
+never be handed the .onnx file that the other backends prefer (that left both pairs idle)."""
 
-    Returns the .onnx path when neither exists, so the error message names the preferred file.
+
+def default_model_path(pair: str, backend: str = 'auto') -> Path:
+    """share/nmr/models/<pair>.<ext> for the first extension `backend` runs; in a checkout, <repo>/models/.
+
+    Returns the backend's preferred path when none exists, so the error message names that file.
     """
+    suffixes = MODEL_SUFFIXES.get(backend, MODEL_SUFFIXES['auto'])
     dirs = [d / 'models' for d in share_dirs()] or [share_path('models')]
     for folder in dirs:
-        for ext in ('.onnx', '.pt'):
+        for ext in suffixes:
             candidate = folder / f'{pair}{ext}'
             if candidate.is_file():
                 return candidate
-    return dirs[0] / f'{pair}.onnx'
+    return dirs[0] / f'{pair}{suffixes[0]}'
 
 
 def model_path(settings: NodeSettings, pair: str) -> Path:
     """The configured model for `pair`, or its default location."""
     configured = settings.models.get(pair, '')
-    return Path(configured).expanduser() if configured else default_model_path(pair)
+    return Path(configured).expanduser() if configured else default_model_path(pair, settings.backend)
 
 
 def create_registrar(path: Path, settings: NodeSettings, pair: str,

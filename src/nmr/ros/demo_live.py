@@ -21,11 +21,26 @@ from typing import Any
 import numpy as np
 
 from nmr.domain import DEFAULT_TOPICS, PAIRS
+from nmr.pipeline.fused import FUSED_TOPICS
 from nmr.pipeline.settings import PAIR_OUTPUTS
 from nmr.resources import share_path
 
 DISCOVERY_TIMEOUT_S = 20.0
 DRAIN_S = 2.0  # after the player ends: stop once no output arrived for this long
+FINAL_DIAGNOSTICS_S = 5.0  # after draining: wait this long (wall) for the node's final counters
+# register_node's per-pair diagnostics keys -> the demo summary's names
+DIAGNOSTIC_COUNTS = {'synced_sets': 'synchronised', 'processed_sets': 'processed',
+                     'stale_dropped': 'dropped_stale', 'unmatched_dropped': 'dropped_unmatched',
+                     'errors': 'errors', 'lazy_skipped': 'lazy_skipped'}
+
+
+def pair_counts(status: Any) -> tuple[str, dict[str, int]] | None:
+    """(pair, counts) from one of register_node's per-pair DiagnosticStatus, None for other statuses."""
+    pair = status.name.rsplit(': ', 1)[-1]
+    if pair not in PAIRS:
+        return None
+    values = {kv.key: kv.value for kv in status.values}
+    return pair, {name: int(values[key]) for key, name in DIAGNOSTIC_COUNTS.items() if key in values}
 
 
 def _shipped_profile() -> Path | None:
@@ -54,8 +69,10 @@ class _Recorder:
 
     def __init__(self, out_bag: Path, namespace: str) -> None:
         import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.parameter import Parameter
         from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from rosgraph_msgs.msg import Clock
         from sensor_msgs.msg import Image
 
         from nmr.data.bag_writer import BagWriter
@@ -67,12 +84,19 @@ class _Recorder:
         self.lock = threading.Lock()
         self.count = 0
         self.flows = 0  # /flow messages: one per processed set, whether or not sim time was known
+        self.flows_per_pair: dict[str, int] = {}
         self.last_arrival = time.monotonic()
         self.latency_ms: list[float] = []
         qos = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
+        # the same topics as `nmr register-bag` writes: every pair output and the fused output
         self.topics = [f'{namespace}/{p}/{o}' for p in PAIRS for o in PAIR_OUTPUTS]
+        self.topics += [f'{namespace}/{o}' for o in FUSED_TOPICS]
         self.subs = [self.node.create_subscription(Image, t, lambda m, t=t: self._store(t, m), qos)
                      for t in self.topics]
+        self.counts: dict[str, dict[str, int]] = {}  # pair -> the node's counters (last /diagnostics)
+        self.diagnostics_received = 0
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._diagnostics, 10)
+        self.clock_pub = self.node.create_publisher(Clock, '/clock', 10)
 
     def _store(self, topic: str, msg: Any) -> None:
         from nmr.data.encodings import image_to_numpy
@@ -85,11 +109,38 @@ class _Recorder:
             self.last_arrival = time.monotonic()
             if topic.endswith('/flow'):
                 self.flows += 1
+                pair = topic.split('/')[-2]
+                self.flows_per_pair[pair] = self.flows_per_pair.get(pair, 0) + 1
                 if now > 0:  # 0: this node has not received /clock (yet); no latency for this set
                     self.latency_ms.append((now - stamp) / 1e6)
 
+    def _diagnostics(self, msg: Any) -> None:
+        for status in msg.status:
+            found = pair_counts(status)
+            if found is not None:
+                self.counts[found[0]] = found[1]
+        self.diagnostics_received += 1
+
+    def final_counts(self, executor: Any) -> None:
+        """Have the node publish its counters once more after the last frame.
+
+        Its diagnostics timer runs on sim time, which stopped with the player's /clock: keep that clock
+        going (0.1 s of sim time per 50 ms) until one more /diagnostics arrives.
+        """
+        from rosgraph_msgs.msg import Clock
+
+        from nmr.ros.convert import time_from_ns
+
+        seen, sim_ns = self.diagnostics_received, self.node.get_clock().now().nanoseconds
+        deadline = time.monotonic() + FINAL_DIAGNOSTICS_S
+        while self.diagnostics_received == seen and time.monotonic() < deadline and sim_ns > 0:
+            sim_ns += 100_000_000
+            self.clock_pub.publish(Clock(clock=time_from_ns(sim_ns)))
+            executor.spin_once(timeout_sec=0.05)
+
     def matched(self) -> bool:
-        return all(s.get_publisher_count() > 0 for s in self.subs)
+        """Every pair output has a publisher (the fused ones exist only where the node has them on)."""
+        return all(s.get_publisher_count() > 0 for s, t in zip(self.subs, self.topics) if '/fused/' not in t)
 
     def close(self) -> None:
         with self.lock:
@@ -139,6 +190,7 @@ def run_live_pipeline(bag: Path, models: dict[str, Path], out_bag: Path, namespa
         while time.monotonic() - recorder.last_arrival < DRAIN_S:
             executor.spin_once(timeout_sec=0.05)
         wall = time.monotonic() - start
+        recorder.final_counts(executor)
     finally:
         recorder.close()
         executor.shutdown()
@@ -156,7 +208,8 @@ def run_live_pipeline(bag: Path, models: dict[str, Path], out_bag: Path, namespa
     chosen = sorted({m.group(1).strip() for m in re.finditer(r'backend \S+ chosen: ([^(]+)',
                                                                (log_dir / 'register_node.log').read_text())})
     return {'mode': 'live (nmr play -> register_node over DDS)', 'wall_s': round(wall, 2),
-            'frames_processed': recorder.flows, 'latency_samples': len(lat),
+            'frames_processed': recorder.flows, 'latency_samples': len(lat), 'node_counts': recorder.counts,
+            'processed_per_pair': recorder.flows_per_pair,
             'messages_recorded': recorder.count,
             'latency_ms_median': round(float(np.median(lat)), 1) if len(lat) else None,
             'latency_ms_p99': round(float(np.percentile(lat, 99)), 1) if len(lat) else None,

@@ -1,7 +1,11 @@
 """Run-time statistics of register_node and their /diagnostics form (diagnostic_updater is not available).
 
 Rates are measured over a sliding window of event times; latency is header stamp -> publish in the
-node's clock (so it stays meaningful with use_sim_time). Counters are cumulative since start.
+node's clock (so it stays meaningful with use_sim_time). Stamps further than CLOCK_MISMATCH_S from the node
+clock are not latencies (a bag played without use_sim_time, a camera without time sync): they are counted
+and the status says so instead of a percentile of 26 hours. Counters are cumulative since start.
+Every status carries `hardware_id` (the node's name: the cameras are not ours to name), which
+diagnostic_aggregator and rqt_runtime_monitor group by.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
+CLOCK_MISMATCH_S = 60.0
+"""A stamp this far from the node clock is not a latency but a different clock."""
 
 
 class RateMeter:
@@ -78,6 +84,7 @@ class PairStats:
     stale_dropped: int = 0    # synchronised sets replaced by a newer one before inference took them
     lazy_skipped: int = 0     # sets not computed because nobody subscribes to the pair's outputs
     errors: int = 0           # sets that failed (bad input, model error)
+    clock_offset_s: float | None = None  # stamp - node clock of the last set outside CLOCK_MISMATCH_S
     state: str = 'starting'
     level: bytes = OK
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -116,7 +123,7 @@ def stream_status(node_name: str, streams: dict[str, StreamStats],
             stopped.append(f'{name} ({s.topic})')
     message = 'no messages from: ' + ', '.join(stopped) if stopped else 'all inputs arriving'
     return DiagnosticStatus(level=WARN if stopped else OK, name=f'{node_name}: inputs', message=message,
-                            hardware_id='', values=values)
+                            hardware_id=node_name, values=values)
 
 
 def pair_status(node_name: str, pair: str, stats: PairStats, backend: str, device: str,
@@ -135,12 +142,20 @@ def pair_status(node_name: str, pair: str, stats: PairStats, backend: str, devic
             _kv('errors', stats.errors), _kv('backend', backend), _kv('device', device), _kv('model', model),
         ]
         values += [_kv(f'latency_ms.{k}', v) for k, v in latency.items()]
+        if stats.clock_offset_s is not None and not latency:
+            values.append(_kv('latency_ms', clock_mismatch_text(stats.clock_offset_s)))
         values += [_kv(f'inference_ms.{k}', v) for k, v in inference.items()]
         if unmatched is not None:
             values.append(_kv('unmatched_dropped', sum(unmatched)))
         return DiagnosticStatus(level=level if level is not None else stats.level,
-                                name=f'{node_name}: {pair}', hardware_id='', values=values,
+                                name=f'{node_name}: {pair}', hardware_id=node_name, values=values,
                                 message=state if state is not None else stats.state)
+
+
+def clock_mismatch_text(offset_s: float) -> str:
+    """Why there is no latency: the stamps are `offset_s` away from the node clock."""
+    return (f'n/a: header stamps are {abs(offset_s):.0f} s {"behind" if offset_s < 0 else "ahead of"} the node '
+            'clock (bag time without use_sim_time, or a camera clock that is not synchronised)')
 
 
 def diagnostic_array(stamp, statuses: list[DiagnosticStatus]) -> DiagnosticArray:

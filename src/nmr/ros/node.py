@@ -12,6 +12,19 @@ line are kept. The topics are independent, so the streams' jumps reach the node 
 reset of everything at each stream's jump would throw away the sets the streams that jumped first had
 already formed (that lost sets after every bag loop and stalled the node tests).
 
+Inputs: raw `sensor_msgs/Image` or, per input (`transport.<s>`), `CompressedImage` on `<topic>/compressed`
+or `/compressedDepth`. Reliability `best_available` by default: a best-effort driver that appears after
+the subscription was made reliable raises an incompatible-QoS event and the subscription is re-made best
+effort (see nmr.ros.qos). Each fixed camera's `camera_info` (beside its image topic) is re-published as
+`<pair>/camera_info` with each output set, since the outputs are on the fixed camera's grid.
+
+Parameters: the table's dynamic ones (models, backend, outputs, overlay alpha, ...) can be set at run time
+and are validated first; the others are read-only (see nmr.ros.params).
+
+Shutdown: the first SIGINT/SIGTERM stops the executor (rclpy's handler); later ones, which arrive while the
+node cleans up when a terminal's Ctrl-C reaches the whole process group and `ros2 launch` forwards its own,
+are ignored, so clean-up finishes and the exit code is 0.
+
 Lazy: a pair is only computed when one of its outputs (or the fused output) has subscribers.
 Robustness: every problem caused by inputs, parameters or model files is a throttled one-line log; the
 node keeps running and recovers (a model file that appears or changes later is loaded then). The first
@@ -35,20 +48,26 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from sensor_msgs.msg import Image
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSPolicyKind
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
+from nmr.data.compressed import decode_compressed
 from nmr.data.encodings import to_rgb
 from nmr.data.sync import ApproxTimeSynchronizer
-from nmr.domain import PAIR_FIXED_KIND, STREAM_ENCODINGS
-from nmr.errors import NmrUserError
+from nmr.domain import PAIR_FIXED_KIND, PAIRS, STREAM_ENCODINGS
+from nmr.errors import ConfigError, NmrUserError
 from nmr.pipeline.fused import FUSED_TOPICS, fuse
 from nmr.pipeline.outputs import PairProcessor
-from nmr.pipeline.settings import NodeSettings, create_registrar, model_path
-from nmr.ros.convert import from_image_msg, header_stamp_ns, to_image_msg
+from nmr.pipeline.settings import NodeSettings, camera_info_topic, create_registrar, model_path
+from nmr.ros.convert import copy_header, from_image_msg, header_stamp_ns, to_image_msg
 from nmr.ros.diagnostics import (
+    CLOCK_MISMATCH_S,
     ERROR,
     OK,
     WARN,
@@ -59,10 +78,11 @@ from nmr.ros.diagnostics import (
     pair_status,
     stream_status,
 )
-from nmr.ros.params import declare_and_load
-from nmr.ros.qos import input_qos, output_qos
+from nmr.ros.params import declare_and_load, updated_settings
+from nmr.ros.qos import camera_info_qos, input_qos, output_qos
 
 NODE_NAME = 'register_node'
+CAMERA_INFO = 'camera_info'
 
 
 @dataclass
@@ -93,6 +113,8 @@ class PairRuntime:
     sync: ApproxTimeSynchronizer[Frame]
     stats: PairStats = field(default_factory=PairStats)
     publishers: dict[str, Any] = field(default_factory=dict)
+    """output name -> publisher; replaced as a whole (under the node's `_pub_lock`) when `outputs` change."""
+    info_publisher: Any = None
     processor: PairProcessor | None = None
     model_file: Path | None = None
     model_stamp: tuple[float, int] | None = None   # (mtime, size) of the file last tried
@@ -104,6 +126,15 @@ class PairRuntime:
     queued: tuple[list[Frame], list[Frame]] = field(default_factory=lambda: ([], []))
     """Frames given to `sync` since its last reset and not yet used in a set, per index, by stamp: what a
     restart after a time jump can keep (the synchroniser's own queues are private)."""
+
+
+def _restamped(info: CameraInfo, header: Header) -> CameraInfo:
+    """The camera's calibration with an output's header (same stamp and frame as the images)."""
+    out = CameraInfo()
+    for name in ('height', 'width', 'distortion_model', 'd', 'k', 'r', 'p', 'binning_x', 'binning_y', 'roi'):
+        setattr(out, name, getattr(info, name))
+    out.header = copy_header(header)
+    return out
 
 
 def _file_stamp(path: Path) -> tuple[float, int] | None:
@@ -132,28 +163,149 @@ class RegisterNode(Node):
         used = ['rgb', *(PAIR_FIXED_KIND[p] for p in s.pairs)]
         self.streams: dict[str, StreamStats] = {n: StreamStats(s.inputs[n].topic) for n in used}
         self._last_stamp: dict[str, int] = {}
+        self._camera_info: dict[str, CameraInfo] = {}
+        self._pub_lock = threading.Lock()  # the worker publishes while a parameter change swaps publishers
         # Load the models before any publisher or subscription exists: a peer that discovers the node
         # (a player waiting for subscribers, a recorder waiting for outputs) must find it able to compute.
         # Loaded lazily in the worker, the first seconds of input (the whole first second of a demo bag)
         # were synchronised and dropped as stale while onnxruntime/torch were still being imported.
         self._check_models()
-        out_qos = output_qos()
-        for pair in self.pairs.values():
-            for out in s.pair_outputs:
-                pair.publishers[out] = self.create_publisher(Image, f'{pair.name}/{out}', out_qos)
-        self.fused_publishers = {t: self.create_publisher(Image, t, out_qos) for t in FUSED_TOPICS if s.fused}
+        self._create_outputs()
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self._subs = [
-            self.create_subscription(Image, s.inputs[n].topic, lambda m, n=n: self._on_image(n, m),
-                                     input_qos(s.inputs[n]))
-            for n in used
-        ]
+        self._create_inputs(used)
+        self.add_on_set_parameters_callback(self._check_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
         self._diag_timer = self.create_timer(s.diagnostics_period_s, self._publish_diagnostics)
         self._worker = threading.Thread(target=self._work, name='nmr-inference', daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f'pairs {", ".join(s.pairs)}; inputs ' + ', '.join(f'{n}={s.inputs[n].topic}' for n in used)
+            f'pairs {", ".join(s.pairs)}; inputs '
+            + ', '.join(f'{n}={self._subs[n].topic_name} ({s.inputs[n].transport})' for n in used)
+            + '; camera_info ' + ', '.join(f'{n}={sub.topic_name}' for n, sub in self._info_subs.items())
             + f'; outputs {", ".join(s.outputs)} under {self.get_namespace()}')
+
+    # -- subscriptions and publishers ------------------------------------------------------------
+    def _create_outputs(self) -> None:
+        """Image publishers per the `outputs` setting, and camera_info beside them (always advertised)."""
+        self._out_qos = output_qos()
+        self.fused_publishers: dict[str, Any] = {}
+        self._update_publishers()
+        for pair in self.pairs.values():
+            pair.info_publisher = self.create_publisher(CameraInfo, f'{pair.name}/{CAMERA_INFO}', self._out_qos)
+        both = all(p in self.pairs for p in PAIRS)  # fused outputs possible (also after `outputs` is set)
+        self._fused_info_pub = self.create_publisher(CameraInfo, f'fused/{CAMERA_INFO}', self._out_qos) \
+            if both else None
+
+    def _create_inputs(self, used: list[str]) -> None:
+        """Image subscriptions of the used streams and camera_info of their fixed cameras."""
+        self._subs: dict[str, Any] = {}
+        self._sub_reliability: dict[str, str] = {}
+        for n in used:
+            self._subscribe(n)
+        self._info_subs = {n: self._subscribe_camera_info(n) for n in used if n != 'rgb'}
+
+    def _subscribe_camera_info(self, stream: str) -> Any:
+        """The camera_info subscription of a fixed camera (beside its image topic)."""
+
+        def callback(msg: CameraInfo) -> None:
+            self._on_camera_info(stream, msg)
+
+        return self.create_subscription(CameraInfo, self._info_topic(stream), callback, camera_info_qos())
+
+    def _subscribe(self, stream: str, reliability: str | None = None) -> None:
+        """(Re)create the input subscription of `stream` (raw Image or CompressedImage per `transport`)."""
+        settings = self.settings.inputs[stream]
+        msg_type = Image if settings.transport == 'raw' else CompressedImage
+
+        def on_incompatible(event: QoSRequestedIncompatibleQoSInfo) -> None:
+            self._on_incompatible_qos(stream, event)
+
+        def on_image(msg: Image | CompressedImage) -> None:
+            self._on_image(stream, msg)
+
+        events = SubscriptionEventCallbacks(incompatible_qos=on_incompatible)
+        old = self._subs.pop(stream, None)
+        if old is not None:
+            self.destroy_subscription(old)
+        self._sub_reliability[stream] = reliability or settings.reliability
+        self._subs[stream] = self.create_subscription(
+            msg_type, settings.subscribed_topic, on_image, input_qos(settings, reliability),
+            event_callbacks=events)
+        self.streams[stream].topic = self._subs[stream].topic_name  # diagnostics name it as remapped
+
+    def _info_topic(self, stream: str) -> str:
+        """camera_info beside the image topic as subscribed (after remapping), compressed suffix removed."""
+        resolved = self._subs[stream].topic_name
+        if self.settings.inputs[stream].transport != 'raw':
+            resolved = resolved.rpartition('/')[0]
+        return camera_info_topic(resolved)
+
+    def _on_incompatible_qos(self, stream: str, event: QoSRequestedIncompatibleQoSInfo) -> None:
+        """A publisher on an input cannot reach the subscription; with best_available, follow it."""
+        if event.last_policy_kind != QoSPolicyKind.RELIABILITY:
+            return
+        topic = self._subs[stream].topic_name
+        if self._sub_reliability[stream] == 'best_available':
+            self.get_logger().info(f'topic {topic}: a best-effort publisher appeared after the subscription '
+                                   'was made reliable; subscribing best effort (set qos.'
+                                   f'{stream}.reliability to pin it)')
+            self._subscribe(stream, 'best_effort')
+            return
+        self._warn(f'qos:{stream}', f'topic {topic}: a best-effort publisher cannot reach this reliable '
+                   f'subscription: set qos.{stream}.reliability to best_available or best_effort')
+
+    def _update_publishers(self) -> None:
+        """Publishers for exactly the outputs in the settings (kept where they already exist)."""
+        s = self.settings
+        with self._pub_lock:
+            for pair in self.pairs.values():
+                keep = {o: pair.publishers.get(o) or self.create_publisher(Image, f'{pair.name}/{o}', self._out_qos)
+                        for o in s.pair_outputs}
+                self._destroy_unused(pair.publishers, keep)
+                pair.publishers = keep
+            fused = {t: self.fused_publishers.get(t) or self.create_publisher(Image, t, self._out_qos)
+                     for t in FUSED_TOPICS if s.fused}
+            self._destroy_unused(self.fused_publishers, fused)
+            self.fused_publishers = fused
+
+    def _destroy_unused(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        for name, pub in old.items():
+            if name not in new:
+                self.destroy_publisher(pub)
+
+    # -- parameters --------------------------------------------------------------------------------
+    def _check_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Validate a run-time set (read-only ones were refused by rclpy already); nothing changes yet."""
+        try:
+            updated_settings(self.settings, params)
+        except ConfigError as err:
+            return SetParametersResult(successful=False, reason=str(err))
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, params: list[Parameter]) -> None:
+        """Apply an accepted set: reload models, rebuild publishers, update the outputs' look."""
+        try:
+            new = updated_settings(self.settings, params)
+        except ConfigError as err:  # valid a moment ago (a model file removed since): keep the old settings
+            self._warn('params', f'parameters not applied: {err}', error=True)
+            return
+        if new is None:
+            return
+        old, self.settings = self.settings, new
+        self._throttle.period_s = new.log_throttle_s
+        runtime = ('backend', 'device', 'net_hw')
+        for pair in self.pairs.values():
+            if (model_path(old, pair.name) != model_path(new, pair.name)
+                    or any(getattr(old, a) != getattr(new, a) for a in runtime)):
+                pair.model_file, pair.model_checked = None, -1e9  # the worker loads it on its next round
+            if pair.processor is not None:
+                pair.processor.overlay_alpha = new.overlay_alpha
+                pair.processor.flow_viz_max_px = new.flow_viz_max_px
+        if old.outputs != new.outputs:
+            self._update_publishers()
+        with self._cond:
+            self._cond.notify_all()
+        self.get_logger().info('parameters set: ' + ', '.join(f'{p.name}={p.value}' for p in params))
 
     # -- logging -----------------------------------------------------------------------------------
     def _warn(self, key: str, text: str, error: bool = False) -> None:
@@ -170,14 +322,20 @@ class RegisterNode(Node):
             self.get_logger().warning(text)
 
     # -- callbacks ---------------------------------------------------------------------------------
-    def _on_image(self, stream: str, msg: Image) -> None:
+    def _on_camera_info(self, stream: str, msg: CameraInfo) -> None:
+        self._camera_info[stream] = msg
+
+    def _on_image(self, stream: str, msg: Image | CompressedImage) -> None:
         st = self.streams[stream]
         st.received.tick()
         topic = st.topic
         try:
-            arr = from_image_msg(msg, topic)
-            if msg.encoding not in STREAM_ENCODINGS[stream]:
-                raise NmrUserError(f'topic {topic}: encoding {msg.encoding!r} cannot be used as {stream} '
+            if isinstance(msg, CompressedImage):
+                arr, encoding = decode_compressed(msg, topic)
+            else:
+                arr, encoding = from_image_msg(msg, topic), msg.encoding
+            if encoding not in STREAM_ENCODINGS[stream]:
+                raise NmrUserError(f'topic {topic}: encoding {encoding!r} cannot be used as {stream} '
                                    f'(expected {", ".join(STREAM_ENCODINGS[stream])}); message ignored')
         except NmrUserError as err:
             st.bad += 1
@@ -187,9 +345,9 @@ class RegisterNode(Node):
         if st.last_size is not None and size != st.last_size:
             self._warn(f'size:{stream}', f'topic {topic}: image size changed from {st.last_size[1]}x'
                        f'{st.last_size[0]} to {size[1]}x{size[0]}; continuing at the new size')
-        st.last_size, st.last_encoding = size, msg.encoding
+        st.last_size, st.last_encoding = size, encoding
         stamp = header_stamp_ns(msg.header)
-        frame = Frame(arr, msg.encoding, msg.header, stamp)
+        frame = Frame(arr, encoding, msg.header, stamp)
         with self._cond:
             last = self._last_stamp.get(stream)
             jumped = last is not None and stamp < last
@@ -319,9 +477,21 @@ class RegisterNode(Node):
         self.get_logger().info(f'{pair.name}: model {path} loaded ({pair.backend} on {pair.device})')
 
     def _wanted(self, pair: PairRuntime) -> tuple[list[str], bool]:
-        wanted = [o for o, pub in pair.publishers.items() if pub.get_subscription_count() > 0]
-        fused = any(pub.get_subscription_count() > 0 for pub in self.fused_publishers.values())
+        with self._pub_lock:
+            wanted = [o for o, pub in pair.publishers.items() if pub.get_subscription_count() > 0]
+            fused = any(pub.get_subscription_count() > 0 for pub in self.fused_publishers.values())
         return wanted, fused
+
+    def _publish(self, publishers: dict[str, Any], outputs: dict[str, tuple[np.ndarray, str]], header: Header,
+                 info_stream: str, info_publisher: Any) -> None:
+        """Publish outputs (those whose publisher still exists) and the fixed camera's camera_info."""
+        with self._pub_lock:
+            for name, (arr, encoding) in outputs.items():
+                if name in publishers:
+                    publishers[name].publish(to_image_msg(arr, encoding, header))
+            info = self._camera_info.get(info_stream)
+            if info is not None and info_publisher is not None:
+                info_publisher.publish(_restamped(info, header))
 
     def _run_pair(self, pair: PairRuntime, job: tuple[Frame, Frame]) -> None:
         wanted, fused = self._wanted(pair)
@@ -340,8 +510,7 @@ class RegisterNode(Node):
             moving = to_rgb(rgb.array, rgb.encoding)
             registration = pair.processor.register(moving, fixed.array, fixed.encoding)
             outputs = pair.processor.outputs(registration, fixed.array, fixed.encoding, wanted)
-            for name, (arr, encoding) in outputs.items():
-                pair.publishers[name].publish(to_image_msg(arr, encoding, fixed.header))
+            self._publish(pair.publishers, outputs, fixed.header, pair.fixed_stream, pair.info_publisher)
         except NmrUserError as err:
             with stats.lock:
                 stats.errors += 1
@@ -357,7 +526,10 @@ class RegisterNode(Node):
         latency_ms = (self.get_clock().now().nanoseconds - fixed.stamp_ns) / 1e6
         with stats.lock:
             stats.processed.tick()
-            stats.latency.add(latency_ms)
+            if abs(latency_ms) <= CLOCK_MISMATCH_S * 1e3:
+                stats.latency.add(latency_ms)
+            else:  # not a latency: the stamps come from another clock (see diagnostics)
+                stats.clock_offset_s = -latency_ms / 1e3
             stats.inference_ms.add((time.perf_counter() - t0) * 1e3)
             stats.state, stats.level = 'running', OK
         pair.last = PairResult(rgb.stamp_ns, (int(moving.shape[0]), int(moving.shape[1])),
@@ -371,14 +543,13 @@ class RegisterNode(Node):
         key = (a.rgb_stamp_ns, a.fixed.stamp_ns)
         if a.rgb_stamp_ns != b.rgb_stamp_ns or key == self._fused_done:
             return
-        if not any(pub.get_subscription_count() > 0 for pub in self.fused_publishers.values()):
+        if not self._wanted(lw)[1]:
             return
         self._fused_done = key
         try:
             outputs = fuse(a.fixed.array, a.fixed.encoding, a.flow, a.registered, b.fixed.array,
                            b.fixed.encoding, b.flow, a.rgb_hw)
-            for topic, (arr, encoding) in outputs.items():
-                self.fused_publishers[topic].publish(to_image_msg(arr, encoding, a.fixed.header))
+            self._publish(self.fused_publishers, outputs, a.fixed.header, 'lwir', self._fused_info_pub)
         except Exception as err:
             self._warn('fused', f'fused output failed ({type(err).__name__}: {err})', error=True)
 
@@ -407,17 +578,40 @@ class RegisterNode(Node):
         self._worker.join(timeout=5.0)
 
 
+class _Signals:
+    """SIGINT/SIGTERM handlers installed before rclpy.init, so that rclpy's own handler chains to them.
+
+    rclpy's handler shuts the context down (the executor returns); this one only records the request,
+    so a signal never raises KeyboardInterrupt. `ignore` is called when clean-up starts: a terminal's
+    Ctrl-C reaches the whole process group and `ros2 launch` forwards a second SIGINT, which used to
+    interrupt the clean-up with a traceback and exit code -2.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, _signum: int, _frame: Any) -> None:
+        self.requested = True
+
+    @staticmethod
+    def ignore() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script `register_node`: 0 on shutdown, 2 on invalid parameters (one line, no traceback)."""
     args = list(sys.argv if argv is None else argv)
     if hasattr(signal, 'SIGUSR1'):  # `kill -USR1 <pid>` prints every thread's stack (diagnosing hangs)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+    signals = _Signals()
     try:
         rclpy.init(args=args)
     except Exception as err:
         print(f'{NODE_NAME}: error: cannot start ROS 2: {str(err).splitlines()[0]}', file=sys.stderr)
         return 2
-    node: RegisterNode | None = None
     try:
         node = RegisterNode()
     except NmrUserError as err:
@@ -425,8 +619,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         rclpy.try_shutdown()
         return 2
     except Exception as err:
-        print(f'{NODE_NAME}: error: invalid parameters: {str(err).splitlines()[0]}', file=sys.stderr)
         rclpy.try_shutdown()
+        if signals.requested:  # stopped while loading the models: the context went away under us
+            return 0
+        print(f'{NODE_NAME}: error: invalid parameters: {str(err).splitlines()[0]}', file=sys.stderr)
         return 2
     executor = SingleThreadedExecutor()
     executor.add_node(node)
@@ -435,10 +631,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        signals.ignore()
         node.stop()
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
+        signals.ignore()  # rclpy restores the handlers it replaced when it shuts down
     return 0
 
 

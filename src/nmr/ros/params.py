@@ -3,17 +3,24 @@
 Parameters are declared with dynamic typing so that a value of the wrong type reaches our validation,
 which names the parameter and what it expects, instead of an rclpy exception with a traceback.
 Parameter overrides that match no declared parameter (a typo in the YAML) are reported as errors too.
+
+Run time (`ros2 param set`): the table's `dynamic` parameters are validated by the node's on-set callback
+(`updated_settings`) and applied; every other parameter is declared read-only, so rclpy refuses the set
+instead of accepting a value the node would never use.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 
 from nmr.errors import ConfigError
-from nmr.pipeline.settings import PARAMS, NodeSettings, validate
+from nmr.pipeline.settings import PARAMS, PARAMS_BY_NAME, NodeSettings, model_path, validate
 
 _BUILTIN = frozenset({'use_sim_time', 'start_type_description_service', 'qos_overrides'})
 
@@ -22,9 +29,11 @@ def declare_and_load(node: Node) -> NodeSettings:
     """Declare every parameter, read the values (defaults overridden by params files / -p) and validate."""
     values: dict[str, Any] = {}
     for spec in PARAMS:
-        descriptor = ParameterDescriptor(description=spec.description, dynamic_typing=True)
+        description = spec.description + ('' if spec.dynamic else ' (read-only at run time: restart to change)')
+        descriptor = ParameterDescriptor(description=description, dynamic_typing=True,
+                                         read_only=not spec.dynamic)
         param = node.declare_parameter(spec.name, spec.default, descriptor)
-        values[spec.name] = _plain(param.value)
+        values[spec.name] = plain(param.value)
     overrides = getattr(node, '_parameter_overrides', {}) or {}
     declared = {spec.name for spec in PARAMS}
     unknown = sorted(n for n in overrides if n not in declared and n.split('.')[0] not in _BUILTIN)
@@ -34,7 +43,25 @@ def declare_and_load(node: Node) -> NodeSettings:
     return validate(values)
 
 
-def _plain(value: Any) -> Any:
+def updated_settings(current: NodeSettings, params: Sequence[Parameter]) -> NodeSettings | None:
+    """The settings after a parameter set, or None when it touches none of ours. Raises ConfigError.
+
+    A model file that does not exist is refused here: accepting it would only leave the pair idle.
+    """
+    changed = {p.name: plain(p.value) for p in params if p.name in PARAMS_BY_NAME}
+    if not changed:
+        return None
+    settings = validate({**current.values, **changed})
+    for name in changed:
+        if name.startswith('models.') and changed[name]:
+            path = model_path(settings, name.split('.', 1)[1])
+            if not Path(path).is_file():
+                raise ConfigError(f"parameter '{name}': model file {path} does not exist; give an existing "
+                                  '.onnx/.pt file')
+    return settings
+
+
+def plain(value: Any) -> Any:
     """rclpy returns arrays as array.array / lists: make them plain lists for validation."""
     if value is None:
         return None

@@ -220,8 +220,12 @@ class RosHarness:
         self.node.destroy_node()
 
 
-def start_node(params: dict[str, Any], log_path: Path, extra_args: Sequence[str] = ()) -> subprocess.Popen:
-    """register_node as a subprocess (console script of this environment) with `-p name:=value` params."""
+def start_node(params: dict[str, Any], log_path: Path, extra_args: Sequence[str] = (),
+               new_session: bool = False) -> subprocess.Popen:
+    """register_node as a subprocess (console script of this environment) with `-p name:=value` params.
+
+    `new_session`: its own process group, as `ros2 launch` and its children form one in a terminal.
+    """
     exe = Path(sys.executable).with_name('register_node')
     cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ['-m', 'nmr.ros.node'])]
     cmd += ['--ros-args', *extra_args]
@@ -234,7 +238,8 @@ def start_node(params: dict[str, Any], log_path: Path, extra_args: Sequence[str]
             text = str(value)
         cmd += ['-p', f'{name}:={text}']
     log = open(log_path, 'w')  # noqa: SIM115 - handed to the child, closed with it
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
+                            start_new_session=new_session)
 
 
 def stop_node(proc: subprocess.Popen, timeout_s: float = 10.0) -> int:
@@ -257,5 +262,77 @@ def diagnostic_values(msg: Any) -> dict[str, dict[str, str]]:
         level = status.level
         values['level'] = str(level[0] if isinstance(level, (bytes, bytearray)) else int(level))
         values['message'] = status.message
+        values['hardware_id'] = status.hardware_id
         out[status.name.split(': ')[-1]] = values
     return out
+
+
+FULL_SIZE = {'rgb': ((480, 640, 3), 'rgb8'), 'lwir': ((512, 640), 'mono16'), 'depth': ((480, 848), '16UC1')}
+"""A real rig's frame sizes: RealSense colour 640x480, Boson 640x512, RealSense depth 848x480."""
+
+
+def plain_driver(count: int, rate_hz: float = 10.0, streams: Sequence[str] = tuple(FULL_SIZE),
+                 match_timeout_s: float = 60.0) -> int:
+    """Publish full-size frames of `streams` at `rate_hz` the way ordinary camera drivers do (one process
+    per camera driver: realsense-ros publishes RGB and depth, flir_boson_usb LWIR).
+
+    Default QoS (reliable, keep last 10) and no Fast DDS profile of its own (the caller leaves
+    FASTDDS_DEFAULT_PROFILES_FILE out of this process's environment). Stamps are the wall clock.
+
+    Protocol on stdin/stdout, so that the caller measures the steady state and not discovery (a writer can
+    match a reader before the reader matches it; a volatile reader never gets what was sent before): warm-up
+    sets until a line arrives on stdin, then every warm-up set acknowledged and `warm` printed; on the next
+    line `count` sets, acknowledged, then `published ...`.
+    """
+    import select
+
+    import rclpy
+    from rclpy.duration import Duration
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+
+    from nmr.ros.convert import time_from_ns, to_image_msg
+
+    rclpy.init()
+    node = rclpy.create_node('plain_camera_driver_' + '_'.join(streams))
+    pubs = {s: node.create_publisher(Image, INPUT_TOPICS[s], 10) for s in streams}
+    rng = np.random.default_rng(0)
+    msgs = {}
+    for stream in streams:
+        shape, encoding = FULL_SIZE[stream]
+        arr = rng.integers(0, 255 if encoding == 'rgb8' else 4000, shape).astype(
+            np.uint8 if encoding == 'rgb8' else np.uint16)
+        msgs[stream] = to_image_msg(arr, encoding, Header(frame_id=stream))
+    wait_for(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()), match_timeout_s,
+             'register_node to subscribe to every camera topic')
+
+    def publish_set() -> None:
+        for stream, msg in msgs.items():
+            msg.header.stamp = time_from_ns(time.time_ns())
+            pubs[stream].publish(msg)
+
+    def acked() -> bool:
+        return all(p.wait_for_all_acked(Duration(seconds=20)) for p in pubs.values())
+
+    period = 1.0 / rate_hz
+    while not select.select([sys.stdin], [], [], period)[0]:  # the camera's frame rate
+        publish_set()
+    sys.stdin.readline()
+    print(f'warm; acknowledged: {acked()}', flush=True)
+    sys.stdin.readline()
+    next_t = time.monotonic()
+    for _ in range(count):
+        publish_set()
+        next_t += period
+        time.sleep(max(0.0, next_t - time.monotonic()))  # the camera's frame rate
+    print(f'published {count} sets; acknowledged: {acked()}', flush=True)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':  # python -m nmr.ros.testing driver COUNT [RATE_HZ [STREAM,STREAM]]
+    if len(sys.argv) >= 3 and sys.argv[1] == 'driver':
+        sys.exit(plain_driver(int(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 10.0,
+                              sys.argv[4].split(',') if len(sys.argv) > 4 else tuple(FULL_SIZE)))
+    sys.exit('usage: python -m nmr.ros.testing driver COUNT [RATE_HZ [STREAM,STREAM]]')

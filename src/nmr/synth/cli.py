@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from nmr.data.bag_writer import bag_folder
 from nmr.domain import DEFAULT_TOPICS, PAIRS
 from nmr.errors import ConfigError
 from nmr.synth.generator import SynthConfig, generate, gt_topics
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--out', required=True, type=Path, help='output bag directory (must not exist)')
+    parser.add_argument('--out', required=True, type=Path,
+                        help='output bag folder, e.g. rig (it holds metadata.yaml and rig.mcap); a name '
+                             'ending in .mcap names the file: rig.mcap -> folder rig/ with rig.mcap inside')
     length = parser.add_mutually_exclusive_group()
     length.add_argument('--frames', type=int, help='number of RGB frames (duration = frames / RGB rate)')
     length.add_argument('--duration', type=float, help='seconds of recording (default 3)')
@@ -43,7 +46,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--overwrite', action='store_true', help='replace an existing bag at --out')
 
 
+def output_folder(out: Path, overwrite: bool) -> Path:
+    """The bag folder to write for `--out` (see bag_folder); ConfigError if it exists and may not be replaced."""
+    folder = bag_folder(out)
+    if folder.exists() and not overwrite:
+        raise ConfigError(f'output bag {folder} already exists: pass --overwrite to replace it, or choose '
+                          'another --out')
+    return folder
+
+
 def run(args: argparse.Namespace) -> int:
+    out = output_folder(args.out, args.overwrite)
+
     if args.frames is not None:
         if args.frames < 1:
             raise ConfigError(f'--frames {args.frames}: give at least 1')
@@ -51,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         duration = 3.0 if args.duration is None else args.duration
     cfg = SynthConfig(
-        out=args.out,
+        out=out,
         duration_s=duration,
         seed=args.seed,
         storage=args.storage,
@@ -64,8 +78,9 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
     )
     result = generate(cfg, log=print)
+    storage_file = result.path / f'{result.path.name}.{"mcap" if cfg.storage == "mcap" else "db3"}'
     print(
-        f'nmr synth: wrote {result.path} ({cfg.storage}, seed {cfg.seed}, {duration:.2f} s, '
+        f'nmr synth: wrote bag folder {result.path} ({storage_file} inside; seed {cfg.seed}, {duration:.2f} s, '
         f'{result.scene_objects} scene objects) in {result.elapsed_s:.1f} s with {result.workers} worker(s)'
     )
     for name, cam in result.rig.cameras().items():

@@ -182,10 +182,17 @@ def run(args: argparse.Namespace) -> int:
     from nmr.training.trainer import Trainer
 
     data = build_data(args, cfg)
+    if data.val is None or len(data.val) == 0:
+        import sys
+
+        print('nmr train: warning: 0 validation pairs: no validation score, and best.pt will be the last '
+              "epoch's model; pass --val-manifest CSV, or set data.val_fraction (bags are split in blocks of "
+              'data.block_s seconds: shorter blocks for a short bag; folders: data.scene_prefix=N splits by '
+              'scene, the first N characters of each stem)', file=sys.stderr)
     result = Trainer(cfg, data, args.out, resume=args.resume, init=args.init).fit()
     best = result.get('best')
     print(
-        f'done: {result["steps"]} steps; best validation score {best if best is not None else "n/a"}; '
+        f'done: {result["steps"]} steps; best validation score {f"{best:.4g}" if best is not None else "n/a"}; '
         f'model {args.out / "best.pt"}'
     )
     return 0
