@@ -18,8 +18,9 @@ for seed in 201 202 203 204; do
     --workers 1 > /dev/null
   bags+=("$runs/user_$seed")
 done
-[ -f "$runs/eval777/$pair/manifest.csv" ] || $nmr synth --out "$runs/eval777_bag" --duration 1.0 --seed 777 \
-  --size-scale 0.5 --export-pairs "$runs/eval777" --overwrite --workers 1 > /dev/null
+eval_pairs="${NMR_EVAL_DIR:-runs/eval}/synth_val"   # the held-out rig of scripts/evaluate_default_models.sh
+[ -f "$eval_pairs/$pair/manifest.csv" ] || $nmr synth --out "$runs/eval777_bag" --duration 1.0 --seed 777 \
+  --size-scale 0.5 --export-pairs "$eval_pairs" --overwrite --workers 1 > /dev/null
 $nmr train --pair "$pair" --bag "${bags[@]}" --out "$runs/$pair" --init "models/$pair.pt" \
   --set loss.objective=nemar --set data.net_hw=[128,160] \
   --set model.translation_ngf=16 --set model.translation_blocks=6 --set model.discriminator_ndf=16 \
@@ -27,6 +28,6 @@ $nmr train --pair "$pair" --bag "${bags[@]}" --out "$runs/$pair" --init "models/
   --set optim.lr=2e-4 --set optim.lr_registration=5e-5 --set optim.decay_start=0.7 --set data.val_fraction=0 \
   --set run.threads=1 --set data.workers=0 --set run.keep_every=0 --set run.log_every=25 ${NMR_FT_ARGS:-}
 for model in "models/$pair.pt" "$runs/$pair/last.pt"; do
-  $nmr evaluate --model "$model" --manifest "$runs/eval777/$pair/manifest.csv" --backend torch \
+  $nmr evaluate --model "$model" --manifest "$eval_pairs/$pair/manifest.csv" --backend torch \
     --out "$runs/$(basename "$(dirname "$model")")_$pair.json" | tail -n 1 | sed "s|^|$model: |"
 done

@@ -28,3 +28,9 @@ run roadscene_rgb_lwir models/rgb_lwir.onnx "$eval_dir/roadscene_val/manifest.cs
 run rgbdd_rgb_depth models/rgb_depth.onnx "$eval_dir/rgbdd_val/manifest.csv"
 run synth_rgb_lwir models/rgb_lwir.onnx "$eval_dir/synth_val/rgb_lwir/manifest.csv"
 run synth_rgb_depth models/rgb_depth.onnx "$eval_dir/synth_val/rgb_depth/manifest.csv"
+# The bar a dense model must beat: the best global homography fitted to each pair's ground truth.
+for set in "roadscene_val/manifest.csv lwir" "rgbdd_val/manifest.csv depth" "synth_val/rgb_lwir/manifest.csv lwir" \
+           "synth_val/rgb_depth/manifest.csv depth"; do
+  read -r manifest kind <<< "$set"
+  $py benchmarks/homography_oracle.py --manifest "$eval_dir/$manifest" --kind "$kind"
+done
