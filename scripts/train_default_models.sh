@@ -7,7 +7,7 @@
 # with the synthetic rig's recorded ground truth; the encoders are first pre-trained for matching (dense
 # contrastive loss), which stays on as an auxiliary term; appearance randomisation and flips; one-cycle LR.
 #   NMR_PROFILE=cpu (default): 2-core CPU, both pairs in parallel with one thread each, net 128x160, batch 8,
-#                   ~3,600 steps each (the first 600 contrastive only).
+#                   ~3,600 steps each (the first 600 contrastive only), then a second one-cycle of ~1,300.
 #   NMR_PROFILE=gpu: the same recipe at 256x320, batch 16, ~7x more steps.
 # Then fine-tune with NeMAR's unsupervised losses on your own bags: `nmr train --init models/<pair>.pt
 # --bag ... --set loss.objective=mixed` (see models/README.md).
@@ -27,10 +27,11 @@ py=.venv/bin/python
 mkdir -p "$runs"
 
 case "$profile" in
-  cpu) epochs_lwir=70; epochs_depth=50   # ~3,600 steps each (51 and 72 steps per epoch)
+  cpu) epochs_lwir=70; epochs_depth=50     # stage 1: ~3,600 steps each (51 and 72 steps per epoch)
+      epochs2_lwir=25; epochs2_depth=18   # stage 2: ~1,300 steps each
       settings=(--set data.net_hw=[128,160] --set optim.batch_size=8 --set loss.contrastive_only_steps=600 --set run.threads=1
                  --set data.workers=0 --set run.val_every=5 --set run.keep_every=5 --set run.log_every=50) ;;
-  gpu) epochs_lwir=400; epochs_depth=300
+  gpu) epochs_lwir=400; epochs_depth=300; epochs2_lwir=100; epochs2_depth=75
       settings=(--set data.net_hw=[256,320] --set optim.batch_size=16 --set loss.contrastive_only_steps=2000 --set data.workers=6
                  --set run.val_every=10 --set run.keep_every=50 --set run.log_every=100) ;;
   *) echo "NMR_PROFILE must be cpu or gpu, not $profile" >&2; exit 2 ;;
@@ -58,19 +59,33 @@ done
   --max-pairs 24 --seed 99 --pairs "$data/rgbdd/RGB" "$data/rgbdd/Depth" --moving-suffix _RGB \
   --fixed-suffix _HR_gt --scene-prefix 11 --out "$runs/val_rgbdd"
 
-# rgb_lwir: roadscene (FLIR ADAS) pre-aligned pairs + synthetic misalignment, split by scene; + rig bags
-$nmr train --pair rgb_lwir --pairs "$data/roadscene/crop_LR_visible" "$data/roadscene/cropinfrared" \
-  --bag "${rig[@]}" --val-manifest "$runs/val_roadscene/manifest.csv" --out "$runs/rgb_lwir" "${common[@]}" \
-  --set optim.epochs=$epochs_lwir "$@" &
-# rgb_depth: rgbdd, split by 10-minute capture blocks (stem prefix of 11 characters); + rig bags
-$nmr train --pair rgb_depth --pairs "$data/rgbdd/RGB" "$data/rgbdd/Depth" --moving-suffix _RGB \
-  --fixed-suffix _HR_gt --set data.scene_prefix=11 --bag "${rig[@]}" \
-  --val-manifest "$runs/val_rgbdd/manifest.csv" --out "$runs/rgb_depth" "${common[@]}" \
-  --set optim.epochs=$epochs_depth "$@" &
+# rgb_lwir: roadscene (FLIR ADAS) pre-aligned pairs + synthetic misalignment, split by scene; + rig bags.
+# rgb_depth: rgbdd, split by 10-minute capture blocks (stem prefix of 11 characters); + rig bags.
+train_lwir() {  # OUT_NAME EPOCHS [extra args]
+  $nmr train --pair rgb_lwir --pairs "$data/roadscene/crop_LR_visible" "$data/roadscene/cropinfrared" \
+    --bag "${rig[@]}" --val-manifest "$runs/val_roadscene/manifest.csv" --out "$runs/$1" "${common[@]}" \
+    --set optim.epochs="$2" "${@:3}"
+}
+train_depth() {  # OUT_NAME EPOCHS [extra args]
+  $nmr train --pair rgb_depth --pairs "$data/rgbdd/RGB" "$data/rgbdd/Depth" --moving-suffix _RGB \
+    --fixed-suffix _HR_gt --set data.scene_prefix=11 --bag "${rig[@]}" \
+    --val-manifest "$runs/val_rgbdd/manifest.csv" --out "$runs/$1" "${common[@]}" --set optim.epochs="$2" "${@:3}"
+}
+# Stage 1: contrastive pre-training of the encoders, then supervised flow training (one one-cycle schedule).
+[ -f "$runs/rgb_lwir/epoch_$(printf %03d "$epochs_lwir").pt" ] || train_lwir rgb_lwir "$epochs_lwir" "$@" &
+[ -f "$runs/rgb_depth/epoch_$(printf %03d "$epochs_depth").pt" ] || train_depth rgb_depth "$epochs_depth" "$@" &
+wait
+# Stage 2: a second, gentler one-cycle from stage 1's weights (validation was still improving steadily at
+# the end of stage 1); no encoder-only phase, no curriculum.
+stage2=(--set loss.contrastive_only_steps=0 --set augment.warmup_epochs=0 --set optim.lr=3e-4 --set run.keep_every=1)
+train_lwir rgb_lwir_stage2 "$epochs2_lwir" --init "$runs/rgb_lwir/epoch_$(printf %03d "$epochs_lwir").pt" \
+  "${stage2[@]}" "$@" &
+train_depth rgb_depth_stage2 "$epochs2_depth" --init "$runs/rgb_depth/epoch_$(printf %03d "$epochs_depth").pt" \
+  "${stage2[@]}" "$@" &
 wait
 
 for pair in rgb_lwir rgb_depth; do
-  last="$(ls "$runs/$pair"/epoch_*.pt | sort | tail -n 1)"   # the last epoch (R_Phi only), not best.pt
+  last="$(ls "$runs/${pair}_stage2"/epoch_*.pt | sort | tail -n 1)"   # the last epoch (R_Phi only), not best.pt
   cp "$last" "models/$pair.pt"
   $nmr export --model "models/$pair.pt" --out "models/$pair.onnx"
 done
