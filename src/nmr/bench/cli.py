@@ -33,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--archs', default='corr,fast,paper', help='architectures, untrained (default corr,fast,paper)')
     parser.add_argument('--model', help='benchmark this model file instead of untrained --archs')
     parser.add_argument(
+        '--net-size',
+        metavar='WxH',
+        help='network input size (default: a --model runs at its own trained size, as deployed; untrained '
+        '--archs at the frame size)',
+    )
+    parser.add_argument(
         '--baselines',
         default='dis,sitk-mi',
         help='classical baselines on the same images: dis, sitk-mi (skipped if SimpleITK is '
@@ -102,17 +108,19 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
         else:
             archs = [a.strip() for a in args.archs.split(',') if a.strip()]
             models = [(a, fresh_checkpoint(Path(tmp) / f'{a}.pt', a, 'rgb_lwir', sizes[0])) for a in archs]
+        fixed_net = parse_sizes(args.net_size)[0] if args.net_size else None
         for hw in sizes:
             pairs = synthetic_pairs(hw)
             for arch, path in models:
-                gflops = _gflops(path, hw)
+                net_hw = fixed_net or (_model_net_hw(path) if args.model else None) or hw
+                gflops = _gflops(path, net_hw)
                 for backend in backends:
                     result = BenchResult(
                         backend=backend, arch=arch, size=format_size(hw), device=device, gflops=gflops
                     )
 
                     def make(
-                        backend: str = backend, path: Path = path, hw: tuple[int, int] = hw
+                        backend: str = backend, path: Path = path, hw: tuple[int, int] = net_hw
                     ) -> RegistrarProtocol:
                         return create_registrar(
                             path,
@@ -164,6 +172,14 @@ def _label(result: Any) -> str:
     text = result.describe
     dev = 'cuda' if ' on cuda' in text else 'cpu'
     return f'{result.backend}-{dev}'
+
+
+def _model_net_hw(path: Path) -> tuple[int, int] | None:
+    """The network size a model file was trained at (its metadata), as the node would run it."""
+    from nmr.inference.model_file import read_model_info
+
+    net_hw = read_model_info(path).net_hw
+    return (int(net_hw[0]), int(net_hw[1])) if net_hw else None
 
 
 def _gflops(path: Path, hw: tuple[int, int]) -> float:
