@@ -94,7 +94,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     *(ParamSpec(f'qos.{s}.reliability', 'best_available',
                 f'{s} subscription reliability: best_available (what the publishers offer), reliable or '
                 'best_effort', _one_of(RELIABILITY)) for s in STREAMS),
-    *(ParamSpec(f'qos.{s}.history_depth', 5, f'{s} subscription queue depth', _at_least(1))
+    *(ParamSpec(f'qos.{s}.history_depth', 10, f'{s} subscription queue depth (beyond it a reliable reader drops '
+                'the oldest frames while the node is busy)', _at_least(1))
       for s in STREAMS),
     ParamSpec('pairs', list(PAIRS), 'pairs to run', _subset_of(PAIRS)),
     *(ParamSpec(f'models.{p}', '', f"model file for {p} (.onnx/.pt; '' = share/nmr/models/{p}.onnx or "
@@ -128,7 +129,7 @@ class InputSettings:
 
     topic: str
     reliability: str = 'best_available'
-    history_depth: int = 5
+    history_depth: int = 10
     transport: str = 'raw'
 
     @property
