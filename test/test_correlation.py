@@ -29,6 +29,14 @@ torch.set_num_threads(1)
 TINY_CORR = (
     'model.registration={arch: corr, encoder_channels: [8, 12, 16], corr_radii: [1, 2, 2], decoder_channels: [16, 12]}'
 )
+# corr R with the smallest T and D: NeMAR steps in a fraction of a second
+TINY_NEMAR = [
+    TINY_CORR,
+    'model.translation_ngf=8',
+    'model.translation_blocks=1',
+    'model.discriminator_ndf=8',
+    'model.discriminator_layers=2',
+]
 
 
 def tiny_corr() -> CorrRegistrationNet:
@@ -188,11 +196,7 @@ def test_nemar_objective_gradients_do_not_depend_on_ground_truth() -> None:
     cfg = load_config(
         None,
         [
-            TINY_CORR,
-            'model.translation_ngf=8',
-            'model.translation_blocks=1',
-            'model.discriminator_ndf=8',
-            'model.discriminator_layers=2',
+            *TINY_NEMAR,
         ],
     )
     moving, fixed = textured_pair(2, 32, 48)
@@ -265,11 +269,7 @@ def _run(out: Path, *extra: str, init: Path | None = None) -> Trainer:
     cfg = load_config(
         None,
         [
-            TINY_CORR,
-            'model.translation_ngf=8',
-            'model.translation_blocks=1',
-            'model.discriminator_ndf=8',
-            'model.discriminator_layers=2',
+            *TINY_NEMAR,
             'optim.epochs=2',
             'optim.batch_size=2',
             'data.net_hw=[32,48]',

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from nmr.models.correlation import CorrOutput, cost_volume, warp_features
+from nmr.models.correlation import CorrOutput, cost_volume, normalise_features, warp_features
 
 
 @dataclass
@@ -136,8 +136,7 @@ def contrastive_loss(
         f, m = out.fixed_features[i], out.moving_features[i]
         stride = 2 ** (i + 1)
         g_l, v_l = level_truth(gt, valid, stride, (f.shape[-2], f.shape[-1]))
-        aligned = warp_features(m, g_l)
-        aligned = aligned / (aligned.norm(dim=1, keepdim=True) + 1e-6)
+        aligned = normalise_features(warp_features(m, g_l))
         total = total + _global_infonce(f, aligned, v_l, weights.samples, weights.temperature, g)
         total = total + _local_infonce(f, aligned, v_l, weights.local_radius, weights.temperature)
         used += 2

@@ -25,8 +25,6 @@ from nmr.training.appearance import AppearanceConfig, random_flips, randomise_ap
 from nmr.training.config import TrainConfig
 from nmr.training.objectives import SupervisedWeights, contrastive_loss, endpoint_loss, multiscale_flow_loss
 
-FIXED_KIND = PAIR_FIXED_KIND
-
 
 def registration_config(cfg: TrainConfig) -> RegistrationConfig:
     """R_Phi's config for this pair (`corr` on depth gets the fixed image's validity channel)."""
@@ -53,7 +51,7 @@ class SupervisedSystem:
     def __init__(self, cfg: TrainConfig, device: torch.device | str = 'cpu', total_steps: int = 1) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
-        self.fixed_kind = FIXED_KIND[cfg.data.pair]
+        self.fixed_kind = PAIR_FIXED_KIND[cfg.data.pair]
         self.R = build_registration(registration_config(cfg)).to(self.device)
         lr = cfg.optim.lr_registration or cfg.optim.lr
         self.optimizers: dict[str, torch.optim.Optimizer] = {
