@@ -336,6 +336,7 @@ def test_a_time_jump_loses_no_set_whatever_order_the_topics_deliver_it(quiet_nod
     """
     from std_msgs.msg import Header
 
+    from nmr.pipeline.core import FrameSetCore
     from nmr.ros.convert import time_from_ns, to_image_msg
 
     node = quiet_node
@@ -351,18 +352,13 @@ def test_a_time_jump_loses_no_set_whatever_order_the_topics_deliver_it(quiet_nod
     lost = []
     for first in _interleavings([[(s, old), (s, new)] for s in streams]):
         for second in _interleavings([[(s, newer)] for s in streams]):
-            node._last_stamp.clear()
-            for pair in node.pairs.values():
-                pair.sync.reset()
-                pair.queued = ([], [])
-                pair.pending = None
+            node.core = FrameSetCore(node.core.pairs, node.settings.sync_slop_ns, node.settings.sync_queue_size,
+                                     keep='newest')
             formed: dict[str, set[int]] = {p: set() for p in node.pairs}
             for key in first + second:
                 node._on_image(key[0], messages[key])
-                for name, pair in node.pairs.items():
-                    if pair.pending:
-                        formed[name].add(pair.pending[0].stamp_ns)
-                        pair.pending = None
+                for pset in node.core.take():
+                    formed[pset.pair].add(pset.rgb.stamp_ns)
             # the set after the jump always forms; with no old frame arriving late, every set forms
             want = {old, new, newer} if [t for _s, t in first].index(new) == len(streams) else {newer}
             if not all(want <= f for f in formed.values()):

@@ -1,4 +1,4 @@
-"""ApproxTimeSynchronizer: in-order, out-of-order, duplicates, rates, slop boundary, overflow, reset."""
+"""ApproxTimeSynchronizer: in-order, out-of-order, duplicates, rates, slop boundary, overflow, reset, restart."""
 
 from __future__ import annotations
 
@@ -112,6 +112,28 @@ def test_stale_message_after_match_is_dropped_and_reset_recovers():
     sync.reset()
     assert stamps(feed(sync, [(0, 10), (1, 11)])) == [(10, 11)]
     assert sync.matched == 2 and sync.dropped == [1, 1]
+
+
+def test_restart_keeps_the_partners_frames_of_the_new_time_line():
+    sync = ApproxTimeSynchronizer(2, slop_ns=2)
+    assert stamps(feed(sync, [(0, 100), (1, 100)])) == [(100, 100)]
+    # stream 0 jumps back to 10 first; stream 1 still delivers an old frame (105), then jumps too
+    sync.restart(0, keep_until_ns=50)
+    assert feed(sync, [(0, 10), (1, 105)]) == []      # 10 finds no partner: dropped unpaired
+    assert sync.dropped == [1, 0]
+    sync.restart(1, keep_until_ns=50)                  # stream 1 jumped back to 11: 10 gets its chance
+    assert sync.pending(0) == 1 and sync.pending(1) == 0 and sync.dropped == [0, 1]  # 105 is gone
+    assert stamps(feed(sync, [(1, 11)])) == [(10, 11)]
+
+
+def test_restart_forgets_the_jumped_stream_and_the_partners_old_frames():
+    sync = ApproxTimeSynchronizer(2, slop_ns=2)
+    feed(sync, [(0, 100), (0, 110), (1, 200)])
+    sync.restart(0, keep_until_ns=50)
+    assert sync.pending(0) == 0 and sync.pending(1) == 0 and sync.dropped == [2, 1]
+    assert stamps(feed(sync, [(0, 10), (1, 10)])) == [(10, 10)]
+    with pytest.raises(IndexError):
+        sync.restart(2, 0)
 
 
 def test_bad_arguments():

@@ -22,8 +22,13 @@ Policy (each message is used in at most one set; a set's stamps lie within ``slo
 4. Decisions are made as soon as step 2 allows (no extra waiting for the pivot stream's next message),
    which keeps the node's latency at one message of the slowest stream.
 
-When time jumps backwards (a bag restarts, ``/clock`` resets), call ``reset()``: otherwise every new
-message is older than the last used one and is dropped. Counters survive ``reset()``.
+When time jumps backwards (a bag restarts, ``/clock`` resets), call ``restart(stream, keep_until_ns)``
+(or ``reset()``): otherwise every new message is older than the last used one and is dropped. Independent
+topics deliver a jump one stream after the other, so ``restart`` keeps what the new time line already
+holds on the other streams: their messages at or before ``keep_until_ns``, including those dropped as
+pivots without a partner since their last used message (a pivot of the new time line finds no partner
+among the old time line's messages still queued on the stream that has not jumped yet). Counters survive
+both.
 """
 
 from __future__ import annotations
@@ -62,11 +67,38 @@ class ApproxTimeSynchronizer(Generic[T]):
         self.matched = 0
         self._queues: list[list[_Entry[T]]] = [[] for _ in range(n_streams)]
         self._last_used: list[int | None] = [None] * n_streams
+        self._unpaired: list[list[_Entry[T]]] = [[] for _ in range(n_streams)]
+        """Pivots dropped without a partner since their stream's last used message (newest queue_size):
+        what ``restart`` can give a second chance on a new time line."""
 
     def reset(self) -> None:
         """Forget queued messages and the last used stamps (time jumped backwards); keep the counters."""
         self._queues = [[] for _ in range(self.n_streams)]
         self._last_used = [None] * self.n_streams
+        self._unpaired = [[] for _ in range(self.n_streams)]
+
+    def restart(self, stream: int, keep_until_ns: int) -> None:
+        """Time jumped backwards on ``stream``: start a new time line (see module docstring).
+
+        Forgets ``stream``'s queue and every stream's last used stamp. The other streams keep their
+        messages stamped at or before ``keep_until_ns``, queued or dropped unpaired (those are counted
+        as dropped no more); the queued messages not kept are counted as dropped. No set can complete
+        here: ``stream``'s partners are yet to come.
+        """
+        if not 0 <= stream < self.n_streams:
+            raise IndexError(f'stream {stream} out of range 0..{self.n_streams - 1}')
+        for s in range(self.n_streams):
+            queued = self._queues[s]
+            kept: list[_Entry[T]] = []
+            if s != stream:
+                queued_stamps = {e.stamp for e in queued}
+                revived = [e for e in self._unpaired[s] if e.stamp <= keep_until_ns and e.stamp not in queued_stamps]
+                self.dropped[s] -= len(revived)
+                kept = sorted([e for e in queued if e.stamp <= keep_until_ns] + revived)[-self.queue_size:]
+            self.dropped[s] += len(queued) + len(revived if s != stream else []) - len(kept)
+            self._queues[s] = kept
+        self._last_used = [None] * self.n_streams
+        self._unpaired = [[] for _ in range(self.n_streams)]
 
     def pending(self, stream: int) -> int:
         """Number of messages queued on ``stream``."""
@@ -122,13 +154,17 @@ class ApproxTimeSynchronizer(Generic[T]):
             else:
                 items = tuple(queues[s][i].item for s, i in enumerate(chosen))
                 for s, i in enumerate(chosen):
-                    self._last_used[s] = queues[s][i].stamp
+                    used = queues[s][i].stamp
+                    self._last_used[s] = used
                     self.dropped[s] += i  # older, never-used messages on this stream
                     del queues[s][: i + 1]
+                    self._unpaired[s] = [e for e in self._unpaired[s] if e.stamp > used]
                 self.matched += 1
                 out.append(items)
                 continue
-            del queues[pivot][0]
+            unpaired = self._unpaired[pivot]
+            unpaired.append(queues[pivot].pop(0))
+            del unpaired[:-self.queue_size]
             self.dropped[pivot] += 1
         return out
 

@@ -1,10 +1,11 @@
 """`nmr register-bag IN... --out OUT_BAG`: the register node's processing, offline, bag in -> bag out.
 
-Same parameters (config/register.yaml format, `--config`, `--set NAME=VALUE`), same synchroniser (one
-ApproxTimeSynchronizer per pair, fed in bag order), same PairProcessor and same fused resampling as
-`register_node`, so the output topics, encodings, headers and arrays are those the node would publish.
-One difference by design: offline nothing is late, so EVERY synchronised set is registered (the node
-drops stale sets when inference cannot keep up).
+The bag adapter of nmr.pipeline.core.FrameSetCore (`register_node` is the ROS adapter): same parameters
+(config/register.yaml format, `--config`, `--set NAME=VALUE`), and the same core for synchronisation
+(frames fed in bag record order), time jumps (concatenated bags), registration and fused pairing, so the
+output topics, encodings, headers and arrays are those the node would publish. One difference by design:
+offline nothing is late, so the core keeps EVERY synchronised set (keep='all'; the node keeps the newest
+and drops stale sets when inference cannot keep up).
 """
 
 from __future__ import annotations
@@ -22,16 +23,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from nmr.data.bag_reader import count_messages, iter_images, list_topics, open_bag
 from nmr.data.bag_writer import BagWriter, bag_folder, header_msg
-from nmr.data.encodings import stamp_ns, to_rgb
-from nmr.data.sync import ApproxTimeSynchronizer
+from nmr.data.encodings import stamp_ns
 from nmr.domain import BACKEND_CHOICES, PAIR_FIXED_KIND, PAIRS
 from nmr.errors import DISK_FULL, BagError, ConfigError, ModelFileError, NmrUserError
-from nmr.pipeline.fused import fuse
+from nmr.pipeline.core import Frame, FrameSetCore, Outputs
 from nmr.pipeline.outputs import PairProcessor
 from nmr.pipeline.settings import (
     NodeSettings,
@@ -90,24 +89,6 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
     return validate(values)
 
 
-_Frame = tuple[np.ndarray, str, Any, int]   # array, encoding, header, stamp_ns
-
-
-@dataclass
-class PairCounts:
-    """What happened to one pair's frames: offered -> synchronised -> registered, and why the rest went."""
-
-    offered_rgb: int = 0
-    offered_fixed: int = 0
-    synchronised: int = 0
-    registered: int = 0
-    unmatched_rgb: int = 0     # RGB frames with no fixed frame within the slop (or left over at the end)
-    unmatched_fixed: int = 0   # fixed frames with no RGB frame within the slop (or left over at the end)
-
-    def as_json(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-
 class BackendLog:
     """Log of backend selection: the chosen backend always, the ones passed over only with --verbose.
 
@@ -131,15 +112,6 @@ class BackendLog:
         if len(set(self.chosen)) == 1:
             return f'backend {self.chosen[0]} for {", ".join(pairs)}'
         return 'backends ' + '; '.join(f'{p}: {c}' for p, c in zip(pairs, self.chosen))
-
-
-@dataclass
-class _Result:
-    flow: np.ndarray
-    registered: np.ndarray
-    fixed: _Frame
-    rgb_hw: tuple[int, int]
-    rgb_stamp: int
 
 
 class _Progress:
@@ -231,9 +203,10 @@ def make_processors(settings: NodeSettings, log: Callable[[str], None] = print) 
 class _Run:
     """What the loop has done so far (read when it ends early)."""
 
-    counts: dict[str, PairCounts]
+    core: FrameSetCore
     sets: int = 0
     last_stamp_ns: int = 0
+    time_jumps: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
 
 
@@ -261,7 +234,7 @@ def register_bag(args: argparse.Namespace) -> dict[str, Any]:
         print(f'nmr register-bag: {backend_log.summary(list(settings.pairs))} (-v: the backends passed over)',
               file=sys.stderr)
     progress = _Progress(count_messages(args.inputs, list(topic_stream)), args.quiet)
-    state = _Run(counts={p: PairCounts() for p in settings.pairs})
+    state = _Run(FrameSetCore(settings.pairs, settings.sync_slop_ns, settings.sync_queue_size, keep='all'))
     result: dict[str, Any] = {'out': out_bag, 'backend': ', '.join(sorted(set(backend_log.chosen))) or 'none',
                               'slop_ms': settings.sync_slop_ns / 1e6, 'interrupted': False}
     writer = BagWriter(out_bag, storage=args.storage).open()
@@ -286,11 +259,9 @@ def register_bag(args: argparse.Namespace) -> dict[str, Any]:
     else:
         progress.close()
         _finish(writer, out_bag, 'complete')
-    for c in state.counts.values():  # whatever was not used in a set found no partner within the slop
-        c.unmatched_rgb = c.offered_rgb - c.synchronised
-        c.unmatched_fixed = c.offered_fixed - c.synchronised
     return {**result, 'sets': state.sets, 'last_stamp_ns': state.last_stamp_ns, 'skipped': dict(state.skipped),
-            'pairs': {p: c.as_json() for p, c in state.counts.items()}}
+            'time_jumps': state.time_jumps,
+            'pairs': {p: state.core.counts(p).as_json() for p in state.core.pairs}}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -371,62 +342,43 @@ def _stop_on_signals() -> Iterator[_StopRequest]:
             signal.signal(sig, handler)
 
 
+def bag_frames(paths: list[Path], topic_stream: dict[str, str], skipped: Counter[str]) -> Iterator[Frame]:
+    """The input images as the core's frames, in bag record order (undecodable ones counted in `skipped`)."""
+    for topic, _record_ns, arr, encoding, header in iter_images(paths, list(topic_stream), skipped):
+        yield Frame(topic_stream[topic], stamp_ns(header), arr, encoding, header)
+
+
 def _register_all(args: argparse.Namespace, settings: NodeSettings, topic_stream: dict[str, str],
                   processors: dict[str, PairProcessor], infos: dict[str, Any], writer: Any,
                   progress: _Progress, state: _Run, stop: _StopRequest) -> None:
     """The node's processing over the input bag(s), every output written to `writer`."""
     ns = '/' + args.namespace.strip('/') if args.namespace.strip('/') else ''
-    syncs: dict[str, ApproxTimeSynchronizer[_Frame]] = {
-        p: ApproxTimeSynchronizer(2, settings.sync_slop_ns, settings.sync_queue_size)
-        for p in settings.pairs}
-    counts = state.counts
-    last: dict[str, _Result] = {}
-    fused_done: tuple[int, int] | None = None
-    last_stamp: dict[str, int] = {}
-    for topic, _t, arr, encoding, header in iter_images(args.inputs, list(topic_stream), state.skipped):
+    core = state.core
+
+    def write(topic: str, fixed: Frame, outputs: Outputs) -> None:
+        for name, (out, enc) in outputs.items():
+            writer.write_image(f'{topic}{name}', fixed.stamp_ns, fixed.header.frame_id, out, enc)
+
+    for frame in bag_frames(args.inputs, topic_stream, state.skipped):
         stop.check()
-        stream = topic_stream[topic]
-        stamp = stamp_ns(header)
         if args.copy_inputs:  # decoded: a compressed input is copied as an Image on its base topic
-            writer.write_image(settings.inputs[stream].topic, stamp, header.frame_id, arr, encoding)
-        if stamp < last_stamp.get(stream, stamp):  # time went backwards (concatenated bags): as the node
-            for sync in syncs.values():
-                sync.reset()
-            last.clear()
-            last_stamp.clear()
-        last_stamp[stream] = stamp
-        frame = (arr, encoding, header, stamp)
-        for pair in settings.pairs:
-            if stream not in ('rgb', PAIR_FIXED_KIND[pair]):
-                continue
-            if stream == 'rgb':
-                counts[pair].offered_rgb += 1
-            else:
-                counts[pair].offered_fixed += 1
-            for rgb, fixed in syncs[pair].add(0 if stream == 'rgb' else 1, stamp, frame):
-                counts[pair].synchronised += 1
-                moving = to_rgb(rgb[0], rgb[1])
-                proc = processors[pair]
-                registration = proc.register(moving, fixed[0], fixed[1])
-                counts[pair].registered += 1
-                for name, (out, enc) in proc.outputs(registration, fixed[0], fixed[1],
-                                                     settings.pair_outputs).items():
-                    writer.write_image(f'{ns}/{pair}/{name}', fixed[3], fixed[2].frame_id, out, enc)
-                if PAIR_FIXED_KIND[pair] in infos:  # the fixed camera's calibration describes the outputs' grid
-                    info = camera_info_at(infos[PAIR_FIXED_KIND[pair]], fixed[3])
-                    writer.write(f'{ns}/{pair}/camera_info', 'sensor_msgs/msg/CameraInfo', fixed[3],
-                                 replace(info, header=header_msg(writer.typestore, fixed[3], fixed[2].frame_id)))
-                state.sets += 1
-                state.last_stamp_ns = fixed[3]
-                last[pair] = _Result(registration.flow, registration.registered, fixed,
-                                     (int(moving.shape[0]), int(moving.shape[1])), rgb[3])
-        if settings.fused and 'rgb_lwir' in last and 'rgb_depth' in last:
-            a, b = last['rgb_lwir'], last['rgb_depth']
-            key = (a.rgb_stamp, a.fixed[3])
-            if a.rgb_stamp == b.rgb_stamp and key != fused_done:
-                fused_done = key
-                for name, (out, enc) in fuse(a.fixed[0], a.fixed[1], a.flow, a.registered, b.fixed[0],
-                                             b.fixed[1], b.flow, a.rgb_hw).items():
-                    writer.write_image(f'{ns}/{name}', a.fixed[3], a.fixed[2].frame_id, out, enc)
+            writer.write_image(settings.inputs[frame.stream].topic, frame.stamp_ns, frame.header.frame_id,
+                               frame.array, frame.encoding)
+        state.time_jumps += core.add(frame).jump is not None
+        for pset in core.take():
+            done = core.register(pset, processors[pset.pair], settings.pair_outputs)
+            fixed, kind = pset.fixed, PAIR_FIXED_KIND[pset.pair]
+            write(f'{ns}/{pset.pair}/', fixed, done.outputs)
+            if kind in infos:  # the fixed camera's calibration describes the outputs' grid
+                info = camera_info_at(infos[kind], fixed.stamp_ns)
+                writer.write(f'{ns}/{pset.pair}/camera_info', 'sensor_msgs/msg/CameraInfo', fixed.stamp_ns,
+                             replace(info, header=header_msg(writer.typestore, fixed.stamp_ns,
+                                                             fixed.header.frame_id)))
+            state.sets += 1
+            state.last_stamp_ns = fixed.stamp_ns
+        if settings.fused:
+            fused = core.fuse()
+            if fused is not None:
+                write(f'{ns}/', fused.lwir, fused.outputs)
         progress.step(state.sets)
     stop.check()

@@ -1,16 +1,13 @@
 """`register_node`: live RGB/LWIR/depth registration (subscribe -> synchronise -> R_Phi -> publish).
 
-Threads: the executor runs the subscription callbacks, which only decode headers/arrays and feed one
-ApproxTimeSynchronizer per pair (so a pair keeps running when the other pair's modality stops). A
-completed set goes into the pair's single "pending" slot; a set still waiting there when a newer one
-completes is dropped and counted (stale). One worker thread takes the newest pending sets and runs
-inference, which releases the GIL, so callbacks keep up while the network runs. Nothing queues up.
+The node is the ROS adapter of nmr.pipeline.core.FrameSetCore (`nmr register-bag` is the bag adapter):
+the core owns synchronisation, time-jump handling, the drop-stale policy and fused pairing; the node turns
+messages into frames, and registrations into messages, diagnostics and logs.
 
-Time jumps: each stream's stamp going backwards (bag loop, clock reset) restarts the synchronisation of
-the pairs that use that stream, and only of those; the partner's frames that already lie on the new time
-line are kept. The topics are independent, so the streams' jumps reach the node one after the other: a
-reset of everything at each stream's jump would throw away the sets the streams that jumped first had
-already formed (that lost sets after every bag loop and stalled the node tests).
+Threads: the executor runs the subscription callbacks, which only decode headers/arrays and add the frame
+to the core (keep='newest': one pending set per pair, a newer set makes a waiting one stale). One worker
+thread takes the pending sets and runs inference, which releases the GIL, so callbacks keep up while the
+network runs. Nothing queues up.
 
 Inputs: raw `sensor_msgs/Image` or, per input (`transport.<s>`), `CompressedImage` on `<topic>/compressed`
 or `/compressedDepth`. Reliability `best_available` by default: a best-effort driver that appears after
@@ -58,11 +55,10 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from nmr.data.compressed import decode_compressed
-from nmr.data.encodings import to_rgb
-from nmr.data.sync import ApproxTimeSynchronizer
 from nmr.domain import PAIR_FIXED_KIND, PAIRS, STREAM_ENCODINGS
 from nmr.errors import ConfigError, NmrUserError
-from nmr.pipeline.fused import FUSED_TOPICS, fuse
+from nmr.pipeline.core import Added, Frame, FrameSetCore, PairSet
+from nmr.pipeline.fused import FUSED_TOPICS
 from nmr.pipeline.outputs import PairProcessor
 from nmr.pipeline.settings import NodeSettings, camera_info_topic, create_registrar, model_path
 from nmr.ros.convert import copy_header, from_image_msg, header_stamp_ns, to_image_msg
@@ -86,31 +82,11 @@ CAMERA_INFO = 'camera_info'
 
 
 @dataclass
-class Frame:
-    """One decoded input message (the array may be a view of the message buffer)."""
-
-    array: np.ndarray
-    encoding: str
-    header: Header
-    stamp_ns: int
-
-
-@dataclass
-class PairResult:
-    rgb_stamp_ns: int
-    rgb_hw: tuple[int, int]
-    flow: np.ndarray
-    registered: np.ndarray
-    fixed: Frame
-
-
-@dataclass
 class PairRuntime:
-    """Everything the node keeps per pair."""
+    """What the node keeps per pair beside the core's state: model, publishers, diagnostics."""
 
     name: str
     fixed_stream: str
-    sync: ApproxTimeSynchronizer[Frame]
     stats: PairStats = field(default_factory=PairStats)
     publishers: dict[str, Any] = field(default_factory=dict)
     """output name -> publisher; replaced as a whole (under the node's `_pub_lock`) when `outputs` change."""
@@ -121,11 +97,6 @@ class PairRuntime:
     model_checked: float = -1e9
     backend: str = '-'
     device: str = '-'
-    pending: tuple[Frame, Frame] | None = None
-    last: PairResult | None = None
-    queued: tuple[list[Frame], list[Frame]] = field(default_factory=lambda: ([], []))
-    """Frames given to `sync` since its last reset and not yet used in a set, per index, by stamp: what a
-    restart after a time jump can keep (the synchroniser's own queues are private)."""
 
 
 def _restamped(info: CameraInfo, header: Header) -> CameraInfo:
@@ -155,14 +126,10 @@ class RegisterNode(Node):
         self._throttle = Throttle(s.log_throttle_s)
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self._fused_done: tuple[int, int] | None = None
-        self.pairs: dict[str, PairRuntime] = {
-            p: PairRuntime(p, PAIR_FIXED_KIND[p], ApproxTimeSynchronizer(2, s.sync_slop_ns, s.sync_queue_size))
-            for p in s.pairs
-        }
-        used = ['rgb', *(PAIR_FIXED_KIND[p] for p in s.pairs)]
+        self.core = FrameSetCore(s.pairs, s.sync_slop_ns, s.sync_queue_size, keep='newest')
+        self.pairs: dict[str, PairRuntime] = {p: PairRuntime(p, PAIR_FIXED_KIND[p]) for p in s.pairs}
+        used = list(self.core.streams)
         self.streams: dict[str, StreamStats] = {n: StreamStats(s.inputs[n].topic) for n in used}
-        self._last_stamp: dict[str, int] = {}
         self._camera_info: dict[str, CameraInfo] = {}
         self._pub_lock = threading.Lock()  # the worker publishes while a parameter change swaps publishers
         # Load the models before any publisher or subscription exists: a peer that discovers the node
@@ -325,7 +292,8 @@ class RegisterNode(Node):
     def _on_camera_info(self, stream: str, msg: CameraInfo) -> None:
         self._camera_info[stream] = msg
 
-    def _on_image(self, stream: str, msg: Image | CompressedImage) -> None:
+    def _on_image(self, stream: str, msg: Image | CompressedImage) -> Added | None:
+        """Decode and check one input message and give it to the core (what it did is returned for tests)."""
         st = self.streams[stream]
         st.received.tick()
         topic = st.topic
@@ -340,89 +308,39 @@ class RegisterNode(Node):
         except NmrUserError as err:
             st.bad += 1
             self._warn(f'bad:{stream}', f'{err} ({st.bad} bad messages so far)')
-            return
+            return None
         size = (int(arr.shape[0]), int(arr.shape[1]))
         if st.last_size is not None and size != st.last_size:
             self._warn(f'size:{stream}', f'topic {topic}: image size changed from {st.last_size[1]}x'
                        f'{st.last_size[0]} to {size[1]}x{size[0]}; continuing at the new size')
         st.last_size, st.last_encoding = size, encoding
-        stamp = header_stamp_ns(msg.header)
-        frame = Frame(arr, encoding, msg.header, stamp)
+        added = self.core.add(Frame(stream, header_stamp_ns(msg.header), arr, encoding, msg.header))
+        if added.jump is not None:
+            st.backwards += 1
+            self._warn(f'back:{stream}', f'topic {topic}: header stamp went backwards by {added.jump.back_s:.3f} s '
+                       f'(bag loop or clock reset); synchronisation of the pairs using {stream} restarted')
+        if not added.sets:
+            return added
+        for pset in added.sets:
+            self.pairs[pset.pair].stats.synced.tick()
+        for name, stale in added.stale.items():
+            with self.pairs[name].stats.lock:
+                self.pairs[name].stats.stale_dropped += stale
         with self._cond:
-            last = self._last_stamp.get(stream)
-            jumped = last is not None and stamp < last
-            if jumped:
-                assert last is not None
-                st.backwards += 1
-                self._warn(f'back:{stream}', f'topic {topic}: header stamp went backwards by '
-                           f'{(last - stamp) / 1e9:.3f} s (bag loop or clock reset); synchronisation of '
-                           f'the pairs using {stream} restarted')
-            self._last_stamp[stream] = stamp
-            for pair in self.pairs.values():
-                if stream == 'rgb':
-                    index = 0
-                elif stream == pair.fixed_stream:
-                    index = 1
-                else:
-                    continue
-                if jumped:
-                    assert last is not None
-                    self._restart(pair, index, stamp, last)
-                sets = self._feed(pair, index, frame)
-                if not sets:
-                    continue
-                for _ in sets:
-                    pair.stats.synced.tick()
-                with pair.stats.lock:
-                    pair.stats.stale_dropped += len(sets) - 1 + (pair.pending is not None)
-                pair.pending = (sets[-1][0], sets[-1][1])
-                self._cond.notify()
-
-    def _feed(self, pair: PairRuntime, index: int, frame: Frame) -> list[tuple[Frame, ...]]:
-        """Add `frame` to the pair's synchroniser (caller holds `_cond`); returns the completed sets."""
-        queued = pair.queued[index]
-        if all(f.stamp_ns != frame.stamp_ns for f in queued):
-            queued.append(frame)
-            queued.sort(key=lambda f: f.stamp_ns)
-            del queued[:-self.settings.sync_queue_size]
-        sets = pair.sync.add(index, frame.stamp_ns, frame)
-        for done in sets:  # used frames, and older ones on the same stream, have left the synchroniser
-            for i, used in enumerate(done):
-                pair.queued[i][:] = [f for f in pair.queued[i] if f.stamp_ns > used.stamp_ns]
-        return sets
-
-    def _restart(self, pair: PairRuntime, index: int, stamp: int, previous: int) -> None:
-        """Stream `index` of `pair` jumped back from `previous` to `stamp`: restart the synchroniser.
-
-        The partner's queued frames that are already on the new time line (nearer `stamp` than the old
-        one) are given back to it; its frames from the old time line could never match again. A set
-        already completed (pending) is a valid set and stays for the worker.
-        """
-        other = 1 - index
-        horizon = stamp + max(self.settings.sync_slop_ns, (previous - stamp) // 2)
-        keep = [f for f in pair.queued[other] if f.stamp_ns <= horizon]
-        pair.sync.reset()
-        pair.queued = ([], [])
-        pair.last = None
-        self._fused_done = None
-        for f in keep:
-            self._feed(pair, other, f)
+            self._cond.notify()
+        return added
 
     # -- worker ------------------------------------------------------------------------------------
     def _work(self) -> None:
         while not self._stop.is_set():
             self._check_models()
             with self._cond:
-                self._cond.wait_for(
-                    lambda: self._stop.is_set() or any(p.pending for p in self.pairs.values()), timeout=0.5)
-                jobs = [(p, p.pending) for p in self.pairs.values() if p.pending is not None]
-                for p, _job in jobs:
-                    p.pending = None
-            for pair, job in jobs:
+                self._cond.wait_for(lambda: self._stop.is_set() or self.core.has_pending(), timeout=0.5)
+            jobs = self.core.take()
+            for job in jobs:
                 if self._stop.is_set():
                     return
-                assert job is not None
-                self._run_pair(pair, job)
+                self._run_pair(self.pairs[job.pair], job)
             if self.fused_publishers and jobs:
                 self._maybe_fuse()
 
@@ -493,7 +411,7 @@ class RegisterNode(Node):
             if info is not None and info_publisher is not None:
                 info_publisher.publish(_restamped(info, header))
 
-    def _run_pair(self, pair: PairRuntime, job: tuple[Frame, Frame]) -> None:
+    def _run_pair(self, pair: PairRuntime, job: PairSet) -> None:
         wanted, fused = self._wanted(pair)
         stats = pair.stats
         if not wanted and not fused:
@@ -504,13 +422,11 @@ class RegisterNode(Node):
             return
         if pair.processor is None:
             return
-        rgb, fixed = job
+        fixed = job.fixed
         t0 = time.perf_counter()
         try:
-            moving = to_rgb(rgb.array, rgb.encoding)
-            registration = pair.processor.register(moving, fixed.array, fixed.encoding)
-            outputs = pair.processor.outputs(registration, fixed.array, fixed.encoding, wanted)
-            self._publish(pair.publishers, outputs, fixed.header, pair.fixed_stream, pair.info_publisher)
+            done = self.core.register(job, pair.processor, wanted)
+            self._publish(pair.publishers, done.outputs, fixed.header, pair.fixed_stream, pair.info_publisher)
         except NmrUserError as err:
             with stats.lock:
                 stats.errors += 1
@@ -532,24 +448,15 @@ class RegisterNode(Node):
                 stats.clock_offset_s = -latency_ms / 1e3
             stats.inference_ms.add((time.perf_counter() - t0) * 1e3)
             stats.state, stats.level = 'running', OK
-        pair.last = PairResult(rgb.stamp_ns, (int(moving.shape[0]), int(moving.shape[1])),
-                               registration.flow, registration.registered, fixed)
 
     def _maybe_fuse(self) -> None:
-        lw, dp = self.pairs.get('rgb_lwir'), self.pairs.get('rgb_depth')
-        if lw is None or dp is None or lw.last is None or dp.last is None:
+        lwir = self.pairs.get('rgb_lwir')
+        if lwir is None or not self._wanted(lwir)[1]:
             return
-        a, b = lw.last, dp.last
-        key = (a.rgb_stamp_ns, a.fixed.stamp_ns)
-        if a.rgb_stamp_ns != b.rgb_stamp_ns or key == self._fused_done:
-            return
-        if not self._wanted(lw)[1]:
-            return
-        self._fused_done = key
         try:
-            outputs = fuse(a.fixed.array, a.fixed.encoding, a.flow, a.registered, b.fixed.array,
-                           b.fixed.encoding, b.flow, a.rgb_hw)
-            self._publish(self.fused_publishers, outputs, a.fixed.header, 'lwir', self._fused_info_pub)
+            fused = self.core.fuse()
+            if fused is not None:
+                self._publish(self.fused_publishers, fused.outputs, fused.lwir.header, 'lwir', self._fused_info_pub)
         except Exception as err:
             self._warn('fused', f'fused output failed ({type(err).__name__}: {err})', error=True)
 
@@ -567,7 +474,7 @@ class RegisterNode(Node):
                     self._warn(f'stopped:{pair.name}', f'{pair.name}: no {pair.fixed_stream} messages on '
                                f'{fixed.topic} for {silent:.1f} s; this pair waits (others keep running)')
             statuses.append(pair_status(name, pair.name, pair.stats, pair.backend, pair.device,
-                                        str(pair.model_file or ''), list(pair.sync.dropped),
+                                        str(pair.model_file or ''), self.core.sync_dropped(pair.name),
                                         state, level))
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), statuses))
 

@@ -1,0 +1,263 @@
+"""The frame-set core of `register_node` and `nmr register-bag`: frames in, synchronised sets and outputs out.
+
+Both tools are thin adapters around one `FrameSetCore`: the node turns ROS messages into `Frame`s and
+publishes what comes out, register-bag does the same with bag messages and writes an output bag. So the
+policies below exist once, and the live topics and the offline bag are made of the same sets:
+
+- **Pairs.** One `ApproxTimeSynchronizer` per pair (RGB + that pair's fixed camera), so a pair keeps
+  running when the other pair's camera stops.
+- **Time jumps.** A stream whose stamp goes backwards (bag loop, clock reset) restarts the pairs that use
+  that stream, and only those; each keeps the partner's frames that already lie on the new time line
+  (`ApproxTimeSynchronizer.restart`). Independent topics deliver a jump one stream after the other:
+  resetting everything at each stream's jump would throw away the sets the streams that jumped first had
+  already formed (that lost sets after every bag loop and stalled the node tests). A set already formed
+  stays queued: it is a valid set.
+- **Drop-stale.** `keep='newest'` (live): one pending set per pair; a newer set replaces a waiting one,
+  which is counted stale, so inference always works on the newest frames and nothing queues up.
+  `keep='all'` (offline): nothing is late, every set is kept in order.
+- **Fused pairing.** The fused output (nmr.pipeline.fused) is made once per RGB frame that both pairs
+  registered, from those two registrations.
+
+Thread use: `add` and `take` may run on one thread (the node's subscription callbacks) while `register`
+runs on another (its inference worker); the state they share is guarded by one lock, and inference runs
+outside it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from nmr.data.encodings import to_rgb
+from nmr.data.sync import ApproxTimeSynchronizer
+from nmr.domain import PAIR_FIXED_KIND, PAIRS
+from nmr.pipeline.fused import fuse
+from nmr.pipeline.outputs import PairProcessor
+
+Outputs = dict[str, tuple[np.ndarray, str]]
+"""output name -> (array, ROS encoding)"""
+Keep = Literal['newest', 'all']
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded input image; `header` is the adapter's own (rclpy or rosbags), handed back with outputs."""
+
+    stream: str
+    stamp_ns: int
+    array: np.ndarray
+    encoding: str
+    header: Any
+
+
+@dataclass(frozen=True)
+class PairSet:
+    """A synchronised (RGB, fixed) set of one pair: what gets registered."""
+
+    pair: str
+    rgb: Frame
+    fixed: Frame
+
+
+@dataclass(frozen=True)
+class TimeJump:
+    """`stream`'s stamp went backwards by `back_s`; `pairs` were restarted."""
+
+    stream: str
+    back_s: float
+    pairs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Added:
+    """What one frame did: the sets it completed, how many waiting sets they made stale, a time jump."""
+
+    sets: tuple[PairSet, ...]
+    stale: dict[str, int]
+    jump: TimeJump | None
+
+
+@dataclass
+class PairCounts:
+    """One pair's frames: offered -> synchronised -> registered, and why the rest went."""
+
+    offered_rgb: int = 0
+    offered_fixed: int = 0
+    synchronised: int = 0
+    stale: int = 0        # sets replaced by a newer one before inference took them (keep='newest')
+    registered: int = 0
+
+    @property
+    def unmatched_rgb(self) -> int:
+        """RGB frames with no fixed frame within the slop (or still waiting for one)."""
+        return self.offered_rgb - self.synchronised
+
+    @property
+    def unmatched_fixed(self) -> int:
+        """Fixed frames with no RGB frame within the slop (or still waiting for one)."""
+        return self.offered_fixed - self.synchronised
+
+    def as_json(self) -> dict[str, int]:
+        return {**self.__dict__, 'unmatched_rgb': self.unmatched_rgb, 'unmatched_fixed': self.unmatched_fixed}
+
+
+@dataclass(frozen=True)
+class Registered:
+    """One registered set: its outputs (on the fixed grid, the fixed frame's header) and what fusion needs."""
+
+    pset: PairSet
+    rgb_hw: tuple[int, int]
+    flow: np.ndarray
+    registered: np.ndarray
+    outputs: Outputs
+
+
+@dataclass(frozen=True)
+class Fused:
+    """Fused outputs on the LWIR grid; they carry `lwir`'s header."""
+
+    lwir: Frame
+    outputs: Outputs
+
+
+@dataclass
+class _PairState:
+    sync: ApproxTimeSynchronizer[Frame]
+    counts: PairCounts = field(default_factory=PairCounts)
+    pending: list[PairSet] = field(default_factory=list)
+    last: Registered | None = None
+
+
+class FrameSetCore:
+    """Synchronisation, time jumps, drop-stale and fused pairing for the configured pairs (module docstring)."""
+
+    def __init__(self, pairs: Sequence[str], slop_ns: int, queue_size: int, keep: Keep) -> None:
+        unknown = [p for p in pairs if p not in PAIRS]
+        if unknown or not pairs:
+            raise ValueError(f'pairs {list(pairs)}: expected some of {", ".join(PAIRS)}')
+        if keep not in ('newest', 'all'):
+            raise ValueError(f"keep {keep!r}: expected 'newest' or 'all'")
+        self.keep = keep
+        self.slop_ns = int(slop_ns)
+        self._lock = threading.Lock()
+        self._pairs = {p: _PairState(ApproxTimeSynchronizer(2, slop_ns, queue_size)) for p in pairs}
+        self._last_stamp: dict[str, int] = {}
+        self._fused_done: tuple[int, int] | None = None
+
+    @property
+    def pairs(self) -> tuple[str, ...]:
+        return tuple(self._pairs)
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """The cameras the configured pairs use: 'rgb' first, then the fixed cameras."""
+        return ('rgb', *(PAIR_FIXED_KIND[p] for p in self._pairs))
+
+    def counts(self, pair: str) -> PairCounts:
+        return self._pairs[pair].counts
+
+    def sync_dropped(self, pair: str) -> list[int]:
+        """Frames the pair's synchroniser dropped, [rgb, fixed] (no partner within the slop, duplicates)."""
+        return list(self._pairs[pair].sync.dropped)
+
+    # -- frames in -------------------------------------------------------------------------------------
+    def add(self, frame: Frame) -> Added:
+        """Offer one frame to the pairs that use its stream; returns the sets it completed (also queued)."""
+        completed: list[PairSet] = []
+        stale: dict[str, int] = {}
+        with self._lock:
+            jump = self._time_line(frame)
+            for name, state in self._pairs.items():
+                index = self._index(name, frame.stream)
+                if index is None:
+                    continue
+                if index == 0:
+                    state.counts.offered_rgb += 1
+                else:
+                    state.counts.offered_fixed += 1
+                sets = [PairSet(name, rgb, fixed) for rgb, fixed in state.sync.add(index, frame.stamp_ns, frame)]
+                if not sets:
+                    continue
+                state.counts.synchronised += len(sets)
+                completed += sets
+                state.pending += sets
+                if self.keep == 'newest':
+                    stale[name] = len(state.pending) - 1
+                    state.counts.stale += stale[name]
+                    del state.pending[:-1]
+        return Added(tuple(completed), stale, jump)
+
+    def _index(self, pair: str, stream: str) -> int | None:
+        """The stream's index in `pair`'s synchroniser (0 = RGB, 1 = fixed), None if the pair does not use it."""
+        if stream == 'rgb':
+            return 0
+        return 1 if stream == PAIR_FIXED_KIND[pair] else None
+
+    def _time_line(self, frame: Frame) -> TimeJump | None:
+        """Restart the pairs using `frame.stream` if its stamp went backwards (caller holds the lock)."""
+        previous = self._last_stamp.get(frame.stream)
+        self._last_stamp[frame.stream] = frame.stamp_ns
+        if previous is None or frame.stamp_ns >= previous:
+            return None
+        # frames of the partner up to half-way back to the old time line already belong to the new one
+        keep_until = frame.stamp_ns + max(self.slop_ns, (previous - frame.stamp_ns) // 2)
+        restarted = []
+        for name, state in self._pairs.items():
+            index = self._index(name, frame.stream)
+            if index is None:
+                continue
+            state.sync.restart(index, keep_until)
+            state.last = None
+            restarted.append(name)
+        self._fused_done = None
+        return TimeJump(frame.stream, (previous - frame.stamp_ns) / 1e9, tuple(restarted))
+
+    def take(self) -> list[PairSet]:
+        """The queued sets, pair by pair, each pair's oldest first (keep='newest': at most one per pair)."""
+        with self._lock:
+            sets = [s for state in self._pairs.values() for s in state.pending]
+            for state in self._pairs.values():
+                state.pending = []
+        return sets
+
+    def has_pending(self) -> bool:
+        with self._lock:
+            return any(state.pending for state in self._pairs.values())
+
+    # -- outputs ---------------------------------------------------------------------------------------
+    def register(self, pset: PairSet, processor: PairProcessor, wanted: Iterable[str]) -> Registered:
+        """Register one set and build the `wanted` pair outputs; remembered for fusion.
+
+        Raises PairInputError (NmrUserError) for inputs that cannot be registered; the adapter decides
+        whether that skips the set (live) or ends the run (offline).
+        """
+        moving = to_rgb(pset.rgb.array, pset.rgb.encoding)
+        registration = processor.register(moving, pset.fixed.array, pset.fixed.encoding)
+        outputs = processor.outputs(registration, pset.fixed.array, pset.fixed.encoding, wanted)
+        done = Registered(pset, (int(moving.shape[0]), int(moving.shape[1])), registration.flow,
+                          registration.registered, outputs)
+        with self._lock:
+            state = self._pairs[pset.pair]
+            state.counts.registered += 1
+            state.last = done
+        return done
+
+    def fuse(self) -> Fused | None:
+        """The fused outputs of the newest RGB frame both pairs registered, once per frame; else None."""
+        with self._lock:
+            lwir, depth = self._pairs.get('rgb_lwir'), self._pairs.get('rgb_depth')
+            if lwir is None or depth is None or lwir.last is None or depth.last is None:
+                return None
+            a, b = lwir.last, depth.last
+            key = (a.pset.rgb.stamp_ns, a.pset.fixed.stamp_ns)
+            if a.pset.rgb.stamp_ns != b.pset.rgb.stamp_ns or key == self._fused_done:
+                return None
+            self._fused_done = key
+        fixed_a, fixed_b = a.pset.fixed, b.pset.fixed
+        outputs = fuse(fixed_a.array, fixed_a.encoding, a.flow, a.registered, fixed_b.array, fixed_b.encoding,
+                       b.flow, a.rgb_hw)
+        return Fused(fixed_a, outputs)
