@@ -88,9 +88,9 @@ def _finish(proc: subprocess.Popen, harness: RosHarness, log: Path) -> None:
 def test_a_default_qos_driver_without_a_profile_delivers_nearly_every_full_size_frame(
         models: dict[str, Path], tmp_path: Path) -> None:
     """>= 95 % of the frames of default-QoS drivers reach the node. One retry: every frame reaches the node's
-    DDS reader (the drivers' reliable writers are acknowledged), but the single-threaded executor processes
-    sets in its callbacks, and on a busy 2-core machine a stall longer than the 10-frame input history
-    (1 s at 10 Hz) still drops the oldest frames there (docs/ros.md, Known issues)."""
+    DDS reader (the drivers' reliable writers are acknowledged), but on a busy 2-core machine a stall of
+    the node's process longer than the 10-frame input history (1 s at 10 Hz) still drops the oldest frames
+    there (docs/ros.md, Known issues)."""
     fractions = _default_qos_delivery(models, tmp_path / 'first')
     if not all(f >= 0.95 for f in fractions.values()):
         fractions = _default_qos_delivery(models, tmp_path / 'retry')
