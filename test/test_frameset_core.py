@@ -195,7 +195,7 @@ def quiet_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         rclpy.try_shutdown(context=context)
 
 
-def _node_sets(node: Any, delivery: Delivery) -> list[SetKey]:
+def _node_sets(node: Any, delivery: Delivery) -> tuple[list[SetKey], int]:
     from std_msgs.msg import Header
 
     from nmr.ros.convert import time_from_ns, to_image_msg
@@ -203,15 +203,17 @@ def _node_sets(node: Any, delivery: Delivery) -> list[SetKey]:
     s = node.settings
     node.core = FrameSetCore(s.pairs, s.sync_slop_ns, s.sync_queue_size, keep='newest')
     sets: list[SetKey] = []
+    jumps = 0
     for stream, stamp, frame_id, arr in _frames(delivery):
         added = node._on_image(stream, to_image_msg(arr, ENCODINGS[stream],
                                                     Header(stamp=time_from_ns(stamp), frame_id=frame_id)))
         assert added is not None
         sets += [_key(p) for p in added.sets]
-    return sets
+        jumps += added.jump is not None
+    return sets, jumps
 
 
-def _bag_sets(delivery: Delivery, models: dict[str, Path], folder: Path) -> list[SetKey]:
+def _bag_sets(delivery: Delivery, models: dict[str, Path], folder: Path) -> tuple[list[SetKey], int]:
     """Write the delivery as a bag (record order = delivery order), register it, read the sets back."""
     from nmr.data.bag_reader import iter_images
     from nmr.data.bag_writer import BagWriter
@@ -235,7 +237,7 @@ def _bag_sets(delivery: Delivery, models: dict[str, Path], folder: Path) -> list
         values, counts = np.unique(arr[..., 0][arr[..., 0] > 0], return_counts=True)
         colour = int(values[np.argmax(counts)])  # interior pixels keep the flat colour exactly
         sets.append((topic.split('/')[2], rgb_ids[colour], header.frame_id))
-    return sets
+    return sets, result['time_jumps']
 
 
 @pytest.mark.ros
@@ -243,8 +245,9 @@ def _bag_sets(delivery: Delivery, models: dict[str, Path], folder: Path) -> list
 def test_node_and_register_bag_form_identical_sets(name: str, quiet_node: Any, models: dict[str, Path],
                                                    tmp_path: Path) -> None:
     delivery = SEQUENCES[name]
-    from_node = _node_sets(quiet_node, delivery)
-    from_bag = _bag_sets(delivery, models, tmp_path)
+    from_node, node_jumps = _node_sets(quiet_node, delivery)
+    from_bag, bag_jumps = _bag_sets(delivery, models, tmp_path)
     assert from_node, f'{name}: no set formed'
     assert sorted(from_node) == sorted(from_bag), (name, from_node, from_bag)
     assert sorted(from_node) == sorted(_core_sets(delivery))
+    assert node_jumps == bag_jumps == (3 if 'jump' in name else 0)

@@ -276,7 +276,10 @@ def run(args: argparse.Namespace) -> int:
     lost = sum(skipped.values())
     lost_text = (f'; {lost} unreadable input messages skipped ('
                  + ', '.join(f'{t}: {n}' for t, n in sorted(skipped.items())) + ')') if lost else ''
-    print(f'nmr register-bag: {sets} synchronised sets registered -> {out}{lost_text}')
+    jumps = result['time_jumps']
+    jump_text = (f'; header stamps went backwards {jumps} times over all inputs (concatenated bags or clock '
+                 'resets: synchronisation restarted there)') if jumps else ''
+    print(f'nmr register-bag: {sets} synchronised sets registered -> {out}{lost_text}{jump_text}')
     return 0
 
 
