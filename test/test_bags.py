@@ -309,3 +309,31 @@ def test_mcap_channels_carry_offered_qos_and_the_type_hash_like_rosbag2(tmp_path
     with AnyReader([bag]) as reader:  # rosbags still reads it, QoS included
         conn = reader.connections[0]
         assert conn.ext.offered_qos_profiles and conn.ext.offered_qos_profiles[0].depth == 10
+
+
+def test_a_bag_whose_stamps_restart_keeps_every_pair_of_both_sessions(tmp_path: Path):
+    """Two sessions in one bag (a camera clock reset) whose streams jump at different moments: session 2's
+    first RGB frame is recorded before session 1's last LWIR frame. The pair readers restart their
+    synchroniser per stream (nmr.data.sync.TimeLines) and keep every pair of session 2; resetting
+    everything at each jump lost its first pair. Session 1's last pair is given up by design: its RGB frame
+    was forgotten when the RGB stream jumped (a restart keeps the new time line, not the old one)."""
+    bag = tmp_path / 'two_sessions'
+    base = 1_700_000_000 * 1000 * MS
+    frames = []  # (stamp, topic, k) in record order
+    for session, start in enumerate((base + 100_000 * MS, base)):  # the second starts 100 s EARLIER
+        for k in range(4):
+            t = start + k * 100 * MS
+            frames += [(t, RGB, k + 4 * session), (t + 3 * MS, LWIR, k + 4 * session)]
+    late = frames.pop(7)                 # session 1's last LWIR frame ...
+    frames.insert(8, late)               # ... recorded after session 2's first RGB frame
+    with BagWriter(bag) as w:
+        for i, (t, topic, k) in enumerate(frames):
+            if topic == RGB:
+                w.write_image(RGB, t, 'c', np.full((4, 6, 3), k, np.uint8), 'rgb8', record_ns=base + i * MS)
+            else:
+                w.write_image(LWIR, t, 'l', np.full((4, 6), 1000 + k, np.uint16), 'mono16', record_ns=base + i * MS)
+    pairs = list(synchronized_pairs(bag, RGB, LWIR, slop_ns=10 * MS))
+    got = [(int(p.moving[0, 0, 0]), int(p.fixed[0, 0]) - 1000) for p in pairs]
+    assert got == [(k, k) for k in (0, 1, 2, 4, 5, 6, 7)]
+    ds = BagPairDataset(bag, 'rgb_lwir', {'rgb': RGB, 'lwir': LWIR}, split='all', slop_s=0.01)
+    assert len(ds) == 7

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nmr.data.sync import ApproxTimeSynchronizer
+from nmr.data.sync import ApproxTimeSynchronizer, TimeLines
 
 MS = 1_000_000
 
@@ -134,6 +134,18 @@ def test_restart_forgets_the_jumped_stream_and_the_partners_old_frames():
     assert stamps(feed(sync, [(0, 10), (1, 10)])) == [(10, 10)]
     with pytest.raises(IndexError):
         sync.restart(2, 0)
+
+
+def test_time_lines_report_a_jump_and_the_new_time_line_s_horizon():
+    lines = TimeLines(slop_ns=20)
+    assert lines.observe('rgb', 1000) is None and lines.observe('rgb', 1000) is None
+    assert lines.observe('lwir', 5) is None                     # streams are independent
+    assert lines.observe('rgb', 990) == (1000, 990 + 20)        # a small jump: at least the slop
+    assert lines.observe('rgb', 100) == (990, 100 + 445)        # half-way back to the old time line
+    tolerant = TimeLines(slop_ns=20, tolerance_ns=50)
+    tolerant.observe(0, 1000)
+    assert tolerant.observe(0, 960) is None                     # late, not a jump; the newest stays 1000
+    assert tolerant.observe(0, 940) == (1000, 940 + 30)          # beyond the tolerance: a jump
 
 
 def test_bad_arguments():

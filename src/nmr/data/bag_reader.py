@@ -42,14 +42,15 @@ from nmr.data.bag_recover import describe_damage, storage_files
 from nmr.data.bag_writer import default_typestore
 from nmr.data.compressed import COMPRESSED_MSGTYPE, decode_compressed, is_compressed
 from nmr.data.encodings import image_to_numpy, stamp_ns, to_rgb
-from nmr.data.sync import ApproxTimeSynchronizer
+from nmr.data.sync import ApproxTimeSynchronizer, TimeLines
 from nmr.data.types import FramePair
 from nmr.domain import PAIR_FIXED_KIND
 from nmr.errors import BagError, NmrUserError
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_MSGTYPE)
-#: A stamp this far behind the previous one on a stream means a new session: the synchroniser resets.
+#: A stamp this far behind the newest one on a stream means a new session: the synchroniser restarts
+#: (nmr.data.sync.TimeLines); less is a late message, which the synchroniser drops.
 TIME_JUMP_NS = 1_000_000_000
 
 Paths = str | Path | Sequence[str | Path]
@@ -221,14 +222,13 @@ def synchronized_pairs(
 ) -> Iterator[SyncedPair]:
     """Stream synchronised (moving, fixed) pairs, decoding every image (BagPairDataset: random access)."""
     sync: ApproxTimeSynchronizer[tuple[np.ndarray, str, Any, int]] = ApproxTimeSynchronizer(2, slop_ns, queue_size)
-    last: dict[int, int] = {}
+    time_lines = TimeLines(slop_ns, TIME_JUMP_NS)
     for topic, _rec, arr, encoding, header in iter_images(paths, [moving_topic, fixed_topic]):
         stream = 0 if topic == moving_topic else 1
         stamp = stamp_ns(header)
-        if stream in last and stamp < last[stream] - TIME_JUMP_NS:
-            sync.reset()
-            last.clear()
-        last[stream] = max(stamp, last.get(stream, stamp))
+        jump = time_lines.observe(stream, stamp)
+        if jump is not None:
+            sync.restart(stream, jump[1])
         for m, f in sync.add(stream, stamp, (arr, encoding, header, stamp)):
             yield SyncedPair(to_rgb(m[0], m[1]), f[0], f[1], m[3], f[3], m[2], f[2])
 
@@ -328,7 +328,7 @@ class BagPairDataset:
         sync: ApproxTimeSynchronizer[_Ref] = ApproxTimeSynchronizer(2, slop_ns, queue_size)
         pairs: list[tuple[_Ref, _Ref]] = []
         gt: dict[int, dict[str, _Ref]] = {}
-        last: dict[int, int] = {}
+        time_lines = TimeLines(slop_ns, TIME_JUMP_NS)
         seen: dict[tuple[str, int], int] = {}
         try:
             for conn, record_ns, raw in reader.messages(connections=conns):
@@ -343,10 +343,9 @@ class BagPairDataset:
                     gt.setdefault(stamp, {})[conn.topic] = ref
                     continue
                 stream = 0 if conn.topic == self.moving_topic else 1
-                if stream in last and stamp < last[stream] - TIME_JUMP_NS:
-                    sync.reset()
-                    last.clear()
-                last[stream] = max(stamp, last.get(stream, stamp))
+                jump = time_lines.observe(stream, stamp)
+                if jump is not None:
+                    sync.restart(stream, jump[1])
                 for m, f in sync.add(stream, stamp, ref):
                     pairs.append((m, f))
         except NmrUserError:

@@ -177,3 +177,28 @@ class ApproxTimeSynchronizer(Generic[T]):
             if all(abs(stamp - o) >= dist for o in other_pivots):
                 return i
         return None
+
+
+class TimeLines:
+    """Per-stream time lines: notices a stamp going backwards and says what a restart should keep.
+
+    The policy of ``ApproxTimeSynchronizer.restart`` in one place, for every synchroniser user (the
+    frame-set core of the node and register-bag, the bag pair readers): the partner's frames up to
+    half-way back to the old time line (at least ``slop_ns`` past the new stamp) already belong to the
+    new one. ``tolerance_ns``: how far a stamp may go backwards and still count as late, not as a jump
+    (the synchroniser then drops it as older than the last used one).
+    """
+
+    def __init__(self, slop_ns: int, tolerance_ns: int = 0) -> None:
+        self.slop_ns = int(slop_ns)
+        self.tolerance_ns = int(tolerance_ns)
+        self._last: dict[object, int] = {}
+
+    def observe(self, stream: object, stamp_ns: int) -> tuple[int, int] | None:
+        """Record ``stamp_ns`` on ``stream``; on a jump back, (previous stamp, keep_until_ns) for ``restart``."""
+        previous = self._last.get(stream)
+        if previous is None or stamp_ns >= previous - self.tolerance_ns:
+            self._last[stream] = max(stamp_ns, previous if previous is not None else stamp_ns)
+            return None
+        self._last[stream] = stamp_ns
+        return previous, stamp_ns + max(self.slop_ns, (previous - stamp_ns) // 2)

@@ -8,10 +8,10 @@ policies below exist once, and the live topics and the offline bag are made of t
   running when the other pair's camera stops.
 - **Time jumps.** A stream whose stamp goes backwards (bag loop, clock reset) restarts the pairs that use
   that stream, and only those; each keeps the partner's frames that already lie on the new time line
-  (`ApproxTimeSynchronizer.restart`). Independent topics deliver a jump one stream after the other:
-  resetting everything at each stream's jump would throw away the sets the streams that jumped first had
-  already formed (that lost sets after every bag loop and stalled the node tests). A set already formed
-  stays queued: it is a valid set.
+  (`ApproxTimeSynchronizer.restart`, with what `TimeLines` says to keep). Independent topics deliver a
+  jump one stream after the other: resetting everything at each stream's jump would throw away the sets
+  the streams that jumped first had already formed (that lost sets after every bag loop and stalled the
+  node tests). A set already formed stays queued: it is a valid set.
 - **Drop-stale.** `keep='newest'` (live): one pending set per pair; a newer set replaces a waiting one,
   which is counted stale, so inference always works on the newest frames and nothing queues up.
   `keep='all'` (offline): nothing is late, every set is kept in order.
@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from nmr.data.encodings import to_rgb
-from nmr.data.sync import ApproxTimeSynchronizer
+from nmr.data.sync import ApproxTimeSynchronizer, TimeLines
 from nmr.domain import PAIR_FIXED_KIND, PAIRS
 from nmr.pipeline.fused import fuse
 from nmr.pipeline.outputs import PairProcessor
@@ -142,10 +142,9 @@ class FrameSetCore:
         if keep not in ('newest', 'all'):
             raise ValueError(f"keep {keep!r}: expected 'newest' or 'all'")
         self.keep = keep
-        self.slop_ns = int(slop_ns)
         self._lock = threading.Lock()
         self._pairs = {p: _PairState(ApproxTimeSynchronizer(2, slop_ns, queue_size)) for p in pairs}
-        self._last_stamp: dict[str, int] = {}
+        self._time_lines = TimeLines(slop_ns)  # any stamp going backwards is a jump: drivers never reorder
         self._fused_done: tuple[int, int] | None = None
 
     @property
@@ -199,12 +198,10 @@ class FrameSetCore:
 
     def _time_line(self, frame: Frame) -> TimeJump | None:
         """Restart the pairs using `frame.stream` if its stamp went backwards (caller holds the lock)."""
-        previous = self._last_stamp.get(frame.stream)
-        self._last_stamp[frame.stream] = frame.stamp_ns
-        if previous is None or frame.stamp_ns >= previous:
+        jump = self._time_lines.observe(frame.stream, frame.stamp_ns)
+        if jump is None:
             return None
-        # frames of the partner up to half-way back to the old time line already belong to the new one
-        keep_until = frame.stamp_ns + max(self.slop_ns, (previous - frame.stamp_ns) // 2)
+        previous, keep_until = jump
         restarted = []
         for name, state in self._pairs.items():
             index = self._index(name, frame.stream)
