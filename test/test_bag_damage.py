@@ -289,8 +289,10 @@ def test_register_bag_interrupted_by_sigint_leaves_a_readable_bag_with_every_set
     from nmr.ros.testing import wait_for
 
     out = tmp_path / 'out'
+    # a large network grid slows the tiny models to a few sets per progress update (every 0.2 s): at their
+    # own size the 90 sets took ~0.3 s, and the signal sometimes landed after the last one
     proc = subprocess.Popen(_nmr('register-bag', str(long_rig), '--out', str(out), *_model_args(models),
-                                 '--copy-inputs'),
+                                 '--copy-inputs', '--set', 'net_height=512', '--set', 'net_width=640'),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
     err = _Stderr(proc)
     try:

@@ -238,27 +238,29 @@ def register_bag(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {'out': out_bag, 'backend': ', '.join(sorted(set(backend_log.chosen))) or 'none',
                               'slop_ms': settings.sync_slop_ns / 1e6, 'interrupted': False}
     writer = BagWriter(out_bag, storage=args.storage).open()
-    try:
-        with _stop_on_signals() as stop:
+    # The stop request covers the finishing writes too: a Ctrl-C that lands after the last message used to
+    # raise inside the writer's close and cut the summary; now it is only noted, and the bag completes.
+    with _stop_on_signals() as stop:
+        try:
             _register_all(args, settings, topic_stream, processors, infos, writer, progress, state, stop)
-    except KeyboardInterrupt:
-        progress.close()
-        _finish(writer, out_bag, f'partial: interrupted after {state.sets} sets')
-        result['interrupted'] = True
-    except OSError as err:
-        _discard(writer, out_bag)
-        raise _io_error(err, out_bag) from None
-    except NmrUserError as err:
-        progress.close()
-        _finish(writer, out_bag, f'partial: stopped after {state.sets} sets: {err}')
-        raise BagError(f'{err}; {out_bag} holds the {state.sets} sets registered before that (marked partial '
-                       'in its metadata.yaml)') from None
-    except BaseException:  # a bug: no output that might pass for a complete one
-        _discard(writer, out_bag)
-        raise
-    else:
-        progress.close()
-        _finish(writer, out_bag, 'complete')
+        except KeyboardInterrupt:
+            progress.close()
+            _finish(writer, out_bag, f'partial: interrupted after {state.sets} sets')
+            result['interrupted'] = True
+        except OSError as err:
+            _discard(writer, out_bag)
+            raise _io_error(err, out_bag) from None
+        except NmrUserError as err:
+            progress.close()
+            _finish(writer, out_bag, f'partial: stopped after {state.sets} sets: {err}')
+            raise BagError(f'{err}; {out_bag} holds the {state.sets} sets registered before that (marked '
+                           'partial in its metadata.yaml)') from None
+        except BaseException:  # a bug: no output that might pass for a complete one
+            _discard(writer, out_bag)
+            raise
+        else:
+            progress.close()
+            _finish(writer, out_bag, 'complete')
     return {**result, 'sets': state.sets, 'last_stamp_ns': state.last_stamp_ns, 'skipped': dict(state.skipped),
             'time_jumps': state.time_jumps,
             'pairs': {p: state.core.counts(p).as_json() for p in state.core.pairs}}
