@@ -171,28 +171,12 @@ def test_fused_outputs_come_once_per_rgb_frame_both_pairs_registered(models: dic
 
 @pytest.fixture(scope='module')
 def quiet_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A RegisterNode in this process, worker stopped: `_on_image` only feeds the core (no DDS timing)."""
+    """register_node in this process, worker stopped: `_on_image` only feeds the core (no DDS timing)."""
     pytest.importorskip('rclpy')
-    import rclpy
-    from rclpy.parameter import Parameter
+    from nmr.ros.testing import in_process_node
 
-    from nmr.ros.node import RegisterNode
-    from nmr.ros.testing import ros_env
-
-    folder = tmp_path_factory.mktemp('quiet_node')
-    ros_env()
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = RegisterNode(context=context, start_parameter_services=False, enable_rosout=False,
-                        parameter_overrides=[Parameter('models.rgb_lwir', value=str(folder / 'a.pt')),
-                                             Parameter('models.rgb_depth', value=str(folder / 'b.pt')),
-                                             Parameter('log_throttle_s', value=60.0)])
-    node.stop()
-    try:
+    with in_process_node(tmp_path_factory.mktemp('quiet_node'), log_throttle_s=60.0) as node:
         yield node
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
 
 
 def _node_sets(node: Any, delivery: Delivery) -> tuple[list[SetKey], int]:

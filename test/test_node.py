@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from nmr.ros.testing import (  # noqa: E402 - after the importorskip
     INPUT_TOPICS,
     RosHarness,
     diagnostic_values,
+    in_process_node,
     make_frames,
     make_tiny_model,
     ros_env,
@@ -293,26 +295,10 @@ def test_invalid_parameters_refuse_to_start_with_one_line(args: list[str], words
 
 
 @pytest.fixture
-def quiet_node(tmp_path: Path) -> Any:
-    """A RegisterNode in this process whose worker is stopped: completed sets stay in `pending`."""
-    import rclpy
-    from rclpy.parameter import Parameter
-
-    from nmr.ros.node import RegisterNode
-
-    ros_env()
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = RegisterNode(context=context, start_parameter_services=False, enable_rosout=False,
-                        parameter_overrides=[Parameter('models.rgb_lwir', value=str(tmp_path / 'a.pt')),
-                                             Parameter('models.rgb_depth', value=str(tmp_path / 'b.pt')),
-                                             Parameter('sync.slop_s', value=0.005)])
-    node.stop()
-    try:
+def quiet_node(tmp_path: Path) -> Iterator[Any]:
+    """A RegisterNode in this process whose worker is stopped: completed sets stay in its core."""
+    with in_process_node(tmp_path, **{'sync.slop_s': 0.005}) as node:
         yield node
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
 
 
 def _interleavings(seqs: list[list[Any]]) -> list[list[Any]]:

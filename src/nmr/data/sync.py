@@ -93,9 +93,9 @@ class ApproxTimeSynchronizer(Generic[T]):
             if s != stream:
                 queued_stamps = {e.stamp for e in queued}
                 revived = [e for e in self._unpaired[s] if e.stamp <= keep_until_ns and e.stamp not in queued_stamps]
-                self.dropped[s] -= len(revived)
                 kept = sorted([e for e in queued if e.stamp <= keep_until_ns] + revived)[-self.queue_size:]
-            self.dropped[s] += len(queued) + len(revived if s != stream else []) - len(kept)
+            # revived frames are no longer dropped; queued (or revived) frames not kept now are
+            self.dropped[s] += len(queued) - len(kept)
             self._queues[s] = kept
         self._last_used = [None] * self.n_streams
         self._unpaired = [[] for _ in range(self.n_streams)]

@@ -17,7 +17,8 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,32 @@ class RosHarness:
     def close(self) -> None:
         self._executor.shutdown()
         self.node.destroy_node()
+
+
+@contextmanager
+def in_process_node(folder: Path, **params: Any) -> Iterator[Any]:
+    """A RegisterNode in this process, in its own context, worker stopped: only its callbacks' logic runs.
+
+    Tests call its callbacks directly, in chosen arrival orders, without DDS timing. The model files
+    (in `folder`) do not exist, so nothing is registered. `params`: parameter overrides by name.
+    """
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from nmr.ros.node import RegisterNode
+
+    ros_env()
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    values = {'models.rgb_lwir': str(folder / 'a.pt'), 'models.rgb_depth': str(folder / 'b.pt'), **params}
+    node = RegisterNode(context=context, start_parameter_services=False, enable_rosout=False,
+                        parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
+    node.stop()
+    try:
+        yield node
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
 
 
 def start_node(params: dict[str, Any], log_path: Path, extra_args: Sequence[str] = (),
