@@ -537,6 +537,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # A timer or subscription callback that was publishing when the signal shut the context down
+        # raises RCLError ('publisher's context is invalid') out of spin: that is the shutdown, not a bug.
+        if not signals.requested:
+            raise
     finally:
         signals.ignore()
         node.stop()
