@@ -13,6 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / 'src' / 'nmr'
 #: docs/design.md's table, top (imported by everyone) to bottom; a module may import its own layer and above.
 LAYERS: list[set[str]] = [
     {'nmr', 'nmr.errors', 'nmr.domain', 'nmr.resources', 'nmr.flow'},
+    {'nmr.geometry'},
     {'nmr.data'},
     {'nmr.synth'},
     {'nmr.models'},

@@ -13,19 +13,17 @@ reference frame, metres). Pixel ``(x, y)`` is the centre of column x, row y, as 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from nmr.geometry.camera import CameraModel
+from nmr.geometry.pose import Pose, rpy_deg_to_matrix
+
 
 def rotation_xyz(roll_deg: float, pitch_deg: float, yaw_deg: float) -> np.ndarray:
     """``Rx(roll) @ Ry(pitch) @ Rz(yaw)`` (degrees, about the optical axes x, y, z)."""
-    a, b, c = (math.radians(v) for v in (roll_deg, pitch_deg, yaw_deg))
-    rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
-    ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
-    rz = np.array([[math.cos(c), -math.sin(c), 0], [math.sin(c), math.cos(c), 0], [0, 0, 1]])
-    return rx @ ry @ rz
+    return rpy_deg_to_matrix(roll_deg, pitch_deg, yaw_deg)
 
 
 @dataclass(frozen=True)
@@ -69,15 +67,19 @@ class Camera:
             cy=(self.cy + 0.5) * sy - 0.5,
         )
 
+    @property
+    def model(self) -> CameraModel:
+        """The camera as the geometry layer sees it (no distortion: the synthetic lenses are ideal)."""
+        return CameraModel(self.width, self.height, self.fx, self.fy, self.cx, self.cy)
+
+    @property
+    def pose(self) -> Pose:
+        """``T_ref_cam`` (= ``rgb_from_cam``, the rig file's direction)."""
+        return Pose(self.R_ref_cam, self.t_ref_cam)
+
     def rays(self) -> np.ndarray:
         """``HxWx3`` float32 ray directions in the camera frame with z = 1 (so ray parameter = depth)."""
-        x = (np.arange(self.width, dtype=np.float64) - self.cx) / self.fx
-        y = (np.arange(self.height, dtype=np.float64) - self.cy) / self.fy
-        out = np.empty((self.height, self.width, 3), dtype=np.float32)
-        out[:, :, 0] = x[None, :]
-        out[:, :, 1] = y[:, None]
-        out[:, :, 2] = 1.0
-        return out
+        return self.model.pixel_rays()
 
     def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(u, v, z)`` of camera-frame points ``...x3`` (u, v undefined where z <= 0)."""
