@@ -170,12 +170,28 @@ def test_flow_through_depth_equals_the_synthetic_rigs_ground_truth(fixed_name: s
     both = valid & gt_valid
     assert both.mean() > 0.5
     assert np.abs(flow[both] - gt[both]).max() <= 0.05
-    # the occlusion rules differ: the synth knows the moving view's true depth and calls a pixel occluded
-    # when the bilinear inverse depth at its match disagrees, which also drops every pixel next to a
-    # silhouette; we only have the fixed depth. We drop almost nothing the synth sees, and keep a few %
-    # more (at this small size: ~3/4 of them at silhouettes, the rest thin objects the fixed splat misses)
-    assert (gt_valid & ~valid).mean() < 0.005, (gt_valid & ~valid).mean()
+    # the occlusion rules differ only at silhouettes: the synth knows the moving view's true depth and
+    # drops a pixel when the bilinear inverse depth at its match disagrees; we have only the fixed depth,
+    # splatted with a 2x2 footprint. Each drops a pixel-wide seam the other keeps (a few % at this small
+    # size, where silhouettes and thin poles are a large share of the pixels); everywhere else they agree.
+    assert (gt_valid & ~valid).mean() < 0.025, (gt_valid & ~valid).mean()
     assert (valid & ~gt_valid).mean() < 0.05, (valid & ~gt_valid).mean()
+
+
+def test_a_finer_moving_view_does_not_let_the_background_show_through_the_box() -> None:
+    """Moving twice as fine as fixed: the box's splats alone would leave every other moving pixel empty,
+    and the background behind it would look visible there; the footprint closes the surface."""
+    fixed = CameraModel(48, 32, 200.0, 200.0, 23.5, 15.5)
+    moving = fixed.scaled(2.0)
+    d = np.full((32, 48), 4.0, dtype=np.float32)
+    y0, y1, x0, x1 = 10, 20, 15, 25
+    d[y0:y1, x0:x1] = 2.0
+    _, valid = flow_through_depth(fixed, moving, Pose(np.eye(3), (0.05, 0.0, 0.0)), d)
+    # moving x = 2 x_f + 0.5 + shift, shift 5 (background) / 10 (box) moving px: the box covers the
+    # background's fixed columns [x1, x1 + 2) in the moving view
+    assert not valid[y0:y1, x1 : x1 + 2].any()
+    assert valid[y0:y1, x0:x1].all() and valid[y0:y1, x1 + 2 : 45].all() and valid[y0:y1, :x0].all()
+    assert valid[:y0, :45].all() and valid[y1:, :45].all() and not valid[:, 45:].any()
 
 
 def test_grazing_ground_does_not_occlude_itself() -> None:

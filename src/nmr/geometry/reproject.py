@@ -4,14 +4,16 @@ Why it is cheap: everything is whole-image numpy in float32 (a few dozen passes 
 of each camera are cached, and the z-buffer is one ``np.minimum.at`` over the pixels' cell indices.
 
 Occlusion rule (flow_through_depth): the fixed depth is splatted into the moving view, each point into
-the moving pixel nearest to its projection, keeping the smallest depth (z-buffer); one-pixel cracks
-between two agreeing neighbours are filled (see :func:`fill_cracks`). A fixed pixel is visible in the
-moving camera when its depth there is at most ``zbuf * (1 + occlusion_tol)`` plus the depth change the
-same surface makes across one moving pixel (its local slope: the smaller of the one-sided differences
-of the moving-frame depth along x and along y, added, scaled by the fixed/moving focal ratio when the
-moving view is coarser). Without the slope term a slanted surface seen at a grazing angle (the road near
-the horizon) would occlude itself; taking the smaller one-sided difference keeps a depth edge from
-inflating the tolerance of the pixels beside it.
+the 2x2 moving pixels around its projection, keeping the smallest depth (z-buffer): a surface stays
+closed up to a magnification of 2, so what lies behind it cannot show through its resampling cracks. A
+fixed pixel is visible in the moving camera when its depth there is at most ``zbuf * (1 + occlusion_tol)``
+at its nearest moving pixel, plus the depth change the same surface makes across one moving pixel (its
+local slope: the smaller of the one-sided differences of the moving-frame depth along x and along y,
+added, scaled by the fixed/moving focal ratio when the moving view is coarser). Without the slope term a
+slanted surface seen at a grazing angle (the road near the horizon) would occlude itself; taking the
+smaller one-sided difference keeps a depth edge from inflating the tolerance of the pixels beside it.
+The footprint makes a background pixel within a pixel of a nearer surface's edge in the moving view
+count as occluded (as the synthetic rig's ground truth also does): conservative, by at most a pixel.
 """
 
 from __future__ import annotations
@@ -184,18 +186,29 @@ def flow_through_depth(
     u = np.empty((H, W), dtype=np.float32)
     v = np.empty((H, W), dtype=np.float32)
     z = np.empty((H, W), dtype=np.float32)
-    cells = np.empty((H, W), dtype=np.intp)
-    inside = np.empty((H, W), dtype=bool)
+    cells = np.empty((H, W), dtype=np.intp)  # the nearest moving pixel (dummy Hm * Wm when not inside)
+    zbuf = np.full(Hm * Wm + Wm + 2, np.inf, dtype=np.float32)  # + room for the dummy's footprint
     blocks = _blocks(H, W)
+    lo, hx, hy = -BORDER_EPS, Wm - 1 + BORDER_EPS, Hm - 1 + BORDER_EPS
     for a, b in blocks:
         ub, vb, zb = _project_block(fixed, moving, moving_from_fixed, depth, a, b)
         u[a:b], v[a:b], z[a:b] = ub, vb, zb
         with np.errstate(invalid='ignore'):
-            lo, hx, hy = -BORDER_EPS, Wm - 1 + BORDER_EPS, Hm - 1 + BORDER_EPS
             ins = (ub >= lo) & (ub <= hx) & (vb >= lo) & (vb <= hy)  # False on NaN
-        inside[a:b] = ins
-        cells[a:b] = _cells(moving, ub, vb, ins)
-    zbuf = np.append(fill_cracks(_zbuffer(moving, cells, z)).reshape(-1), np.float32(np.inf))
+            uc = np.clip(np.where(ins, ub, np.float32(0.0)), 0, Wm - 1)
+            vc = np.clip(np.where(ins, vb, np.float32(0.0)), 0, Hm - 1)
+        fu, fv = np.floor(uc), np.floor(vc)
+        c00 = fv.astype(np.intp) * Wm + fu.astype(np.intp)
+        c00[~ins] = Hm * Wm
+        du = (uc > fu).astype(np.intp)
+        dv = (vc > fv).astype(np.intp) * Wm
+        cells[a:b] = c00 + (uc - fu >= 0.5) * du + (vc - fv >= 0.5) * dv
+        # the 2x2 footprint (the pixel centres around the projection): a surface stays closed in the
+        # z-buffer up to a magnification of 2, so nothing behind it shows through its resampling cracks
+        with np.errstate(invalid='ignore'):  # NaN depths land only in the dummy cells
+            for c in (c00, c00 + du, c00 + dv, c00 + du + dv):
+                np.minimum.at(zbuf, c.reshape(-1), zb.reshape(-1))
+    inside = cells != Hm * Wm
     limit = np.float32(1.0 + occlusion_tol)
     with np.errstate(invalid='ignore'):
         valid = inside & (z <= zbuf[cells] * limit)
