@@ -187,7 +187,14 @@ def flow_through_depth(
     v = np.empty((H, W), dtype=np.float32)
     z = np.empty((H, W), dtype=np.float32)
     cells = np.empty((H, W), dtype=np.intp)  # the nearest moving pixel (dummy Hm * Wm when not inside)
-    zbuf = np.full(Hm * Wm + Wm + 2, np.inf, dtype=np.float32)  # + room for the dummy's footprint
+    # z-buffer with a 2x2 footprint (the pixel centres around each projection): a surface stays closed up
+    # to a magnification of 2, so nothing behind it shows through its resampling cracks. Points strictly
+    # between pixel centres (nearly all) go into ``corner`` at their top-left cell, which is then spread
+    # right and down with three shifted minima (cheap whole-image passes); the rest (on a centre's row or
+    # column) are splatted cell by cell.
+    n_cells = Hm * Wm + Wm + 2  # + room for the dummy's footprint
+    corner = np.full(n_cells, np.inf, dtype=np.float32)
+    zbuf = np.full(n_cells, np.inf, dtype=np.float32)
     blocks = _blocks(H, W)
     lo, hx, hy = -BORDER_EPS, Wm - 1 + BORDER_EPS, Hm - 1 + BORDER_EPS
     for a, b in blocks:
@@ -200,14 +207,28 @@ def flow_through_depth(
         fu, fv = np.floor(uc), np.floor(vc)
         c00 = fv.astype(np.intp) * Wm + fu.astype(np.intp)
         c00[~ins] = Hm * Wm
-        du = (uc > fu).astype(np.intp)
-        dv = (vc > fv).astype(np.intp) * Wm
-        cells[a:b] = c00 + (uc - fu >= 0.5) * du + (vc - fv >= 0.5) * dv
-        # the 2x2 footprint (the pixel centres around the projection): a surface stays closed in the
-        # z-buffer up to a magnification of 2, so nothing behind it shows through its resampling cracks
+        between_u = uc > fu
+        between_v = vc > fv
+        cells[a:b] = c00 + (uc - fu >= 0.5) + (vc - fv >= 0.5) * Wm
+        both = between_u & between_v & ins
         with np.errstate(invalid='ignore'):  # NaN depths land only in the dummy cells
-            for c in (c00, c00 + du, c00 + dv, c00 + du + dv):
-                np.minimum.at(zbuf, c.reshape(-1), zb.reshape(-1))
+            np.minimum.at(corner, c00[both], zb[both])
+            rest = ~both & ins
+            if rest.any():
+                c, zr = c00[rest], zb[rest]
+                du = between_u[rest].astype(np.intp)
+                dv = between_v[rest].astype(np.intp) * Wm
+                for cc in (c, c + du, c + dv, c + du + dv):
+                    np.minimum.at(zbuf, cc, zr)
+    # spread ``corner`` over its 2x2 footprint: cell (y, x) takes the corners of (y, x), (y, x-1),
+    # (y-1, x), (y-1, x-1); a corner cell is never in the last row or column (the point lies strictly
+    # before the next centre), so nothing wraps around
+    img = zbuf[: Hm * Wm].reshape(Hm, Wm)
+    cor = corner[: Hm * Wm].reshape(Hm, Wm)
+    np.minimum(img, cor, out=img)
+    np.minimum(img[:, 1:], cor[:, :-1], out=img[:, 1:])
+    np.minimum(img[1:, :], cor[:-1, :], out=img[1:, :])
+    np.minimum(img[1:, 1:], cor[:-1, :-1], out=img[1:, 1:])
     inside = cells != Hm * Wm
     limit = np.float32(1.0 + occlusion_tol)
     with np.errstate(invalid='ignore'):
