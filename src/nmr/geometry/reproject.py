@@ -1,7 +1,8 @@
 """Flow and depth through a depth map: back-project each pixel, move it to the other camera, project it.
 
-Why it is cheap: everything is whole-image numpy in float32 (a few dozen passes over the pixels), the rays
-of each camera are cached, and the z-buffer is one ``np.minimum.at`` over the pixels' cell indices.
+Why it is cheap: everything is numpy in float32 over blocks of rows (a few dozen passes over the pixels),
+the rays of each camera (rotated by the rig's fixed pose) are cached, and the z-buffer is one
+``np.minimum.at`` over the pixels' cell indices plus a few whole-image minima.
 
 Occlusion rule (flow_through_depth): the fixed depth is splatted into the moving view, each point into
 the 2x2 moving pixels around its projection, keeping the smallest depth (z-buffer): a surface stays
