@@ -79,11 +79,27 @@ class CameraModel:
         if not self.has_distortion:
             return x, y
         k1, k2, p1, p2, k3 = self.dist
-        r2 = x * x + y * y
-        radial = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
-        xy = x * y
-        xd = x * radial + 2.0 * p1 * xy + p2 * (r2 + 2.0 * x * x)
-        yd = y * radial + p1 * (r2 + 2.0 * y * y) + 2.0 * p2 * xy
+        # in-place where possible: this runs on every pixel of every frame
+        xx = x * x
+        yy = y * y
+        r2 = xx + yy
+        radial = r2 * k3
+        radial += k2
+        radial *= r2
+        radial += k1
+        radial *= r2
+        radial += 1.0
+        xy2 = x * y
+        xy2 *= 2.0
+        xd = x * radial
+        yd = y * radial
+        if p1 or p2:
+            xx *= 2.0
+            xx += r2  # r2 + 2 x^2
+            yy *= 2.0
+            yy += r2  # r2 + 2 y^2
+            xd += p1 * xy2 + p2 * xx
+            yd += p1 * yy + p2 * xy2
         return xd, yd
 
     def _undistort_normalized(self, xd: np.ndarray, yd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

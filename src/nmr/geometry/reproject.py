@@ -73,12 +73,11 @@ def _project_block(
     ax, ay, az = _rotated_rays(src, pose.R.tobytes())
     t = pose.t.astype(np.float32)
     d = depth[a:b].astype(np.float32, copy=False)
-    with np.errstate(invalid='ignore', divide='ignore'):
-        d = np.where((d > 0) & (d < np.inf), d, np.float32(np.nan))  # 0, NaN, inf: no depth
+    with np.errstate(invalid='ignore', divide='ignore', over='ignore'):
         # X_dst = R @ (depth * ray) + t = depth * (R @ ray) + t
         zm = az[a:b] * d
         zm += t[2]
-        zm[zm <= 0] = np.nan  # behind the dst camera
+        zm[(zm <= 0) | ~((d > 0) & (d < np.inf))] = np.nan  # behind the dst camera, or no depth (0, NaN, inf)
         inv = np.float32(1.0) / zm
         xm = ax[a:b] * d
         xm += t[0]
