@@ -96,8 +96,9 @@ def _messages(bag: Path) -> list[tuple[str, int, bytes]]:
 
 
 def test_a_cut_mcap_stops_every_verb_with_one_line_naming_the_file_and_recover_bag(
-        rig: Path, models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cut = _cut(rig, tmp_path / 'cut', 0.5)
+        long_rig: Path, models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rig = long_rig  # several chunks: the cut keeps whole ones, so recover-bag has something to recover
+    cut = _cut(rig, tmp_path / 'cut', 0.6)
     runs = {
         'register-bag': ['register-bag', str(cut), '--out', str(tmp_path / 'out'), '--quiet', *_model_args(models)],
         'train': ['train', '--bag', str(cut), '--pair', 'rgb_lwir', '--out', str(tmp_path / 'run'),
@@ -350,3 +351,23 @@ def test_recover_bag_out_of_disk_is_one_line_and_leaves_no_output(rig: Path, tmp
     assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
     assert len(lines) == 1 and lines[0].startswith('nmr recover-bag: error: File too large'), lines
     assert not out.exists()
+
+
+def test_recover_bag_is_suggested_only_when_it_can_recover_something(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23 (7): a text file named .mcap was sent to `nmr recover-bag`, which found nothing to recover."""
+    text = tmp_path / 'notes.mcap'
+    text.write_text('not a bag\n')
+    header_only = tmp_path / 'header.mcap'
+    header_only.write_bytes(b'\x89MCAP0\r\n' + b'x' * 40)
+    for path, why in ((text, 'is not an mcap file'), (header_only, 'nothing in it can be recovered')):
+        line = _one_line(capsys, main(['play', str(path), '--quiet']), 'play')
+        assert why in line and 'recover-bag' not in line, line
+
+
+def test_an_output_under_a_file_says_it_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23 (7): `--out FILE/sub` said 'folder FILE does not exist' of a file that exists."""
+    a_file = tmp_path / 'hostname'
+    a_file.write_text('x')
+    line = _one_line(capsys, main(['synth', '--out', str(a_file / 'sub'), '--frames', '2']), 'synth')
+    assert f'{a_file} is a file, not a folder' in line, line

@@ -105,3 +105,38 @@ def test_live_demo_reads_the_nodes_counters_from_its_diagnostics() -> None:
     status = pair_status('/nmr/register_node', 'rgb_lwir', stats, 'onnxruntime', 'cpu', 'm.onnx', [1, 2])
     assert pair_counts(status) == ('rgb_lwir', {'synchronised': 59, 'processed': 10, 'dropped_stale': 49,
                                                 'dropped_unmatched': 3, 'errors': 1, 'lazy_skipped': 0})
+
+
+def test_demo_refuses_a_non_empty_output_and_deletes_nothing(tmp_path: Path, tiny_models: dict[str, Path],
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23 (1): the demo used to delete `registered/` (and what a user kept there) in any --out."""
+    out = tmp_path / 'demo'
+    (out / 'registered').mkdir(parents=True)
+    (out / 'registered' / 'important.txt').write_text('keep me')
+    code = main(['demo', '--out', str(out), '--mode', 'offline', '--duration', '0.2', '--size-scale', '0.25',
+                 '--model-rgb-lwir', str(tiny_models['rgb_lwir']),
+                 '--model-rgb-depth', str(tiny_models['rgb_depth'])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and str(out) in err[0] and '--overwrite' in err[0], err
+    assert (out / 'registered' / 'important.txt').read_text() == 'keep me'
+    assert not (out / 'input_rig').exists()
+
+
+def test_demo_overwrite_replaces_only_its_own_outputs(tmp_path: Path) -> None:
+    from nmr.demo import prepare_output
+
+    out = tmp_path / 'demo'
+    (out / 'registered').mkdir(parents=True)
+    (out / 'registered' / 'x.mcap').write_text('old run')
+    (out / 'contact_rgb_lwir.png').write_text('old run')
+    (out / 'notes.txt').write_text('mine')
+    prepare_output(out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ['notes.txt']
+
+
+def test_demo_refuses_rate_in_offline_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23 (8): `--mode offline --rate 2` used to ignore --rate without a word."""
+    code = main(['demo', '--out', str(tmp_path / 'demo'), '--mode', 'offline', '--rate', '2'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and '--rate' in err[0] and 'offline' in err[0], err
+    assert not (tmp_path / 'demo').exists()

@@ -334,3 +334,43 @@ def test_one_backend_line_unless_verbose(bag: Path, models: dict[str, Path], tmp
     verbose = backend_lines('-v', 'b')
     assert any(' skipped: ' in line for line in verbose) and any(' chosen: ' in line for line in verbose)
     assert not any('nmr: ' in line for line in quiet + verbose)  # one prefix, not 'nmr register-bag: nmr:'
+
+
+@pytest.mark.parametrize('argv', [['--pairs', 'rgb_lwir', '--set', 'pairs=[rgb_depth]'],
+                                  ['--backend', 'torch', '--set', 'backend=onnxruntime'],
+                                  ['--model-rgb-lwir', 'a.pt', '--set', 'models.rgb_lwir=b.pt']])
+def test_an_option_and_a_set_that_disagree_are_refused(argv: list[str]) -> None:
+    """Issue 23 (8): `--pairs rgb_lwir --set pairs=[rgb_depth]` used to run rgb_lwir without a word."""
+    import argparse
+
+    from nmr.errors import ConfigError
+    from nmr.pipeline.register_bag import add_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(ConfigError, match='disagree') as err:
+        settings_from_args(parser.parse_args(['in', '--out', 'o', *argv]))
+    assert argv[0] in str(err.value) and argv[-1] in str(err.value)
+    same = parser.parse_args(['in', '--out', 'o', '--pairs', 'rgb_lwir', '--set', 'pairs=[rgb_lwir]'])
+    assert settings_from_args(same).pairs == ('rgb_lwir',)  # agreeing twice is fine
+
+
+def test_a_failure_before_the_first_set_leaves_no_output(bag: Path, models: dict[str, Path], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23 (6): an output bag with zero sets was kept (marked partial) and blocked the rerun."""
+    from nmr.cli.main import main
+    from nmr.errors import BagError
+    from nmr.pipeline import register_bag
+
+    def damaged(*_args: Any) -> Iterator[Any]:
+        raise BagError('the first message is damaged')
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(register_bag, 'bag_frames', damaged)
+    out = tmp_path / 'o'
+    code = main(['register-bag', str(bag), '--out', str(out), '--model-rgb-lwir', str(models['rgb_lwir']),
+                 '--model-rgb-depth', str(models['rgb_depth']), '--backend', 'torch', '--quiet'])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if 'error' in ln]
+    assert code == 2 and len(err) == 1 and 'first message is damaged' in err[0] and 'no output' in err[0], err
+    assert not out.exists()

@@ -53,8 +53,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model-rgb-lwir', type=Path, default=None, help='model (default: models/rgb_lwir)')
     parser.add_argument('--model-rgb-depth', type=Path, default=None, help='model (default: models/rgb_depth)')
     parser.add_argument('--backend', default='auto', help='auto | tensorrt | onnxruntime | torch')
-    parser.add_argument('--rate', type=float, default=1.0, help='live mode: playback rate factor')
+    parser.add_argument('--rate', type=float, default=None,
+                        help='live mode: playback rate factor (default 1; refused with --mode offline)')
     parser.add_argument('--sheets', type=int, default=4, help='frames per contact sheet (default 4)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help="replace the outputs of an earlier demo in --out (without it a non-empty --out "
+                             'is refused)')
+
+
+#: What a demo run writes into --out (and what --overwrite replaces); anything else there is left alone.
+OUTPUT_NAMES = ('input_rig', 'registered', 'summary.json', 'register_node.log', 'contact_*.png', 'flicker_*.gif')
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Options that contradict each other are refused, not resolved silently."""
+    if args.rate is not None:
+        if args.mode == 'offline':
+            raise ConfigError('--rate sets the live playback speed and --mode offline plays nothing: drop '
+                              '--rate, or use --mode live / auto')
+        if not args.rate > 0:
+            raise ConfigError(f'--rate {args.rate}: must be > 0')
+
+
+def prepare_output(out: Path, overwrite: bool) -> None:
+    """Create --out, refusing one that holds anything unless --overwrite (then the demo's own outputs go).
+
+    Why: the demo used to delete `registered/` and `input_rig/` in whatever folder it was given, files
+    the user had put there included, and a second run replaced the first without a word.
+    """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f'--out {out} is a file, not a folder: choose another --out')
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f'--out {out}: {parent} is a file, not a folder: choose another --out')
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not overwrite:
+        shown = ', '.join(held[:4]) + (f' and {len(held) - 4} more' if len(held) > 4 else '')
+        raise ConfigError(f'output folder {out} is not empty (it holds {shown}): pass --overwrite to replace '
+                          "an earlier demo's outputs there, or choose another --out")
+    for pattern in OUTPUT_NAMES if held else ():
+        for stale in out.glob(pattern):
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    out.mkdir(parents=True, exist_ok=True)
 
 
 @dataclass
@@ -116,7 +156,7 @@ def run_offline(args: argparse.Namespace, bag: Path, models: dict[str, Path], ou
 
 def run_live(args: argparse.Namespace, bag: Path, models: dict[str, Path], out_bag: Path) -> dict[str, Any]:
     print(f'[2/3] live: nmr play {bag} -> register_node -> recorder -> {out_bag}')
-    return run_live_pipeline(bag, models, out_bag, NAMESPACE, args.backend, args.rate)
+    return run_live_pipeline(bag, models, out_bag, NAMESPACE, args.backend, args.rate or 1.0)
 
 
 def score_and_draw(bag: Path, out_bag: Path, out_dir: Path, sheets: int,
@@ -179,12 +219,10 @@ def score_and_draw(bag: Path, out_bag: Path, out_dir: Path, sheets: int,
 
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    check_options(args)
     bag, out_bag = out / 'input_rig', out / 'registered'
     models = default_models(args)
-    for stale in (bag, out_bag):
-        if stale.exists():
-            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    prepare_output(out, args.overwrite)
     start = time.monotonic()
     make_rig(args, bag)
     if args.mode == 'offline':
@@ -195,7 +233,9 @@ def run(args: argparse.Namespace) -> int:
         except RuntimeError as err:  # DDS / rclpy unavailable or nothing delivered
             if args.mode == 'live':
                 raise
-            print(f'live pipeline unavailable ({err}); falling back to nmr register-bag', file=sys.stderr)
+            ignored = f' (--rate {args.rate} does not apply offline)' if args.rate is not None else ''
+            print(f'live pipeline unavailable ({err}); falling back to nmr register-bag{ignored}',
+                  file=sys.stderr)
             if out_bag.exists():
                 shutil.rmtree(out_bag)
             run_info = run_offline(args, bag, models, out_bag)

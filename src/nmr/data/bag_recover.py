@@ -272,12 +272,29 @@ def run(args: argparse.Namespace) -> int:
 
 
 def describe_damage(paths: list[Path]) -> str | None:
-    """One line for the first damaged storage file among bag folders/files: what it is and what to do."""
+    """One line for the first damaged storage file among bag folders/files: what it is and what to do.
+
+    `nmr recover-bag` is suggested only when it would recover something (a cut file with at least one
+    complete message): for a file that is no mcap at all it could only answer "nothing to recover".
+    """
     for bag in paths:
         for path in storage_files(bag) if bag.exists() else []:
             why = mcap_damage(path) if path.suffix == '.mcap' else None
-            if why:
-                out = bag.parent / f'{bag.stem if bag.is_file() else bag.name}_recovered'
-                return (f'{path} {why}; copy its readable messages into a valid bag with '
-                        f'`nmr recover-bag {bag} --out {out}` and use that')
+            if not why:
+                continue
+            if why.startswith('is not an mcap file'):
+                return f'{path} {why}: pass a rosbag2 bag (folder, .mcap or .db3 file)'
+            if not _has_a_message(path):
+                return f'{path} {why} before its first complete message: nothing in it can be recovered'
+            out = bag.parent / f'{bag.stem if bag.is_file() else bag.name}_recovered'
+            return (f'{path} {why}; copy its readable messages into a valid bag with '
+                    f'`nmr recover-bag {bag} --out {out}` and use that')
     return None
+
+
+def _has_a_message(path: Path) -> bool:
+    """At least one complete message can be read from this mcap file (the scan stops at the first)."""
+    try:
+        return next(scan_mcap(path, ScanResult()), None) is not None
+    except (BagError, OSError, ValueError, struct.error):
+        return False

@@ -163,6 +163,14 @@ def make_message(typestore: Any, msgtype: str, fields: Mapping[str, Any]) -> Any
     return typestore.types[msgtype](**kwargs)
 
 
+def _missing_folder(folder: Path) -> str:
+    """Why `folder` cannot hold a new bag: it does not exist, or it (or a parent) is a file."""
+    for part in (folder, *folder.parents):
+        if part.exists() and not part.is_dir():
+            return f'{part} is a file, not a folder'
+    return f'folder {folder} does not exist'
+
+
 class BagWriter:
     """A rosbag2 bag being written; use as a context manager.
 
@@ -192,7 +200,7 @@ class BagWriter:
             else:
                 raise BagError(f'output bag {self.path} already exists: remove it or choose another path')
         if not self.path.parent.is_dir():
-            raise BagError(f'cannot write bag {self.path}: folder {self.path.parent} does not exist')
+            raise BagError(f'cannot write bag {self.path}: {_missing_folder(self.path.parent)}')
         self._writer = _Rosbag2Writer(self.path, version=9, storage_plugin=STORAGES[self.storage])
         self._writer.open()
         return self

@@ -72,20 +72,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> NodeSettings:
-    """Parameters file, then --set, then the dedicated options (each later one wins)."""
+    """Parameters file, then --set, then the dedicated options (a later one overrides the file's value).
+
+    A dedicated option and a --set of the same parameter with another value are refused: which one the
+    user meant cannot be guessed (`--pairs rgb_lwir --set pairs=[rgb_depth]` used to run rgb_lwir silently).
+    """
     values: dict[str, Any] = read_params_file(args.config) if args.config else {}
+    given: dict[str, tuple[str, Any]] = {}   # parameter -> (the --set text, its value)
     for item in args.set:
         name, sep, text = item.partition('=')
         if not sep:
             raise ConfigError(f'--set {item!r}: expected NAME=VALUE')
         values[name.strip()] = yaml.safe_load(text)
+        given[name.strip()] = (item, values[name.strip()])
+    options: list[tuple[str, str, Any]] = []   # (option as typed, parameter, value)
     for option, name in (('model_rgb_lwir', 'models.rgb_lwir'), ('model_rgb_depth', 'models.rgb_depth'),
                          ('backend', 'backend'), ('device', 'device')):
         value = getattr(args, option)
         if value is not None:
-            values[name] = str(value)
+            options.append((f'--{option.replace("_", "-")} {value}', name, str(value)))
     if args.pairs:
-        values['pairs'] = list(args.pairs)
+        options.append((f'--pairs {" ".join(args.pairs)}', 'pairs', list(args.pairs)))
+    for typed, name, value in options:
+        if name in given and given[name][1] != value:
+            raise ConfigError(f'{typed} and --set {given[name][0]} disagree: give only one of them')
+        values[name] = value
     return validate(values)
 
 
@@ -216,7 +227,8 @@ def register_bag(args: argparse.Namespace) -> dict[str, Any]:
     Ending early (Ctrl-C / SIGINT / SIGTERM, honoured at the next message boundary, or input damage
     found mid-way) finishes the output bag so that rosbag2 readers open it, with every set registered so
     far, and marks it partial in metadata.yaml (custom_data nmr.register_bag); the result says so
-    (`interrupted`). A failed write (disk full, file-size limit) cannot leave a valid bag: the output
+    (`interrupted`). Ending before the first set removes the output instead: an empty bag holds nothing
+    and would only make the rerun fail with 'already exists'. A failed write (disk full, file-size limit) cannot leave a valid bag: the output
     folder is removed and the error says so.
     """
     settings = settings_from_args(args)
@@ -245,13 +257,19 @@ def register_bag(args: argparse.Namespace) -> dict[str, Any]:
             _register_all(args, settings, topic_stream, processors, infos, writer, progress, state, stop)
         except KeyboardInterrupt:
             progress.close()
-            _finish(writer, out_bag, f'partial: interrupted after {state.sets} sets')
+            if state.sets:
+                _finish(writer, out_bag, f'partial: interrupted after {state.sets} sets')
+            else:  # an empty bag would only block the rerun ('output ... already exists')
+                _discard(writer, out_bag)
             result['interrupted'] = True
         except OSError as err:
             _discard(writer, out_bag)
             raise _io_error(err, out_bag) from None
         except NmrUserError as err:
             progress.close()
+            if not state.sets:
+                _discard(writer, out_bag)
+                raise BagError(f'{err}; no set was registered before that, so no output was written') from None
             _finish(writer, out_bag, f'partial: stopped after {state.sets} sets: {err}')
             raise BagError(f'{err}; {out_bag} holds the {state.sets} sets registered before that (marked '
                            'partial in its metadata.yaml)') from None
@@ -269,6 +287,10 @@ def register_bag(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     result = register_bag(args)
     out, sets = result['out'], result['sets']
+    if result['interrupted'] and not sets:
+        print('nmr register-bag: interrupted before the first set was registered: no output written',
+              file=sys.stderr)
+        return 130
     if result['interrupted']:
         print(f'nmr register-bag: interrupted: {out} holds the {sets} sets registered so far '
               f'(up to stamp {result["last_stamp_ns"] / 1e9:.3f} s; marked partial in its metadata.yaml)',

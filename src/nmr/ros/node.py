@@ -74,6 +74,7 @@ from nmr.ros.diagnostics import (
     pair_status,
     stream_status,
 )
+from nmr.ros.node_usage import HELP_FLAGS, argument_problem, non_ros_arguments, usage_text
 from nmr.ros.params import declare_and_load, updated_settings
 from nmr.ros.qos import camera_info_qos, input_qos, output_qos
 
@@ -509,8 +510,17 @@ class _Signals:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console script `register_node`: 0 on shutdown, 2 on invalid parameters (one line, no traceback)."""
+    """Console script `register_node`: 0 on shutdown (and for --help), 2 on invalid parameters or arguments
+    outside --ros-args (one line, no traceback)."""
     args = list(sys.argv if argv is None else argv)
+    extra = non_ros_arguments(args)
+    if any(a in HELP_FLAGS for a in extra):
+        print(usage_text())
+        return 0
+    problem = argument_problem(extra)
+    if problem:  # rclpy would ignore them: the node ran with its defaults and never said so
+        print(problem, file=sys.stderr)
+        return 2
     if hasattr(signal, 'SIGUSR1'):  # `kill -USR1 <pid>` prints every thread's stack (diagnosing hangs)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     signals = _Signals()
