@@ -356,3 +356,27 @@ def test_compressed_inputs_and_camera_info_with_remapped_topics(models: dict[str
 
     live = image_to_numpy(harness.received(outputs[1])[-1])
     np.testing.assert_allclose(live, offline.flow, atol=1e-4)
+
+
+# -- issue 23 (3): a misspelled input topic is named in the log, with the topics that do exist ---------------
+def test_an_input_without_messages_since_start_is_logged_with_the_topics_of_its_type(
+        models: dict[str, Path], tmp_path: Path) -> None:
+    log = tmp_path / 'node.log'
+    wrong = '/flir_boson/imgae_raw'
+    proc = start_node(_params(models, pairs=['rgb_lwir'], input_wait_s=1.0, **{'topics.lwir': wrong}), log,
+                      extra_args=['-r', f'__ns:={NS}'])
+    harness = RosHarness('nmr_test_missing_input')
+    try:
+        rgb = harness.publisher(INPUT_TOPICS['rgb'])
+        harness.publisher(INPUT_TOPICS['lwir'])  # the camera, on the topic the user meant
+        harness.wait(lambda: rgb.get_subscription_count() > 0, 60.0, 'the node to subscribe to RGB')
+        frames = make_frames(0)
+        harness.wait(lambda: harness.publish_image(INPUT_TOPICS['rgb'], frames.rgb, 'rgb8', BASE_NS, 'c')
+                     or re.search(rf'lwir: no message on {wrong} in the \d+ s since start; sensor_msgs/msg/Image '
+                                  rf'topics with publishers: .*{INPUT_TOPICS["lwir"]}', log.read_text()),
+                     30.0, 'the warning naming the silent LWIR topic and the existing one')
+    finally:
+        _finish(proc, harness, log)
+    line = next(ln for ln in log.read_text().splitlines() if f'lwir: no message on {wrong}' in ln)
+    assert '--ros-args -p topics.lwir:=TOPIC' in line
+    assert f'{NS}/rgb_lwir/' not in line  # the node's own outputs are not candidates

@@ -117,6 +117,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               dynamic=True),
     ParamSpec('input_timeout_s', 3.0, 'an input silent this long is reported as stopped [s]', _positive,
               dynamic=True),
+    ParamSpec('input_wait_s', 10.0, 'an input that has had no message this long since start is logged as '
+              'missing, with the topics of its type that exist (a misspelled topic) [s]', _positive, dynamic=True),
     ParamSpec('model_retry_s', 5.0, 'how often a missing or broken model file is looked at again [s]',
               _positive, dynamic=True),
 )
@@ -167,6 +169,7 @@ class NodeSettings:
     diagnostics_period_s: float = 1.0
     log_throttle_s: float = 5.0
     input_timeout_s: float = 3.0
+    input_wait_s: float = 10.0
     model_retry_s: float = 5.0
     values: dict[str, Any] = field(default_factory=dict)
 
@@ -256,6 +259,7 @@ def validate(values: Mapping[str, Any]) -> NodeSettings:
         diagnostics_period_s=merged['diagnostics_period_s'],
         log_throttle_s=merged['log_throttle_s'],
         input_timeout_s=merged['input_timeout_s'],
+        input_wait_s=merged['input_wait_s'],
         model_retry_s=merged['model_retry_s'],
         values=merged,
     )

@@ -46,6 +46,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -144,6 +145,10 @@ class RegisterNode(Node):
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self._diag_timer = self.create_timer(s.diagnostics_period_s, self._publish_diagnostics)
+        # Wall (steady) time: with use_sim_time and no /clock yet, a node-clock timer would never fire.
+        self._started = time.monotonic()
+        self._missing_timer = self.create_timer(1.0, self._report_missing_inputs,
+                                                clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._worker = threading.Thread(target=self._work, name='nmr-inference', daemon=True)
         self._worker.start()
         self.get_logger().info(
@@ -460,6 +465,40 @@ class RegisterNode(Node):
                 self._publish(self.fused_publishers, fused.outputs, fused.lwir.header, 'lwir', self._fused_info_pub)
         except Exception as err:
             self._warn('fused', f'fused output failed ({type(err).__name__}: {err})', error=True)
+
+    # -- inputs that never delivered -----------------------------------------------------------------
+    def _report_missing_inputs(self) -> None:
+        """A throttled warning per input without any message `input_wait_s` after start.
+
+        Why: a misspelled topic (`topics.lwir:=/flir_boson/imgae_raw`) showed only on /diagnostics, which a
+        user without the ROS 2 CLI never sees; the log said nothing. The topics of the same type that have
+        publishers are listed, as `nmr register-bag` lists a bag's topics.
+        """
+        waited = time.monotonic() - self._started
+        if waited < self.settings.input_wait_s:
+            return
+        for stream, st in self.streams.items():
+            if st.received.count or not self._throttle.ready(f'missing:{stream}'):
+                continue
+            sub = self._subs[stream]
+            msg_type = 'sensor_msgs/msg/' + ('Image' if self.settings.inputs[stream].transport == 'raw'
+                                             else 'CompressedImage')
+            others = self._published_topics(msg_type, exclude=sub.topic_name)
+            self.get_logger().warning(
+                f'{stream}: no message on {sub.topic_name} in the {waited:.0f} s since start; {msg_type} topics '
+                f'with publishers: {", ".join(others) or "none"}; set topics.{stream} '
+                f'(--ros-args -p topics.{stream}:=TOPIC) if one of them is the {stream} camera')
+
+    def _published_topics(self, msg_type: str, exclude: str) -> list[str]:
+        """Topics of `msg_type` on the graph that someone other than this node publishes."""
+        me = (self.get_name(), self.get_namespace())
+        found = []
+        for topic, types in self.get_topic_names_and_types():
+            if msg_type not in types or topic == exclude:
+                continue
+            if any((i.node_name, i.node_namespace) != me for i in self.get_publishers_info_by_topic(topic)):
+                found.append(topic)
+        return sorted(found)
 
     # -- diagnostics -------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
