@@ -140,3 +140,33 @@ def test_demo_refuses_rate_in_offline_mode(tmp_path: Path, capsys: pytest.Captur
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and '--rate' in err[0] and 'offline' in err[0], err
     assert not (tmp_path / 'demo').exists()
+
+
+@pytest.mark.ros
+def test_live_demo_records_camera_info_from_play_through_the_node(
+        tmp_path: Path, tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23 (4): `nmr play` published images only, and the node's camera_info subscription, made reliable
+    before the best-effort player existed, never followed it: the live demo's bag had no camera_info."""
+    pytest.importorskip('rclpy')
+    from collections import defaultdict
+
+    from rosbags.highlevel import AnyReader
+
+    from nmr.data.encodings import stamp_ns
+    from nmr.ros.testing import ros_env
+
+    ros_env()
+    out = tmp_path / 'live'
+    code = main(['demo', '--out', str(out), '--mode', 'live', '--duration', '0.3', '--size-scale', '0.25',
+                 '--model-rgb-lwir', str(tiny_models['rgb_lwir']), '--backend', 'torch',
+                 '--model-rgb-depth', str(tiny_models['rgb_depth']), '--sheets', '1'])
+    assert code == 0, capsys.readouterr().err
+    stamps: dict[str, list[int]] = defaultdict(list)
+    with AnyReader([out / 'registered']) as reader:
+        for conn, _t, raw in reader.messages():
+            if conn.topic.endswith(('/camera_info', '/flow', '/fused/lwir')):
+                stamps[conn.topic].append(stamp_ns(reader.deserialize(raw, conn.msgtype).header))
+    for pair in ('rgb_lwir', 'rgb_depth'):
+        infos, flows = stamps[f'/nmr/{pair}/camera_info'], set(stamps[f'/nmr/{pair}/flow'])
+        assert infos and set(infos) <= flows and len(infos) >= len(flows) - 1, (pair, infos, flows)
+    assert stamps['/nmr/fused/camera_info'] and set(stamps['/nmr/fused/camera_info']) <= set(stamps['/nmr/fused/lwir'])

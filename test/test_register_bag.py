@@ -138,6 +138,10 @@ def test_camera_info_of_the_fixed_camera_accompanies_every_output_set(
         assert {m.header.frame_id for m in out} == {f[1] for f in flows}
         assert all(list(m.k) == list(source[0].k) and (m.width, m.height) == (source[0].width, source[0].height)
                    for m in out)
+    # fused/camera_info (docs/ros.md lists it; issue 23): the LWIR calibration with every fused set
+    fused, lwir = infos[f'{NS}/fused/camera_info'], infos[INPUT_TOPICS['lwir'].rsplit('/', 1)[0] + '/camera_info']
+    assert fused and sorted(stamp_ns(m.header) for m in fused) == sorted(f[0] for f in offline[f'{NS}/fused/lwir'])
+    assert all(list(m.k) == list(lwir[0].k) for m in fused)
 
 
 def test_flow_equals_the_registrar_on_the_synchronised_frames(

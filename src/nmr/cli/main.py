@@ -20,7 +20,7 @@ VERBS: dict[str, tuple[str, str]] = {
     'export': ('nmr.inference.export_cli', 'export R_Phi to ONNX (and a TensorRT engine where available)'),
     'evaluate': ('nmr.evaluation.cli', 'EPE and landmark error of a model on a manifest of image pairs'),
     'register-bag': ('nmr.pipeline.register_bag', 'offline: input bag(s) in, bag with the node outputs out'),
-    'play': ('nmr.ros.play', "publish a bag's image topics with recorded timing (no rosbag2 needed)"),
+    'play': ('nmr.ros.play', "publish a bag's image and camera_info topics with recorded timing (no rosbag2 needed)"),
     'recover-bag': ('nmr.data.bag_recover', 'copy the readable messages of a cut or damaged bag into a valid one'),
     'bench': ('nmr.bench.cli', 'latency and throughput per backend, resolution and model'),
 }

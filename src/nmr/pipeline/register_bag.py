@@ -386,6 +386,11 @@ def _register_all(args: argparse.Namespace, settings: NodeSettings, topic_stream
         for name, (out, enc) in outputs.items():
             writer.write_image(f'{topic}{name}', fixed.stamp_ns, fixed.header.frame_id, out, enc)
 
+    def write_info(topic: str, infos: list[tuple[int, Any]], fixed: Frame) -> None:
+        info = camera_info_at(infos, fixed.stamp_ns)
+        writer.write(topic, 'sensor_msgs/msg/CameraInfo', fixed.stamp_ns,
+                     replace(info, header=header_msg(writer.typestore, fixed.stamp_ns, fixed.header.frame_id)))
+
     for frame in bag_frames(args.inputs, topic_stream, state.skipped):
         stop.check()
         if args.copy_inputs:  # decoded: a compressed input is copied as an Image on its base topic
@@ -397,15 +402,14 @@ def _register_all(args: argparse.Namespace, settings: NodeSettings, topic_stream
             fixed, kind = pset.fixed, PAIR_FIXED_KIND[pset.pair]
             write(f'{ns}/{pset.pair}/', fixed, done.outputs)
             if kind in infos:  # the fixed camera's calibration describes the outputs' grid
-                info = camera_info_at(infos[kind], fixed.stamp_ns)
-                writer.write(f'{ns}/{pset.pair}/camera_info', 'sensor_msgs/msg/CameraInfo', fixed.stamp_ns,
-                             replace(info, header=header_msg(writer.typestore, fixed.stamp_ns,
-                                                             fixed.header.frame_id)))
+                write_info(f'{ns}/{pset.pair}/camera_info', infos[kind], fixed)
             state.sets += 1
             state.last_stamp_ns = fixed.stamp_ns
         if settings.fused:
             fused = core.fuse()
             if fused is not None:
                 write(f'{ns}/', fused.lwir, fused.outputs)
+                if 'lwir' in infos:  # the fused images are on the LWIR grid
+                    write_info(f'{ns}/fused/camera_info', infos['lwir'], fused.lwir)
         progress.step(state.sets)
     stop.check()

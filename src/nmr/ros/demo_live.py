@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from nmr.domain import DEFAULT_TOPICS, PAIRS
+from nmr.domain import DEFAULT_TOPICS, PAIR_FIXED_KIND, PAIRS
 from nmr.pipeline.fused import FUSED_TOPICS
-from nmr.pipeline.settings import PAIR_OUTPUTS
+from nmr.pipeline.settings import PAIR_OUTPUTS, camera_info_topic
 from nmr.resources import share_path
 
 DISCOVERY_TIMEOUT_S = 20.0
@@ -41,6 +41,16 @@ def pair_counts(status: Any) -> tuple[str, dict[str, int]] | None:
         return None
     values = {kv.key: kv.value for kv in status.values}
     return pair, {name: int(values[key]) for key, name in DIAGNOSTIC_COUNTS.items() if key in values}
+
+
+def played_topics(bag: Path) -> list[str]:
+    """The cameras' image topics and, where the bag has them, the fixed cameras' camera_info (the node
+    re-publishes it as `<pair>/camera_info`, which the recorder writes as register-bag does)."""
+    from nmr.data.bag_reader import list_topics
+
+    available = list_topics(bag)
+    infos = [camera_info_topic(DEFAULT_TOPICS[PAIR_FIXED_KIND[p]]) for p in PAIRS]
+    return [*DEFAULT_TOPICS.values(), *(t for t in infos if t in available)]
 
 
 def _shipped_profile() -> Path | None:
@@ -73,7 +83,7 @@ class _Recorder:
         from rclpy.parameter import Parameter
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from rosgraph_msgs.msg import Clock
-        from sensor_msgs.msg import Image
+        from sensor_msgs.msg import CameraInfo, Image
 
         from nmr.data.bag_writer import BagWriter
 
@@ -93,6 +103,10 @@ class _Recorder:
         self.topics += [f'{namespace}/{o}' for o in FUSED_TOPICS]
         self.subs = [self.node.create_subscription(Image, t, lambda m, t=t: self._store(t, m), qos)
                      for t in self.topics]
+        # and each output set's calibration (`<pair>/camera_info`, `fused/camera_info`), as register-bag writes
+        self.info_topics = [f'{namespace}/{p}/camera_info' for p in PAIRS] + [f'{namespace}/fused/camera_info']
+        self.info_subs = [self.node.create_subscription(CameraInfo, t, lambda m, t=t: self._store_info(t, m), qos)
+                          for t in self.info_topics]
         self.counts: dict[str, dict[str, int]] = {}  # pair -> the node's counters (last /diagnostics)
         self.diagnostics_received = 0
         self.node.create_subscription(DiagnosticArray, '/diagnostics', self._diagnostics, 10)
@@ -113,6 +127,15 @@ class _Recorder:
                 self.flows_per_pair[pair] = self.flows_per_pair.get(pair, 0) + 1
                 if now > 0:  # 0: this node has not received /clock (yet); no latency for this set
                     self.latency_ms.append((now - stamp) / 1e6)
+
+    def _store_info(self, topic: str, msg: Any) -> None:
+        from rclpy.serialization import serialize_message
+
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        with self.lock:
+            self.writer.write_raw(topic, 'sensor_msgs/msg/CameraInfo', stamp, serialize_message(msg))
+            self.count += 1
+            self.last_arrival = time.monotonic()
 
     def _diagnostics(self, msg: Any) -> None:
         for status in msg.status:
@@ -180,7 +203,7 @@ def run_live_pipeline(bag: Path, models: dict[str, Path], out_bag: Path, namespa
                 raise RuntimeError(f'register_node outputs not discovered within {DISCOVERY_TIMEOUT_S:.0f} s')
             executor.spin_once(timeout_sec=0.05)
         play_cmd = [*_console_script('nmr', 'nmr.cli.main'), 'play', str(bag), '--clock', '--rate', str(rate),
-                    '--wait-for-subscribers', '15', '--quiet', '--topics', *DEFAULT_TOPICS.values()]
+                    '--wait-for-subscribers', '15', '--quiet', '--topics', *played_topics(bag)]
         player = subprocess.Popen(play_cmd, env=env)
         start = time.monotonic()
         while player.poll() is None:

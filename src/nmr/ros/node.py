@@ -51,7 +51,7 @@ from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo, SubscriptionEve
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSPolicyKind
+from rclpy.qos import QoSPolicyKind, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -173,17 +173,34 @@ class RegisterNode(Node):
         """Image subscriptions of the used streams and camera_info of their fixed cameras."""
         self._subs: dict[str, Any] = {}
         self._sub_reliability: dict[str, str] = {}
+        self._info_subs: dict[str, Any] = {}
         for n in used:
             self._subscribe(n)
-        self._info_subs = {n: self._subscribe_camera_info(n) for n in used if n != 'rgb'}
+        for n in used:
+            if n != 'rgb':
+                self._subscribe_camera_info(n)
 
-    def _subscribe_camera_info(self, stream: str) -> Any:
-        """The camera_info subscription of a fixed camera (beside its image topic)."""
+    def _subscribe_camera_info(self, stream: str, reliability: str | None = None) -> None:
+        """(Re)create the camera_info subscription of a fixed camera (beside its image topic).
+
+        Same reliability matching as the images (qos.<s>.reliability): a best-effort publisher that appears
+        after a best_available subscription was made reliable (`nmr play` started after the node) is
+        followed; before, nothing arrived and `<pair>/camera_info` never came out.
+        """
 
         def callback(msg: CameraInfo) -> None:
             self._on_camera_info(stream, msg)
 
-        return self.create_subscription(CameraInfo, self._info_topic(stream), callback, camera_info_qos())
+        def on_incompatible(event: QoSRequestedIncompatibleQoSInfo) -> None:
+            self._on_incompatible_qos(stream, event, camera_info=True)
+
+        old = self._info_subs.pop(stream, None)
+        if old is not None:
+            self.destroy_subscription(old)
+        chosen = reliability or self.settings.inputs[stream].reliability
+        self._info_subs[stream] = self.create_subscription(
+            CameraInfo, self._info_topic(stream), callback, camera_info_qos(chosen),
+            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=on_incompatible))
 
     def _subscribe(self, stream: str, reliability: str | None = None) -> None:
         """(Re)create the input subscription of `stream` (raw Image or CompressedImage per `transport`)."""
@@ -213,16 +230,24 @@ class RegisterNode(Node):
             resolved = resolved.rpartition('/')[0]
         return camera_info_topic(resolved)
 
-    def _on_incompatible_qos(self, stream: str, event: QoSRequestedIncompatibleQoSInfo) -> None:
-        """A publisher on an input cannot reach the subscription; with best_available, follow it."""
+    def _on_incompatible_qos(self, stream: str, event: QoSRequestedIncompatibleQoSInfo,
+                             camera_info: bool = False) -> None:
+        """A publisher on an input (or its camera_info) cannot reach the subscription; with best_available,
+        follow it."""
         if event.last_policy_kind != QoSPolicyKind.RELIABILITY:
             return
-        topic = self._subs[stream].topic_name
-        if self._sub_reliability[stream] == 'best_available':
+        sub = self._info_subs[stream] if camera_info else self._subs[stream]
+        topic = sub.topic_name
+        if self.settings.inputs[stream].reliability == 'best_available':
+            if sub.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT:
+                return  # already followed (a late event of the subscription it replaced)
             self.get_logger().info(f'topic {topic}: a best-effort publisher appeared after the subscription '
                                    'was made reliable; subscribing best effort (set qos.'
                                    f'{stream}.reliability to pin it)')
-            self._subscribe(stream, 'best_effort')
+            if camera_info:
+                self._subscribe_camera_info(stream, 'best_effort')
+            else:
+                self._subscribe(stream, 'best_effort')
             return
         self._warn(f'qos:{stream}', f'topic {topic}: a best-effort publisher cannot reach this reliable '
                    f'subscription: set qos.{stream}.reliability to best_available or best_effort')

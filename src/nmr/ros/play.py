@@ -1,4 +1,4 @@
-"""`nmr play BAG...`: publish a bag's image topics with the recorded timing (for machines without rosbag2).
+"""`nmr play BAG...`: publish a bag's image and camera_info topics with the recorded timing (without rosbag2).
 
 Messages are published as the bag's serialized CDR bytes (rosbags and rclpy share the wire format), so
 headers (stamps, frame_ids) and pixels arrive exactly as recorded, without a decode/encode per frame.
@@ -22,6 +22,9 @@ from nmr.data.bag_reader import open_bag
 from nmr.errors import BagError, ConfigError
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
+CAMERA_INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
+#: What is played without --topics: the cameras as a driver publishes them (images and their calibration).
+DEFAULT_TYPES = (IMAGE_TYPE, CAMERA_INFO_TYPE)
 CLOCK_HZ = 100.0
 
 
@@ -33,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--clock', action='store_true',
                         help='publish /clock with the bag time (use_sim_time)')
     parser.add_argument('--topics', nargs='+', default=None, metavar='TOPIC',
-                        help='topics to publish (default: every sensor_msgs/Image topic)')
+                        help='topics to publish (default: every sensor_msgs/Image and CameraInfo topic)')
     parser.add_argument('--restamp', action='store_true',
                         help='replace header.stamp with the current time (live-camera emulation)')
     parser.add_argument('--reliable', action='store_true', help='publish reliable (default: best effort)')
@@ -62,14 +65,16 @@ def open_reader(paths: Sequence[Path]) -> Any:
 
 
 def select_connections(reader: Any, topics: Sequence[str] | None) -> list[Any]:
-    """The connections to play: the named topics, or every Image topic."""
+    """The connections to play: the named topics, or every Image and CameraInfo topic."""
     available = {c.topic: c.msgtype for c in reader.connections}
     if topics:
         missing = [t for t in topics if t not in available]
         if missing:
             raise BagError(f'topic {missing[0]} is not in the bag; it has: {", ".join(sorted(available))}')
         return [c for c in reader.connections if c.topic in topics]
-    chosen = [c for c in reader.connections if c.msgtype == IMAGE_TYPE]
+    chosen = [c for c in reader.connections if c.msgtype in DEFAULT_TYPES]
+    if all(c.msgtype == CAMERA_INFO_TYPE for c in chosen):
+        chosen = []
     if not chosen:
         raise BagError(f'the bag has no {IMAGE_TYPE} topics (it has {", ".join(sorted(available))})')
     return chosen

@@ -31,9 +31,9 @@ def input_qos(settings: InputSettings, reliability: str | None = None) -> QoSPro
     )
 
 
-def camera_info_qos() -> QoSProfile:
-    """camera_info is small: best-available reliability, keep the newest only."""
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_AVAILABLE,
+def camera_info_qos(reliability: str = 'best_available') -> QoSProfile:
+    """camera_info is small: keep the newest only; reliability as the image input's (and followed alike)."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=_RELIABILITY[reliability],
                       durability=DurabilityPolicy.VOLATILE)
 
 
