@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip('rclpy')
 
-from nmr.pipeline.settings import PARAMS  # noqa: E402 - after the importorskip
+from nmr.pipeline.settings import PARAMS
 
 
 def _register_node(*args: str) -> subprocess.CompletedProcess:

@@ -98,11 +98,10 @@ def _stamp(msg: Any) -> int:
 
 def test_every_image_topic_arrives_unchanged(bag: Path, recorded: dict[str, list[Any]],
                                              harness: RosHarness) -> None:
-    from nmr.data.encodings import image_to_numpy
-
     from sensor_msgs.msg import CameraInfo
 
     from nmr.data.bag_reader import count_messages, list_topics
+    from nmr.data.encodings import image_to_numpy
 
     assert set(INPUT_TOPICS.values()) <= set(recorded) and len(recorded) >= 5  # cameras + ground truth
     infos = [t for t, kind in list_topics(bag).items() if kind == 'sensor_msgs/msg/CameraInfo']

@@ -228,8 +228,8 @@ def register_bag(args: argparse.Namespace) -> dict[str, Any]:
     found mid-way) finishes the output bag so that rosbag2 readers open it, with every set registered so
     far, and marks it partial in metadata.yaml (custom_data nmr.register_bag); the result says so
     (`interrupted`). Ending before the first set removes the output instead: an empty bag holds nothing
-    and would only make the rerun fail with 'already exists'. A failed write (disk full, file-size limit) cannot leave a valid bag: the output
-    folder is removed and the error says so.
+    and would only make the rerun fail with 'already exists'. A failed write (disk full, file-size limit)
+    cannot leave a valid bag: the output folder is removed and the error says so.
     """
     settings = settings_from_args(args)
     out_bag = bag_folder(args.out)
