@@ -21,6 +21,8 @@ VERBS: dict[str, tuple[str, str]] = {
     'evaluate': ('nmr.evaluation.cli', 'EPE and landmark error of a model on a manifest of image pairs'),
     'register-bag': ('nmr.pipeline.register_bag', 'offline: input bag(s) in, bag with the node outputs out'),
     'play': ('nmr.ros.play', "publish a bag's image and camera_info topics with recorded timing (no rosbag2 needed)"),
+    'topics': ('nmr.ros.topics_cli', 'list the ROS 2 topics, or one topic\'s rate and bandwidth (ros2 topic hz/bw)'),
+    'param': ('nmr.ros.param_cli', 'list, get, set or describe a running node\'s parameters (ros2 param)'),
     'recover-bag': ('nmr.data.bag_recover', 'copy the readable messages of a cut or damaged bag into a valid one'),
     'bench': ('nmr.bench.cli', 'latency and throughput per backend, resolution and model'),
 }
