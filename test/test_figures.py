@@ -52,14 +52,15 @@ def test_depth_is_a_colour_map_stretched_over_valid_pixels_with_grey_holes() -> 
     assert np.array_equal(F.depth_colour(metres, '32FC1'), rgb)  # 32FC1 metres: the same picture
 
 
-def test_row_has_six_titled_panels_flow_scale_and_epe_header() -> None:
+def test_row_has_eight_titled_panels_flow_scale_and_epe_header() -> None:
     row = _row()
     panels = F.row_panels(row, 100)
-    assert len(panels) == 6 and all(p.shape[0] == 100 for _, p in panels)
+    assert len(panels) == 8 and all(p.shape[0] == 100 for _, p in panels)
     titles = [t for t, _ in panels]
-    assert titles[0].startswith('moving') and titles[1].startswith('fixed') and titles[2] == 'registered'
+    assert titles[0].startswith('moving') and titles[1].startswith('fixed') and titles[2].startswith('registered')
     assert 'max 4.0 px' in titles[3]
     assert titles[4].startswith('before') and titles[5].startswith('after')
+    assert titles[6].startswith('zoom x') and 'before' in titles[6] and titles[7].endswith('after')
     assert F.row_header(row) == 'cam @ 1.500 s   EPE 4.00 -> 1.00 px (25 % of unregistered)'
     assert F.row_header(_row(gt=False)) == 'cam @ 1.500 s'
     # the flow panel carries the colour-wheel legend in its lower right corner: many hues, white around it
@@ -130,3 +131,52 @@ def test_fixed_views_for_every_kind(kind: str) -> None:
     panel, grey, holes = F.fixed_views(kind, raw, enc)
     assert panel.shape == (*HW, 3) and grey.shape == HW and holes.shape == HW
     assert grey.max() > 200
+
+
+def test_the_zoom_magnifies_the_window_where_the_error_shows_at_edges() -> None:
+    """Issue 23 (11): at full-sheet size a few pixels of misalignment did not show; the zoom panels magnify
+    the window of largest error (at the fixed image's edges), outlined in yellow on the edge panels."""
+    row = _row()
+    error = np.full(HW, 0.5, np.float32)
+    error[25:45, 70:90] = 6.0  # a hot spot on the square's right edge (x = 80)
+    error[:, :10] = 50.0       # larger, but where the fixed image has no edge: nothing would show there
+    row.error_map = error
+    y0, x0, h, w = F.zoom_window(row, *F.fixed_views('lwir', row.fixed_raw, 'mono16')[1:])
+    assert (h, w) == (HW[0] // 4, HW[1] // 4)
+    assert y0 <= 35 <= y0 + h and x0 <= 80 <= x0 + w, (y0, x0, h, w)
+    panels = dict(F.row_panels(row, 96))
+    before = panels['before: fixed edges on moving']
+    box = (before == F.ZOOM_COLOUR).all(axis=2)
+    ys, xs = np.nonzero(box)
+    assert abs(ys.min() - y0) <= 1 and abs(xs.min() - x0) <= 1  # the outline is the window (panel = fixed grid)
+    zoom_before, zoom_after = (p for t, p in panels.items() if t.startswith('zoom x'))
+    magenta = [(z == F.EDGE_COLOUR).all(axis=2) for z in (zoom_before, zoom_after)]
+    assert all(m.any() for m in magenta)  # the edges are there, magnified
+
+
+def test_outside_the_rgb_view_is_hatched_and_labelled_not_black() -> None:
+    """Issue 23 (11): the registered panel had unlabelled black bars where it samples outside the RGB image."""
+    row = _row()
+    row.flow[:, :20, 0] = -50.0  # the first 20 columns sample left of the moving image
+    row.registered[:, :20] = 0
+    title, panel = F.row_panels(row, HW[0])[2]
+    assert 'hatched: outside the RGB view' in title
+    left = panel[:, :20].reshape(-1, 3)
+    assert not (left == 0).all(axis=1).any()  # no black
+    assert {tuple(c) for c in left} <= set(F.HATCH_COLOURS)
+    assert 'hatched' not in F.row_panels(_row(registered_shift=4), HW[0])[2][0]  # zero flow: nothing outside
+
+
+def test_demo_picks_rows_with_depth_content_spread_over_the_run() -> None:
+    """Issue 23 (11): the demo drew the first frames; a depth frame with mostly no data made a grey sheet."""
+    from nmr.demo import pick_rows
+
+    rows = []
+    for i in range(10):
+        depth = _depth()
+        if i in (0, 1, 2, 7):
+            depth[: HW[0] * 3 // 4] = 0  # mostly no data
+        rows.append(F.FigureRow(_scene(), depth, 'depth', '16UC1', _scene(), np.zeros((*HW, 2), np.float32),
+                                label=str(i)))
+    assert [r.label for r in pick_rows(rows, 3)] == ['3', '5', '9']
+    assert [r.label for r in pick_rows(rows, 10)] == ['3', '4', '5', '6', '8', '9']

@@ -190,7 +190,7 @@ def score_and_draw(bag: Path, out_bag: Path, out_dir: Path, sheets: int,
             gt.setdefault((pair, stamp), {})[kind] = np.array(arr)
 
     rgb_stamps = np.array([s for s, _ in rgb_frames], dtype=np.int64)
-    drawn: dict[str, list[FigureRow]] = {p: [] for p in PAIRS}
+    candidates: dict[str, list[FigureRow]] = {p: [] for p in PAIRS}
     for (pair, stamp), outputs in sorted(published.items(), key=lambda kv: kv[0][1]):
         if 'flow' not in outputs or (pair, stamp) not in gt:
             continue
@@ -202,19 +202,46 @@ def score_and_draw(bag: Path, out_bag: Path, out_dir: Path, sheets: int,
         score.frames += 1
         score.epe_before.append(endpoint_error(ident, truth['flow'], valid))
         score.epe_after.append(endpoint_error(flow, truth['flow'], valid))
-        if len(drawn[pair]) < sheets and 'registered' in outputs and (pair, stamp) in fixed_frames:
+        if 'registered' in outputs and (pair, stamp) in fixed_frames:
             fixed_raw, enc = fixed_frames[(pair, stamp)]
-            drawn[pair].append(FigureRow(
+            before_error = np.hypot(*(ident - truth['flow']).transpose(2, 0, 1)).astype(np.float32)
+            candidates[pair].append(FigureRow(
                 moving, fixed_raw, PAIR_FIXED_KIND[pair], enc, outputs['registered'], flow,
                 label=f'{outputs["frame_id"]} @ {stamp / 1e9:.3f} s',
-                epe_before=score.epe_before[-1], epe_after=score.epe_after[-1]))
+                epe_before=score.epe_before[-1], epe_after=score.epe_after[-1],
+                error_map=np.where(valid, before_error, np.nan)))
     written = []
-    for pair, rows in drawn.items():
+    for pair, found in candidates.items():
+        rows = pick_rows(found, sheets)
         if rows:
             title = (titles or {}).get(pair, f'nmr demo: {pair}')
             written.append(write_png(out_dir / f'contact_{pair}.png', contact_sheet(rows, title)))
             written.append(write_flicker_gif(out_dir / f'flicker_{pair}.gif', rows[0]))
     return {p: s.summary() for p, s in scores.items()}, written
+
+
+def pick_rows(rows: list[FigureRow], count: int) -> list[FigureRow]:
+    """`count` rows spread over the run, from the frames whose fixed image has the most content.
+
+    Why: the first frames of the rig were drawn, and a depth camera sees nothing of the sky and far
+    buildings, so the depth sheet was mostly grey. Frames with at least 90 % of the best frame's valid
+    fraction qualify; among them, evenly spaced ones are taken (in time order).
+    """
+    if count <= 0 or not rows:
+        return []
+
+    def content(row: FigureRow) -> float:
+        if row.fixed_kind != 'depth':
+            return 1.0
+        raw = np.asarray(row.fixed_raw, np.float32)
+        return float((np.isfinite(raw) & (raw > 0)).mean())
+
+    fractions = [content(r) for r in rows]
+    good = [r for r, f in zip(rows, fractions) if f >= 0.9 * max(fractions)]
+    if len(good) <= count:
+        return good
+    picks = np.linspace(0, len(good) - 1, count).round().astype(int)
+    return [good[i] for i in picks]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -155,9 +155,15 @@ def evaluate(
 def _figure(figs_dir: Path, fp: Any, reg: Any, result: Any, title: str) -> None:
     """`<name>.png` (contact sheet, one row) and `<name>.gif` (flicker) for one manifest row."""
     has_gt = math.isfinite(result.epe)
+    error_map = None  # the zoom panels go where the unregistered error is largest (ground truth)
+    if fp.gt_flow is not None:
+        ident = identity_flow(fp.gt_flow.shape[:2], fp.moving.shape[:2])
+        error_map = np.hypot(*(ident - fp.gt_flow).transpose(2, 0, 1)).astype(np.float32)
+        if fp.valid is not None:
+            error_map[~fp.valid] = np.nan
     row = FigureRow(fp.moving, fp.fixed, fp.fixed_kind, fp.fixed_encoding, reg.registered, reg.flow,
                     label=fp.name, epe_before=result.epe_identity if has_gt else None,
-                    epe_after=result.epe if has_gt else None)
+                    epe_after=result.epe if has_gt else None, error_map=error_map)
     write_png(figs_dir / f'{safe_name(fp.name)}.png', contact_sheet([row], title))
     write_flicker_gif(figs_dir / f'{safe_name(fp.name)}.gif', row)
 

@@ -2,10 +2,10 @@
 
 One code path for `nmr evaluate --figures` and `nmr demo`. A sheet has a title line (model, backend,
 pair) and one row per frame pair; each row has a header (frame id / stamp, EPE before -> after where
-ground truth exists) and six panels, each with its title ABOVE it on white (text drawn on the image is
+ground truth exists) and eight panels, each with its title ABOVE it on white (text drawn on the image is
 unreadable on bright panels):
 
-    moving | fixed | registered | flow | edges before | edges after
+    moving | fixed | registered | flow | edges before | edges after | zoom before | zoom after
 
 - Depth is shown as depth viewers do: inverse depth stretched over the VALID pixels (1st-99th
   percentile) through the Turbo colour map, near = red, far = blue, holes in grey (a colour Turbo never
@@ -17,6 +17,11 @@ unreadable on bright panels):
   misalignment shows as magenta lines beside the structures they belong to. (A 50 % grey blend hid it:
   before and after differed by 2/255 on average.)
 - The flow panel has a Middlebury colour-wheel legend and states its maximum magnitude in pixels.
+- The two zoom panels magnify the same window of the before / after edge panels (outlined in yellow
+  there) where the unregistered error is largest (ground truth), or where the flow moved the image most
+  (without ground truth): at full-sheet size a few pixels of misalignment are invisible.
+- Invalid regions are marked, not left black: where the registered image samples outside the RGB
+  image (zeros by the flow convention) the panels are hatched and their title says so.
 
 `write_flicker_gif` writes an animated GIF that alternates fixed and moving (before) / fixed and
 registered (after), side by side: people judge alignment by flicking.
@@ -33,9 +38,11 @@ import numpy as np
 
 from nmr.flow import flow_to_rgb, warp
 
-PANEL_TITLES = ('moving', 'fixed', 'registered', 'flow', 'fixed edges on moving', 'fixed edges on registered')
 HOLE_COLOUR = (128, 128, 128)   # depth without data: grey, which Turbo never produces
 EDGE_COLOUR = (255, 0, 255)     # fixed-image edges: magenta
+ZOOM_COLOUR = (255, 210, 0)     # the zoom window's outline: yellow
+HATCH_COLOURS = ((235, 235, 235), (175, 175, 175))   # outside the RGB view: light grey diagonal stripes
+ZOOM_FRACTION = 4               # the zoom window is 1/4 of the fixed image's width and height
 BACKGROUND = 255
 GAP = 6
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -54,6 +61,9 @@ class FigureRow:
     label: str = ''               # frame id and stamp, or the manifest name
     epe_before: float | None = None   # px, vs ground truth, when there is one
     epe_after: float | None = None
+    error_map: np.ndarray | None = None
+    """HfxWf unregistered error per pixel (px, NaN = no ground truth there): where to zoom. None: zoom
+    where the flow beyond the plain rescale is largest."""
 
 
 # -- fixed image display ---------------------------------------------------------------------------
@@ -168,8 +178,67 @@ def flow_panel(flow: np.ndarray, height: int) -> tuple[np.ndarray, float]:
     return panel, max_px
 
 
+def hatch(shape: tuple[int, int], period: int = 8) -> np.ndarray:
+    """HxWx3 diagonal stripes (HATCH_COLOURS): the mark of pixels the registered image cannot show."""
+    y, x = np.mgrid[0 : shape[0], 0 : shape[1]]
+    light = ((x + y) // max(period // 2, 1)) % 2 == 0
+    return np.where(light[..., None], np.array(HATCH_COLOURS[0], np.uint8), np.array(HATCH_COLOURS[1], np.uint8))
+
+
+def _hatched(panel: np.ndarray, outside: np.ndarray) -> np.ndarray:
+    out = panel.copy()
+    out[outside] = hatch(panel.shape[:2])[outside]
+    return out
+
+
+def zoom_window(row: FigureRow, fixed_grey: np.ndarray, holes: np.ndarray) -> tuple[int, int, int, int]:
+    """(y0, x0, h, w) on the fixed grid: the 1/ZOOM_FRACTION window where the misalignment shows most.
+
+    The error is the ground-truth unregistered error where the row has one, else the flow's magnitude
+    beyond the plain rescale (where the registration moved the image most). It is summed over the fixed
+    image's edge pixels only: misalignment is visible at edges, and a window of large error on a
+    featureless wall (or on speckle of sparse depth) showed nothing.
+    """
+    from nmr.evaluation.baselines import identity_flow
+
+    hf, wf = row.fixed_raw.shape[:2]
+    h, w = max(8, hf // ZOOM_FRACTION), max(8, wf // ZOOM_FRACTION)
+    h, w = min(h, hf), min(w, wf)
+    if row.error_map is not None:
+        score = np.asarray(row.error_map, np.float32)
+    else:
+        beyond = row.flow - identity_flow((hf, wf), tuple(row.moving_rgb.shape[:2]))  # type: ignore[arg-type]
+        score = np.hypot(beyond[..., 0], beyond[..., 1]).astype(np.float32)
+    at_edges = edges(fixed_grey, holes) & np.isfinite(score)
+    mean = cv2.boxFilter(np.where(at_edges, score, 0).astype(np.float32), -1, (w, h), normalize=True,
+                         borderType=cv2.BORDER_CONSTANT)
+    # centres whose window lies inside the image (boxFilter's anchor is the window centre)
+    inside = np.full(mean.shape, -1.0, np.float32)
+    cy0, cx0 = h // 2, w // 2
+    rows, cols = slice(cy0, hf - (h - cy0) + 1), slice(cx0, wf - (w - cx0) + 1)
+    inside[rows, cols] = mean[rows, cols]
+    cy, cx = np.unravel_index(int(np.argmax(inside)), inside.shape)
+    return int(cy) - cy0, int(cx) - cx0, h, w
+
+
+def _zoomed(img: np.ndarray, window: tuple[int, int, int, int], height: int, nearest: bool = False) -> np.ndarray:
+    y0, x0, h, w = window
+    crop = img[y0 : y0 + h, x0 : x0 + w]
+    return _resize(crop, height, cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
+
+
+def _outline(panel: np.ndarray, window: tuple[int, int, int, int], fixed_hw: tuple[int, int]) -> np.ndarray:
+    """`panel` (the fixed grid scaled to its size) with the zoom window outlined."""
+    y0, x0, h, w = window
+    sy, sx = panel.shape[0] / fixed_hw[0], panel.shape[1] / fixed_hw[1]
+    out = panel.copy()
+    cv2.rectangle(out, (round(x0 * sx), round(y0 * sy)), (round((x0 + w) * sx) - 1, round((y0 + h) * sy) - 1),
+                  ZOOM_COLOUR, 2)
+    return out
+
+
 def row_panels(row: FigureRow, height: int) -> list[tuple[str, np.ndarray]]:
-    """The six (title, panel) pairs of a row, every panel scaled to `height` pixels."""
+    """The eight (title, panel) pairs of a row, every panel scaled to `height` pixels."""
     from nmr.evaluation.baselines import identity_flow
 
     fixed_hw = tuple(row.fixed_raw.shape[:2])
@@ -178,16 +247,32 @@ def row_panels(row: FigureRow, height: int) -> list[tuple[str, np.ndarray]]:
     small_holes = _resize(holes.astype(np.uint8), height, cv2.INTER_NEAREST) > 0
     fixed_edges = edges(_resize(fixed_grey, height), small_holes)
     flow, max_px = flow_panel(row.flow - identity_flow(fixed_hw, tuple(row.moving_rgb.shape[:2])), height)  # type: ignore[arg-type]
-    after = _resize(_rgb(row.registered), height)
+    _, in_view = warp(np.zeros(row.moving_rgb.shape[:2], np.uint8), np.asarray(row.flow, np.float32))
+    outside = ~in_view
+    small_outside = _resize(outside.astype(np.uint8), height, cv2.INTER_NEAREST) > 0
+    after = _hatched(_resize(_rgb(row.registered), height), small_outside)
+    hatched = ' (hatched: outside the RGB view)' if outside.any() else ''
     fixed_title = 'fixed: depth (near red, far blue, grey = no data)' if row.fixed_kind == 'depth' else \
         f'fixed: {"LWIR (equalised)" if row.fixed_kind == "lwir" else row.fixed_kind}'
+    # the zoom: the same window of both edge panels, edges found on the magnified fixed image
+    window = zoom_window(row, fixed_grey, holes)
+    zoom_edges = edges(_zoomed(fixed_grey, window, height), _zoomed(holes.astype(np.uint8), window, height, True) > 0)
+    zoom_outside = _zoomed(outside.astype(np.uint8), window, height, True) > 0
+    zoom_before = edge_composite(zoom_edges, _zoomed(_rgb(before), window, height))
+    zoom_after = _hatched(edge_composite(zoom_edges, _zoomed(_rgb(row.registered), window, height)), zoom_outside)
+    factor = height / window[2]
+    where = 'largest error' if row.error_map is not None else 'largest flow'
     return [
         ('moving (RGB)', _resize(_rgb(row.moving_rgb), height)),
         (fixed_title, _resize(fixed_rgb, height)),
-        ('registered', after),
+        ('registered' + hatched, after),
         (f'flow beyond the plain rescale, max {max_px:.1f} px', flow),
-        ('before: fixed edges on moving', edge_composite(fixed_edges, _resize(_rgb(before), height))),
-        ('after: fixed edges on registered', edge_composite(fixed_edges, after)),
+        ('before: fixed edges on moving', _outline(edge_composite(fixed_edges, _resize(_rgb(before), height)),
+                                                   window, fixed_hw)),  # type: ignore[arg-type]
+        ('after: fixed edges on registered', _outline(_hatched(edge_composite(fixed_edges, after), small_outside),
+                                                      window, fixed_hw)),  # type: ignore[arg-type]
+        (f'zoom x{factor:.0f} before: {where}', zoom_before),
+        (f'zoom x{factor:.0f} after', zoom_after),
     ]
 
 
