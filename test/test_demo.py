@@ -44,7 +44,7 @@ def test_demo_offline_writes_bag_sheets_and_summary(tmp_path: Path, tiny_models:
         assert frames['offered'] - frames['synchronised'] <= frames['dropped_unmatched']
     printed = capsys.readouterr().out
     assert 'nmr demo summary' in printed and 'EPE' in printed and str(out) in printed
-    assert f'rgb_lwir: {summary["frames"]["rgb_lwir"]["offered"]} offered' in printed
+    assert f'rgb_lwir: {summary["frames"]["rgb_lwir"]["offered"]} LWIR + ' in printed
     from nmr.data.bag_reader import list_topics
 
     topics = list_topics(out / 'registered')  # the same topics as nmr register-bag writes, fused included
@@ -83,12 +83,22 @@ def test_demo_refuses_a_corrupt_model_before_rendering(tmp_path: Path, tiny_mode
     assert not (out / 'input_rig').exists()  # nothing rendered
 
 
+def test_the_summary_says_in_words_when_the_model_made_alignment_worse() -> None:
+    """Issue 23 (10): '117.6 % of unregistered' was printed without saying that this is worse."""
+    from nmr.demo import verdict
+
+    assert verdict(117.6).startswith('WORSE than no registration')
+    assert verdict(9.7) == 'the model removed 90 % of the misalignment'
+    assert 'did not help' in verdict(100.4)
+
+
 def test_frames_line_says_what_was_dropped_and_why() -> None:
     from nmr.demo import DROP_REASONS, frames_line
 
     line = frames_line('rgb_lwir', {'offered': 60, 'offered_rgb': 60, 'synchronised': 59, 'processed': 10,
                                     'dropped_stale': 49, 'dropped_unmatched': 2, 'errors': 0})
-    assert line == 'rgb_lwir: 60 offered (+ 60 RGB), 59 synchronised, 10 processed; dropped: 49 stale, 2 unmatched'
+    assert line == ('rgb_lwir: 60 LWIR + 60 RGB frames -> 59 synchronised sets -> 10 registered; dropped: 49 '
+                    'stale, 2 unmatched')
     assert 'newest set' in DROP_REASONS['dropped_stale']
 
 

@@ -308,11 +308,12 @@ DROP_REASONS = {
 
 
 def frames_line(pair: str, c: dict[str, Any]) -> str:
-    """'rgb_lwir: 60 offered (+ 60 RGB), 59 synchronised, 10 processed; dropped: 49 stale, 1 unmatched'."""
-    text = f'{pair}: {c["offered"]} offered (+ {c["offered_rgb"]} RGB), '
+    """'rgb_lwir: 60 LWIR + 60 RGB frames -> 59 synchronised sets -> 10 registered; dropped: 49 stale, ...'."""
+    fixed = PAIR_FIXED_KIND[pair].upper() if PAIR_FIXED_KIND[pair] == 'lwir' else PAIR_FIXED_KIND[pair]
+    text = f'{pair}: {c["offered"]} {fixed} + {c["offered_rgb"]} RGB frames -> '
     if 'synchronised' in c:
-        text += f'{c["synchronised"]} synchronised, '
-    text += f'{c["processed"]} processed'
+        text += f'{c["synchronised"]} synchronised sets -> '
+    text += f'{c["processed"]} registered'
     dropped = [f'{c[k]} {k.split("_", 1)[-1]}' for k in DROP_REASONS if c.get(k)]
     if dropped:
         text += '; dropped: ' + ', '.join(dropped)
@@ -321,11 +322,23 @@ def frames_line(pair: str, c: dict[str, Any]) -> str:
     return text
 
 
+def verdict(percent: float | None) -> str:
+    """The alignment change in words: a percentage above 100 means the model made it worse."""
+    if percent is None or not math.isfinite(percent):
+        return 'no ground truth to compare with'
+    if percent > 102.0:
+        return 'WORSE than no registration: the model added misalignment'
+    if percent >= 98.0:
+        return 'about the same as no registration: the model did not help'
+    return f'the model removed {100.0 - percent:.0f} % of the misalignment'
+
+
 def print_summary(summary: dict[str, Any], out: Path) -> None:
     print('\n== nmr demo summary')
     print(f'pipeline: {summary["mode"]}, backend {summary.get("backend", "see log")}, '
           f'{summary["total_s"]} s in all')
-    print('frames per pair (offered: frames of the pair\'s fixed camera played, with the RGB frames):')
+    print('frames per pair (the rig\'s frames of both cameras -> sets of one fixed-camera frame and the RGB '
+          'frame nearest in time -> sets registered):')
     for pair, counts in summary['frames'].items():
         print('  ' + frames_line(pair, counts))
     reasons = [why for key, why in DROP_REASONS.items() if any(c.get(key) for c in summary['frames'].values())]
@@ -336,7 +349,9 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
             print(f'{key.replace("_", " ")}: {summary[key]}')
     for pair, s in summary['alignment'].items():
         print(f'{pair}: {s["frames"]} frames scored, EPE {s["epe_before_px"]} px unregistered -> '
-              f'{s["epe_after_px"]} px registered ({s["epe_percent_of_unregistered"]} % of unregistered)')
+              f'{s["epe_after_px"]} px registered ({s["epe_percent_of_unregistered"]} % of unregistered: '
+              f'{verdict(s["epe_percent_of_unregistered"])})')
+    print('(the demo renders its own scene: these numbers are not the evaluation of models/README.md)')
     names = [Path(p).name for p in summary['outputs']['contact_sheets'] + summary['outputs']['flicker_gifs']]
     mcap = ', '.join(str(Path(p).relative_to(out)) for p in summary['outputs']['mcap'])
     print(f'outputs in {out}/: {mcap} (the outputs bag: open it in Foxglove), '
