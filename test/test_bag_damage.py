@@ -145,7 +145,8 @@ def test_an_sqlite3_bag_without_metadata_yaml_is_read_from_its_db3(
     from nmr.data.bag_reader import open_bag
 
     with open_bag(bag) as reader:
-        images = sum(c.msgcount for c in reader.connections if c.msgtype == 'sensor_msgs/msg/Image')
+        images = sum(c.msgcount for c in reader.connections  # play's default: images and camera_info
+                     if c.msgtype in ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CameraInfo'))
     (bag / 'metadata.yaml').unlink()
     for verb, argv in {
         'register-bag': ['register-bag', str(bag), '--out', str(tmp_path / 'b'), '--quiet', *_model_args(models)],

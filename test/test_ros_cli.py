@@ -57,7 +57,7 @@ def test_param_gets_sets_and_reports_what_the_node_refuses(node: Path) -> None:
     done = _nmr('param', 'set', NODE, 'overlay_alpha', '0.25')
     assert done.returncode == 0 and 'set overlay_alpha = 0.25' in done.stdout, done.stderr
     assert _nmr('param', 'get', NODE, 'overlay_alpha').stdout.strip() == 'overlay_alpha: 0.25'
-    assert 'parameters set: overlay_alpha=0.25' in node.read_text()  # the node applied it
+    wait_for(lambda: 'parameters set: overlay_alpha=0.25' in node.read_text(), 10.0, 'the node to apply it')
     done = _nmr('param', 'set', NODE, 'outputs', '[flow, registered]')  # YAML list -> string array
     assert done.returncode == 0, done.stderr
     assert _nmr('param', 'get', NODE, 'outputs').stdout.strip() == 'outputs: [flow, registered]'
