@@ -100,7 +100,12 @@ def test_every_output_topic_is_on_the_fixed_grid_with_the_fixed_header(
         fixed = {p.fixed_stamp_ns: p for p in pairs}
         for name, encoding in PAIR_OUTPUTS.items():
             msgs = offline[f'{NS}/{pair}/{name}']
-            assert sorted(m[0] for m in msgs) == sorted(fixed), (pair, name)
+            stamps = sorted(m[0] for m in msgs)
+            if name in ('flow_viz', 'overlay'):  # at most viz_max_rate_hz (default 10) per pair, by stamp
+                assert stamps and set(stamps) <= set(fixed), (pair, name)
+                assert all(b - a >= 0.09e9 for a, b in zip(stamps, stamps[1:])), (pair, name, stamps)
+            else:
+                assert stamps == sorted(fixed), (pair, name)
             for stamp, frame_id, enc, arr in msgs:
                 ref = fixed[stamp]
                 assert frame_id == ref.fixed_header.frame_id and enc == encoding, (pair, name)

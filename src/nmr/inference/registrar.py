@@ -29,6 +29,22 @@ from nmr.models.resampler import flow_to_native, warp
 
 
 @dataclass
+class NetFlow:
+    """R_Phi's flow on the network grid, before it is mapped to native pixels (the node's fast path).
+
+    `flow_n` is hxwx2 float32 numpy (net pixels, ch0 = dx) on CPU, or the 1x2xhxw tensor on a GPU device;
+    `fixed_full` is the fixed image normalised at its native size (1xHfxWf tensor in [-1, 1]), which the
+    overlay shows, so that it is not computed twice.
+    """
+
+    flow_n: Any
+    fixed_full: torch.Tensor
+    moving_hw: tuple[int, int]
+    fixed_hw: tuple[int, int]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class TorchRegistration:
     """The same as Registration, still on the registrar's device (flow 1x2xHfxWf, registered 1x3xHfxWf)."""
 
@@ -177,6 +193,47 @@ class Registrar(ABC):
         finally:
             if before != self.prepost_threads:
                 torch.set_num_threads(before)
+
+    def prepare(self, moving_rgb: Any, fixed_raw: Any, fixed_encoding: str) -> tuple[torch.Tensor, ...]:
+        """The network inputs only: (moving_n 1x3xhxw, fixed_n 1x1xhxw, fixed_full 1xHfxWf), on the device.
+
+        The same numbers as `preprocess` (parity), with less work: the RGB image is resized as raw values
+        and normalised on the small grid (resizing is linear, so the order does not matter beyond float
+        rounding), and the full-size float moving image that only the torch warp needs is not made.
+        """
+        moving = as_tensor(moving_rgb, self.device)
+        if moving.ndim != 3 or moving.shape[-1] != 3:
+            raise ConfigError(f'moving image must be HxWx3 RGB, got shape {tuple(moving.shape)}')
+        moving_chw = torch.empty((1, 3, moving.shape[0], moving.shape[1]), dtype=torch.float32, device=self.device)
+        moving_chw[0].copy_(moving.permute(2, 0, 1))
+        moving_n = resize_to(moving_chw, self.net_hw).div_(127.5).sub_(1.0).contiguous()
+        fixed_in = pp.fixed_input(
+            self.info.fixed_kind, fixed_raw, fixed_encoding, self.info.normalisation or None, device=self.device
+        ).to(self.device, torch.float32)
+        fixed_n = resize_to(fixed_in[None], self.net_hw).contiguous()
+        return moving_n, fixed_n, fixed_in
+
+    def net_flow(self, moving_rgb: Any, fixed_raw: Any, fixed_encoding: str) -> NetFlow:
+        """Pre-processing and R_Phi only: the flow on the network grid (see NetFlow).
+
+        The caller maps it to native pixels and warps with the fastest kernel it has (OpenCV on CPU:
+        nmr.pipeline.native); `register` does the same in torch. No thread-count switching here: the
+        caller (the node) sets torch's process-wide thread count once (nmr.pipeline.settings.configure_threads),
+        since it runs pairs on parallel threads; `prepost_threads` then equals it and nothing is switched.
+        """
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            with self._prepost_threads():
+                moving_n, fixed_n, fixed_full = self.prepare(moving_rgb, fixed_raw, fixed_encoding)
+            sync(self.device)
+            t1 = time.perf_counter()
+            flow_t = self._infer(moving_n, fixed_n).float()
+            flow_n: Any = flow_t[0].permute(1, 2, 0).contiguous().numpy() if self.device.type == 'cpu' else flow_t
+            sync(self.device)
+            t2 = time.perf_counter()
+        fixed_hw = _image_hw(fixed_raw)
+        return NetFlow(flow_n, fixed_full, _image_hw(moving_rgb), fixed_hw,
+                       {'preprocess': (t1 - t0) * 1e3, 'net': (t2 - t1) * 1e3})
 
     def register(self, moving_rgb: Any, fixed_raw: Any, fixed_encoding: str) -> Registration:
         """Register one pair: images at any native size in, numpy results at the fixed native size out."""

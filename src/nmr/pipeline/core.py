@@ -112,8 +112,9 @@ class Registered:
     pset: PairSet
     rgb_hw: tuple[int, int]
     flow: np.ndarray
-    registered: np.ndarray
+    registered: np.ndarray | None  # None when neither an output nor fusion needed it
     outputs: Outputs
+    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -213,30 +214,39 @@ class FrameSetCore:
         self._fused_done = None
         return TimeJump(frame.stream, (previous - frame.stamp_ns) / 1e9, tuple(restarted))
 
-    def take(self) -> list[PairSet]:
-        """The queued sets, pair by pair, each pair's oldest first (keep='newest': at most one per pair)."""
+    def take(self, pair: str | None = None) -> list[PairSet]:
+        """The queued sets (of `pair`, or of every pair, pair by pair), each pair's oldest first
+        (keep='newest': at most one per pair)."""
         with self._lock:
-            sets = [s for state in self._pairs.values() for s in state.pending]
-            for state in self._pairs.values():
+            states = [self._pairs[pair]] if pair is not None else list(self._pairs.values())
+            sets = [s for state in states for s in state.pending]
+            for state in states:
                 state.pending = []
         return sets
 
-    def has_pending(self) -> bool:
+    def has_pending(self, pair: str | None = None) -> bool:
         with self._lock:
+            if pair is not None:
+                return bool(self._pairs[pair].pending)
             return any(state.pending for state in self._pairs.values())
 
     # -- outputs ---------------------------------------------------------------------------------------
-    def register(self, pset: PairSet, processor: PairProcessor, wanted: Iterable[str]) -> Registered:
-        """Register one set and build the `wanted` pair outputs; remembered for fusion.
+    def register(self, pset: PairSet, processor: PairProcessor, wanted: Iterable[str],
+                 fused: bool | None = None) -> Registered:
+        """Register one set and build the `wanted` pair outputs (only those); remembered for fusion.
 
-        Raises PairInputError (NmrUserError) for inputs that cannot be registered; the adapter decides
-        whether that skips the set (live) or ends the run (offline).
+        `fused`: the fused output is wanted, so the registered image is made even if `registered` is not
+        (None: whenever both pairs are configured). Raises PairInputError (NmrUserError) for inputs that
+        cannot be registered; the adapter decides whether that skips the set (live) or ends the run
+        (offline). Safe to call for different pairs from different threads at once (one processor each).
         """
+        if fused is None:
+            fused = all(p in self._pairs for p in PAIRS)
         moving = to_rgb(pset.rgb.array, pset.rgb.encoding)
-        registration = processor.register(moving, pset.fixed.array, pset.fixed.encoding)
-        outputs = processor.outputs(registration, pset.fixed.array, pset.fixed.encoding, wanted)
-        done = Registered(pset, (int(moving.shape[0]), int(moving.shape[1])), registration.flow,
-                          registration.registered, outputs)
+        result = processor.run(moving, pset.fixed.array, pset.fixed.encoding, wanted, pset.fixed.stamp_ns,
+                               need_registered=fused and pset.pair == 'rgb_lwir')
+        done = Registered(pset, (int(moving.shape[0]), int(moving.shape[1])), result.flow, result.registered,
+                          result.outputs, result.timings_ms)
         with self._lock:
             state = self._pairs[pset.pair]
             state.counts.registered += 1
@@ -251,10 +261,11 @@ class FrameSetCore:
                 return None
             a, b = lwir.last, depth.last
             key = (a.pset.rgb.stamp_ns, a.pset.fixed.stamp_ns)
-            if a.pset.rgb.stamp_ns != b.pset.rgb.stamp_ns or key == self._fused_done:
+            if a.pset.rgb.stamp_ns != b.pset.rgb.stamp_ns or key == self._fused_done or a.registered is None:
                 return None
             self._fused_done = key
         fixed_a, fixed_b = a.pset.fixed, b.pset.fixed
+        assert a.registered is not None
         outputs = fuse(fixed_a.array, fixed_a.encoding, a.flow, a.registered, fixed_b.array, fixed_b.encoding,
                        b.flow, a.rgb_hw)
         return Fused(fixed_a, outputs)

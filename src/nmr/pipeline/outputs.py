@@ -1,21 +1,50 @@
 """Per-pair outputs (registered, flow, flow_viz, overlay) built from one Registrar, shared by node and bag.
 
-`register_node` and `nmr register-bag` both call `PairProcessor.process`, so the live topics and the
-offline bag hold the same arrays for the same input frames. Inputs are checked here (encoding per fixed
-kind, empty images, non-finite depth) because both callers receive them from the outside world.
+`register_node` and `nmr register-bag` both call `PairProcessor.run` (through nmr.pipeline.core), so the
+live topics and the offline bag hold the same arrays for the same input frames. Inputs are checked here
+(encoding per fixed kind, empty images, non-finite depth) because both callers receive them from the
+outside world.
+
+`run` is a sequence of stages, each timed (`last_timings_ms`) and each skipped when nothing asks for it:
+
+1. **prior** (optional, `prior_flow`): a flow on the fixed grid known without the network (the rig's
+   projection through depth, issue 20). The moving image is pre-warped by it onto the fixed grid and the
+   network predicts only the residual; the two are composed, `phi(v) = r(v) + prior(v + r(v))`, and the
+   registered image is sampled once from the original moving image.
+2. **network**: pre-processing and R_Phi on the network grid (`Registrar.net_flow`).
+3. **flow**: the net-grid flow up-sampled and rescaled to native pixels in one pass (nmr.pipeline.native).
+4. **warp**: the registered image (`cv2.remap`), only when `registered`, `overlay` or the fused output
+   needs it.
+5. **outputs**: `flow_viz` and `overlay` only when asked for and at most `viz_max_rate_hz` per pair (by
+   header stamps, so the node and register-bag make the same ones); `flow_viz` (~10 ms at 640x512) at
+   `viz_scale` of the fixed size, then resized back so that every output stays on the fixed grid. The
+   overlay's fixed image is the normalised one the network saw (not normalised a second time).
+
+On CPU the network-grid path with OpenCV replaces the registrar's torch post-processing (float64
+grid_sample), several times faster; registrars without `net_flow` (baselines, test stand-ins) and GPU
+devices use `registrar.register` (grid_sample on the device).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
+import cv2
 import numpy as np
 
 from nmr import flow as nmr_flow
 from nmr.domain import PAIR_FIXED_KIND, PAIRS, STREAM_ENCODINGS
 from nmr.errors import NmrUserError
 from nmr.inference.protocol import RegistrarProtocol, Registration
+from nmr.pipeline.native import NativeGrid
 from nmr.pipeline.settings import PAIR_OUTPUTS
+
+PriorFlow = Callable[[np.ndarray, np.ndarray, str], 'np.ndarray | None']
+"""(moving RGB, fixed raw, fixed encoding) -> a flow HfxWfx2 on the fixed grid, or None (no prior for this set)"""
+VIZ_OUTPUTS = frozenset({'flow_viz', 'overlay'})
 
 OUTPUT_ENCODINGS: dict[str, str] = {
     'registered': 'rgb8', 'flow': '32FC2', 'flow_viz': 'rgb8', 'overlay': 'rgb8'}
@@ -48,15 +77,40 @@ def check_fixed(kind: str, fixed_raw: np.ndarray, encoding: str) -> np.ndarray:
     return fixed_raw
 
 
+@dataclass
+class PairResult:
+    """One registered pair: the native flow, the registered image (None when nothing needed it), outputs."""
+
+    flow: np.ndarray
+    registered: np.ndarray | None
+    outputs: dict[str, tuple[np.ndarray, str]]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class _Clock:
+    """Stage timer: `lap(name)` adds the time since the previous lap to `timings[name]`."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = self.timings.get(name, 0.0) + (now - self._t) * 1e3
+        self._t = now
+
+
 class PairProcessor:
     """Wraps a Registrar and builds the node's outputs for one synchronised (moving, fixed) pair.
 
-    `outputs` of `process` maps output name -> (array, ROS encoding); all arrays are on the FIXED image's
-    grid, so they carry the fixed image's header.
+    `outputs` of `process`/`run` maps output name -> (array, ROS encoding); all arrays are on the FIXED
+    image's grid, so they carry the fixed image's header. One instance per pair; `run` is not re-entrant
+    (the node runs each pair on its own worker thread).
     """
 
     def __init__(self, registrar: RegistrarProtocol, pair: str | None = None, overlay_alpha: float = 0.5,
-                 flow_viz_max_px: float | None = None) -> None:
+                 flow_viz_max_px: float | None = None, viz_max_rate_hz: float = 0.0, viz_scale: float = 1.0,
+                 prior_flow: PriorFlow | None = None) -> None:
         self.registrar = registrar
         self.pair = pair or registrar.pair or ''
         if self.pair not in PAIRS:
@@ -64,8 +118,17 @@ class PairProcessor:
         self.fixed_kind = PAIR_FIXED_KIND[self.pair]
         self.overlay_alpha = float(overlay_alpha)
         self.flow_viz_max_px = flow_viz_max_px
+        self.viz_max_rate_hz = float(viz_max_rate_hz)
+        self.viz_scale = float(viz_scale)
+        self.prior_flow = prior_flow
         self.last_timings_ms: dict[str, float] = {}
+        self._grid = NativeGrid()
+        self._last_viz_ns: int | None = None
+        device = getattr(registrar, 'device', None)
+        # the OpenCV path: CPU registrars that can stop at the network grid
+        self._fast = hasattr(registrar, 'net_flow') and str(getattr(device, 'type', device)) == 'cpu'
 
+    # -- the reference path (evaluation, tests): the registrar's own post-processing ------------------
     def register(self, moving_rgb: np.ndarray, fixed_raw: np.ndarray, fixed_encoding: str) -> Registration:
         """Checked inputs -> Registration (flow, registered, valid, timings_ms)."""
         check_moving(moving_rgb)
@@ -77,26 +140,125 @@ class PairProcessor:
     def outputs(self, registration: Registration, fixed_raw: np.ndarray, fixed_encoding: str,
                 wanted: Iterable[str] = PAIR_OUTPUTS) -> dict[str, tuple[np.ndarray, str]]:
         """The requested outputs of an existing registration (flow_viz/overlay only computed if wanted)."""
-        wanted = set(wanted)
-        out: dict[str, tuple[np.ndarray, str]] = {}
         flow = np.ascontiguousarray(registration.flow, dtype=np.float32)
         registered = np.ascontiguousarray(registration.registered, dtype=np.uint8)
-        if 'registered' in wanted:
+        return self._outputs(set(wanted), flow, registered, lambda: self._fixed_display(fixed_raw, fixed_encoding),
+                             _Clock())
+
+    def process(self, moving_rgb: np.ndarray, fixed_raw: np.ndarray, fixed_encoding: str,
+                wanted: Iterable[str] = PAIR_OUTPUTS, stamp_ns: int | None = None) -> dict[str, tuple[np.ndarray, str]]:
+        """Register one pair and build the requested outputs: name -> (array, encoding)."""
+        return self.run(moving_rgb, fixed_raw, fixed_encoding, wanted, stamp_ns).outputs
+
+    # -- the node's path ----------------------------------------------------------------------------
+    def run(self, moving_rgb: np.ndarray, fixed_raw: np.ndarray, fixed_encoding: str,
+            wanted: Iterable[str] = PAIR_OUTPUTS, stamp_ns: int | None = None,
+            need_registered: bool = False) -> PairResult:
+        """The stages of the module docstring for one set; `need_registered`: warp even if not wanted."""
+        wanted = set(wanted)
+        clock = _Clock()
+        check_moving(moving_rgb)
+        fixed_raw = check_fixed(self.fixed_kind, fixed_raw, fixed_encoding)
+        clock.lap('check')
+        if wanted & VIZ_OUTPUTS and not self._viz_due(stamp_ns):
+            wanted -= VIZ_OUTPUTS
+        warp_needed = need_registered or bool(wanted & {'registered', 'overlay'})
+        prior = self.prior_flow(moving_rgb, fixed_raw, fixed_encoding) if self.prior_flow is not None else None
+        clock.lap('prior')
+        if not self._fast:
+            registration = self.registrar.register(
+                self._grid.warp(moving_rgb, prior) if prior is not None else moving_rgb, fixed_raw, fixed_encoding)
+            clock.timings.update({f'registrar.{k}': v for k, v in registration.timings_ms.items()})
+            clock.lap('network')
+            flow = np.ascontiguousarray(registration.flow, dtype=np.float32)
+            fixed_full: Any = None
+            registered = np.ascontiguousarray(registration.registered, dtype=np.uint8) if prior is None else None
+        else:
+            net_input = self._grid.warp(moving_rgb, prior) if prior is not None else moving_rgb
+            clock.lap('prior')
+            net = self.registrar.net_flow(net_input, fixed_raw, fixed_encoding)  # type: ignore[attr-defined]
+            clock.timings.update(net.timings_ms)
+            clock.lap('network')
+            flow = self._grid.flow(net.flow_n, net.fixed_hw, net.moving_hw)
+            fixed_full = net.fixed_full
+            registered = None
+            clock.lap('flow')
+        if prior is not None:
+            flow = self._compose(flow, prior)
+            clock.lap('prior')
+        if registered is None and warp_needed:
+            registered = self._grid.warp(moving_rgb, flow)
+            clock.lap('warp')
+
+        def display() -> np.ndarray:
+            if fixed_full is None:
+                return self._fixed_display(fixed_raw, fixed_encoding)
+            return _grey_rgb(fixed_full)
+
+        outputs = self._outputs(wanted, flow, registered, display, clock)
+        self.last_timings_ms = clock.timings
+        return PairResult(flow, registered, outputs, clock.timings)
+
+    # -- stages -------------------------------------------------------------------------------------
+    def _viz_due(self, stamp_ns: int | None) -> bool:
+        """At most `viz_max_rate_hz` visualisations per pair, by header stamp (0 = every set).
+
+        A tenth of a period of slack keeps a 30 Hz camera's jittered stamps at 10 Hz, not 7.5 Hz; a stamp
+        that went backwards (bag loop) starts over.
+        """
+        if self.viz_max_rate_hz <= 0 or stamp_ns is None:
+            return True
+        last = self._last_viz_ns
+        if last is not None and 0 <= stamp_ns - last < 0.9e9 / self.viz_max_rate_hz:
+            return False
+        self._last_viz_ns = stamp_ns
+        return True
+
+    def _compose(self, residual: np.ndarray, prior: np.ndarray) -> np.ndarray:
+        """`phi(v) = r(v) + prior(v + r(v))`: the residual moves within the pre-warped (fixed-grid) image."""
+        positions = self._grid.positions(residual)
+        sampled = cv2.remap(np.ascontiguousarray(prior, dtype=np.float32), positions,  # type: ignore[call-overload]
+                            None, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return np.add(residual, sampled, out=sampled)
+
+    def _fixed_display(self, fixed_raw: np.ndarray, fixed_encoding: str) -> np.ndarray:
+        from nmr.data.preprocess import fixed_display  # torch: not for `nmr register-bag --help`
+
+        checked = check_fixed(self.fixed_kind, fixed_raw, fixed_encoding)
+        return fixed_display(self.fixed_kind, checked, fixed_encoding)
+
+    def _outputs(self, wanted: set[str], flow: np.ndarray, registered: np.ndarray | None,
+                 fixed_rgb: Callable[[], np.ndarray], clock: _Clock) -> dict[str, tuple[np.ndarray, str]]:
+        out: dict[str, tuple[np.ndarray, str]] = {}
+        if 'registered' in wanted and registered is not None:
             out['registered'] = (registered, 'rgb8')
         if 'flow' in wanted:
             out['flow'] = (flow, '32FC2')
         if 'flow_viz' in wanted:
-            out['flow_viz'] = (nmr_flow.flow_to_rgb(flow, self.flow_viz_max_px), 'rgb8')
-        if 'overlay' in wanted:
-            from nmr.data.preprocess import fixed_display  # torch: not for `nmr register-bag --help`
-
-            checked = check_fixed(self.fixed_kind, fixed_raw, fixed_encoding)
-            fixed_rgb = fixed_display(self.fixed_kind, checked, fixed_encoding)
-            out['overlay'] = (nmr_flow.overlay(fixed_rgb, registered, self.overlay_alpha), 'rgb8')
+            out['flow_viz'] = (self._at_viz_scale(lambda f: nmr_flow.flow_to_rgb(f, self.flow_viz_max_px), flow,
+                                                  cv2.INTER_AREA), 'rgb8')
+            clock.lap('flow_viz')
+        if 'overlay' in wanted and registered is not None:
+            out['overlay'] = (nmr_flow.overlay(fixed_rgb(), registered, self.overlay_alpha), 'rgb8')
+            clock.lap('overlay')
         return out
 
-    def process(self, moving_rgb: np.ndarray, fixed_raw: np.ndarray, fixed_encoding: str,
-                wanted: Iterable[str] = PAIR_OUTPUTS) -> dict[str, tuple[np.ndarray, str]]:
-        """Register one pair and build the requested outputs: name -> (array, encoding)."""
-        registration = self.register(moving_rgb, fixed_raw, fixed_encoding)
-        return self.outputs(registration, fixed_raw, fixed_encoding, wanted)
+    def _at_viz_scale(self, make: Callable[[np.ndarray], np.ndarray], source: np.ndarray,
+                      shrink: int) -> np.ndarray:
+        """`make(source)` computed at `viz_scale` of the size and resized back to the fixed grid."""
+        h, w = source.shape[:2]
+        scale = self.viz_scale
+        if scale >= 1.0:
+            return make(source)
+        small_hw = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = make(cv2.resize(source, small_hw, interpolation=shrink))
+        return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
+
+
+def _grey_rgb(fixed_full: Any) -> np.ndarray:
+    """The normalised fixed image (1xHxW tensor in [-1, 1]) as HxWx3 uint8 grey: `fixed_display`'s numbers."""
+    x = fixed_full[0] if fixed_full.ndim == 3 else fixed_full
+    import torch
+
+    grey = ((x + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+    return cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)

@@ -36,6 +36,7 @@ from nmr.pipeline.settings import (
     NodeSettings,
     camera_info_topic,
     create_registrar,
+    make_processor,
     model_path,
     read_params_file,
     validate,
@@ -206,7 +207,7 @@ def make_processors(settings: NodeSettings, log: Callable[[str], None] = print) 
             raise ModelFileError(f'model file {path} for {pair} does not exist: pass {option} or run only '
                                  'the other pair (--pairs)')
         registrar = create_registrar(path, settings, pair, log)
-        processors[pair] = PairProcessor(registrar, pair, settings.overlay_alpha, settings.flow_viz_max_px)
+        processors[pair] = make_processor(registrar, pair, settings)
     return processors
 
 
@@ -398,7 +399,7 @@ def _register_all(args: argparse.Namespace, settings: NodeSettings, topic_stream
                                frame.array, frame.encoding)
         state.time_jumps += core.add(frame).jump is not None
         for pset in core.take():
-            done = core.register(pset, processors[pset.pair], settings.pair_outputs)
+            done = core.register(pset, processors[pset.pair], settings.pair_outputs, fused=settings.fused)
             fixed, kind = pset.fixed, PAIR_FIXED_KIND[pset.pair]
             write(f'{ns}/{pset.pair}/', fixed, done.outputs)
             if kind in infos:  # the fixed camera's calibration describes the outputs' grid

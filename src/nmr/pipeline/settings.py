@@ -23,6 +23,7 @@ from nmr.resources import share_dirs, share_path
 
 if TYPE_CHECKING:
     from nmr.inference.protocol import RegistrarProtocol
+    from nmr.pipeline.outputs import PairProcessor
 
 PAIR_OUTPUTS: tuple[str, ...] = ('registered', 'flow', 'flow_viz', 'overlay')
 OUTPUTS: tuple[str, ...] = (*PAIR_OUTPUTS, 'fused')
@@ -112,6 +113,14 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec('overlay_alpha', 0.5, 'weight of the registered image in P/overlay', _unit, dynamic=True),
     ParamSpec('flow_viz_max_px', 0.0, 'flow magnitude at full colour (0 = per frame)', _at_least(0),
               dynamic=True),
+    ParamSpec('viz_max_rate_hz', 10.0, 'at most this many flow_viz and overlay images per second and pair, by '
+              'header stamp (0 = every set); they are for people, and cost ~1/3 of a set at full rate',
+              _at_least(0), dynamic=True),
+    ParamSpec('viz_scale', 1.0, 'flow_viz computed at this fraction of the fixed size and resized back '
+              '(1 = full size)', lambda v: None if 0.05 <= v <= 1.0 else 'must be between 0.05 and 1',
+              dynamic=True),
+    ParamSpec('inference_threads', 0, 'CPU threads per pair for the network (ONNX Runtime intra-op, torch); '
+              '0 = usable cores / pairs, since the pairs run in parallel', _at_least(0)),
     ParamSpec('diagnostics_period_s', 1.0, 'period of /diagnostics messages [s]', _positive),
     ParamSpec('log_throttle_s', 5.0, 'minimum interval between repeated warnings [s]', _at_least(0),
               dynamic=True),
@@ -166,6 +175,9 @@ class NodeSettings:
     outputs: tuple[str, ...] = OUTPUTS
     overlay_alpha: float = 0.5
     flow_viz_max_px: float | None = None
+    viz_max_rate_hz: float = 10.0
+    viz_scale: float = 1.0
+    inference_threads: int = 0
     diagnostics_period_s: float = 1.0
     log_throttle_s: float = 5.0
     input_timeout_s: float = 3.0
@@ -256,6 +268,9 @@ def validate(values: Mapping[str, Any]) -> NodeSettings:
         outputs=tuple(merged['outputs']),
         overlay_alpha=merged['overlay_alpha'],
         flow_viz_max_px=merged['flow_viz_max_px'] or None,
+        viz_max_rate_hz=merged['viz_max_rate_hz'],
+        viz_scale=merged['viz_scale'],
+        inference_threads=merged['inference_threads'],
         diagnostics_period_s=merged['diagnostics_period_s'],
         log_throttle_s=merged['log_throttle_s'],
         input_timeout_s=merged['input_timeout_s'],
@@ -335,14 +350,55 @@ def model_path(settings: NodeSettings, pair: str) -> Path:
     return Path(configured).expanduser() if configured else default_model_path(pair, settings.backend)
 
 
+def inference_threads(settings: NodeSettings, parallel: int) -> int:
+    """Network threads per pair: the setting, or the usable cores shared by `parallel` pairs."""
+    if settings.inference_threads > 0:
+        return settings.inference_threads
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, parallel))
+
+
+def configure_threads(settings: NodeSettings, parallel: int) -> int:
+    """Set torch's process-wide intra-op threads for `parallel` pairs running at once; returns the count.
+
+    torch's count is process-wide and each calling thread gets its own team, so two workers with the
+    default (all cores each) would run 2 x cores threads on the cores. Called once, before any worker.
+    """
+    import torch
+
+    threads = inference_threads(settings, parallel)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
 def create_registrar(path: Path, settings: NodeSettings, pair: str,
-                     log: Callable[[str], None]) -> RegistrarProtocol:
+                     log: Callable[[str], None], parallel: int = 1) -> RegistrarProtocol:
     """nmr.inference.create_registrar with the settings' backend, device and network size for `pair`.
 
-    Refuses (ModelFileError) a model trained for another pair. Imported here, not at the top: the
-    inference layer loads torch, which `nmr register-bag --help` does not need.
+    `parallel`: how many pairs run at once (the node: all of them; register-bag: one), which sets the
+    ONNX Runtime threads per session (`inference_threads`). Refuses (ModelFileError) a model trained for
+    another pair. Imported here, not at the top: the inference layer loads torch, which
+    `nmr register-bag --help` does not need.
     """
     from nmr.inference.select import create_registrar as create
 
-    return create(path, backend=settings.backend, device=settings.device, net_hw=settings.net_hw, log=log,
-                  expected_pair=pair)
+    threads = inference_threads(settings, parallel)
+    registrar = create(path, backend=settings.backend, device=settings.device, net_hw=settings.net_hw, log=log,
+                       expected_pair=pair, threads=threads)
+    if parallel > 1 and getattr(registrar, 'prepost_threads', None) is not None:
+        registrar.prepost_threads = threads  # type: ignore[attr-defined]  # = torch's count: no switching
+    return registrar
+
+
+def make_processor(registrar: RegistrarProtocol, pair: str, settings: NodeSettings) -> PairProcessor:
+    """The PairProcessor of `pair` with the settings' output options (node and register-bag alike)."""
+    from nmr.pipeline.outputs import PairProcessor
+
+    return PairProcessor(registrar, pair, settings.overlay_alpha, settings.flow_viz_max_px,
+                         settings.viz_max_rate_hz, settings.viz_scale)

@@ -4,10 +4,15 @@ The node is the ROS adapter of nmr.pipeline.core.FrameSetCore (`nmr register-bag
 the core owns synchronisation, time-jump handling, the drop-stale policy and fused pairing; the node turns
 messages into frames, and registrations into messages, diagnostics and logs.
 
-Threads: the executor runs the subscription callbacks, which only decode headers/arrays and add the frame
-to the core (keep='newest': one pending set per pair, a newer set makes a waiting one stale). One worker
-thread takes the pending sets and runs inference, which releases the GIL, so callbacks keep up while the
-network runs. Nothing queues up.
+Threads (chosen on purpose, see docs/performance.md): a SingleThreadedExecutor runs the subscription
+callbacks, which only decode headers/arrays and add the frame to the core (keep='newest': one pending set
+per pair, a newer set makes a waiting one stale); they are short, so one executor thread is enough and a
+MultiThreadedExecutor would only add GIL hand-overs. One worker thread PER PAIR takes that pair's newest
+set and runs its stages (nmr.pipeline.outputs: prior, network, flow, warp, outputs), then publishes; the
+pairs run in parallel on two cores because ONNX Runtime, OpenCV, numpy and torch release the GIL. Each
+ONNX Runtime session then gets cores / pairs intra-op threads (`inference_threads`, 0 = that), and torch
+one thread per worker, so two pairs never oversubscribe two cores. The worker of the pair that finishes
+a set second makes the fused output. Nothing queues up.
 
 Inputs: raw `sensor_msgs/Image` or, per input (`transport.<s>`), `CompressedImage` on `<topic>/compressed`
 or `/compressedDepth`. Reliability `best_available` by default: a best-effort driver that appears after
@@ -61,7 +66,14 @@ from nmr.errors import ConfigError, NmrUserError
 from nmr.pipeline.core import Added, Frame, FrameSetCore, PairSet
 from nmr.pipeline.fused import FUSED_TOPICS
 from nmr.pipeline.outputs import PairProcessor
-from nmr.pipeline.settings import NodeSettings, camera_info_topic, create_registrar, model_path
+from nmr.pipeline.settings import (
+    NodeSettings,
+    camera_info_topic,
+    configure_threads,
+    create_registrar,
+    make_processor,
+    model_path,
+)
 from nmr.ros.convert import copy_header, from_image_msg, header_stamp_ns, to_image_msg
 from nmr.ros.diagnostics import (
     CLOCK_MISMATCH_S,
@@ -138,6 +150,7 @@ class RegisterNode(Node):
         # (a player waiting for subscribers, a recorder waiting for outputs) must find it able to compute.
         # Loaded lazily in the worker, the first seconds of input (the whole first second of a demo bag)
         # were synchronised and dropped as stale while onnxruntime/torch were still being imported.
+        configure_threads(s, len(self.pairs))  # torch: one team per worker, cores / pairs threads each
         self._check_models()
         self._create_outputs()
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
@@ -149,8 +162,8 @@ class RegisterNode(Node):
         self._started = time.monotonic()
         self._missing_timer = self.create_timer(1.0, self._report_missing_inputs,
                                                 clock=Clock(clock_type=ClockType.STEADY_TIME))
-        self._worker = threading.Thread(target=self._work, name='nmr-inference', daemon=True)
-        self._worker.start()
+        self._workers: list[threading.Thread] = []
+        self.start_workers()
         self.get_logger().info(
             f'pairs {", ".join(s.pairs)}; inputs '
             + ', '.join(f'{n}={self._subs[n].topic_name} ({s.inputs[n].transport})' for n in used)
@@ -299,6 +312,8 @@ class RegisterNode(Node):
             if pair.processor is not None:
                 pair.processor.overlay_alpha = new.overlay_alpha
                 pair.processor.flow_viz_max_px = new.flow_viz_max_px
+                pair.processor.viz_max_rate_hz = new.viz_max_rate_hz
+                pair.processor.viz_scale = new.viz_scale
         if old.outputs != new.outputs:
             self._update_publishers()
         with self._cond:
@@ -361,24 +376,37 @@ class RegisterNode(Node):
             self._cond.notify()
         return added
 
-    # -- worker ------------------------------------------------------------------------------------
-    def _work(self) -> None:
+    # -- workers -----------------------------------------------------------------------------------
+    def start_workers(self) -> None:
+        """One worker thread per pair (module docstring); called by the constructor."""
+        self._stop.clear()
+        self._workers = [threading.Thread(target=self._work, args=(name,), name=f'nmr-{name}', daemon=True)
+                         for name in self.pairs]
+        for worker in self._workers:
+            worker.start()
+
+    def _work(self, name: str) -> None:
+        pair = self.pairs[name]
         while not self._stop.is_set():
-            self._check_models()
+            self._check_models([pair])
             with self._cond:
-                self._cond.wait_for(lambda: self._stop.is_set() or self.core.has_pending(), timeout=0.5)
-            jobs = self.core.take()
-            for job in jobs:
+                self._cond.wait_for(lambda: self._stop.is_set() or self.core.has_pending(name), timeout=0.5)
+            for job in self.core.take(name):
                 if self._stop.is_set():
                     return
-                self._run_pair(self.pairs[job.pair], job)
-            if self.fused_publishers and jobs:
-                self._maybe_fuse()
+                try:
+                    fuse = self._run_pair(pair, job)
+                    if fuse:
+                        self._maybe_fuse()
+                except Exception:
+                    if self._stop.is_set():  # the context went away under a publish: that is the shutdown
+                        return
+                    raise
 
-    def _check_models(self) -> None:
+    def _check_models(self, pairs: Sequence[PairRuntime] | None = None) -> None:
         """Load each pair's model when it is first needed, and again when its file appears or changes."""
         now = time.monotonic()
-        for pair in self.pairs.values():
+        for pair in (self.pairs.values() if pairs is None else pairs):
             if now - pair.model_checked < self.settings.model_retry_s:
                 continue
             pair.model_checked = now
@@ -407,8 +435,9 @@ class RegisterNode(Node):
             def log(text: str) -> None:
                 self.get_logger().info(f'{pair.name}: {text}')
 
-            registrar = create_registrar(path, s, pair.name, log=log)  # refuses another pair's model
-            pair.processor = PairProcessor(registrar, pair.name, s.overlay_alpha, s.flow_viz_max_px)
+            registrar = create_registrar(path, s, pair.name, log=log, parallel=len(self.pairs))  # refuses
+            # another pair's model
+            pair.processor = make_processor(registrar, pair.name, s)
         except NmrUserError as err:
             pair.processor = None
             pair.stats.state, pair.stats.level = f'idle: {err}', ERROR
@@ -442,7 +471,8 @@ class RegisterNode(Node):
             if info is not None and info_publisher is not None:
                 info_publisher.publish(_restamped(info, header))
 
-    def _run_pair(self, pair: PairRuntime, job: PairSet) -> None:
+    def _run_pair(self, pair: PairRuntime, job: PairSet) -> bool:
+        """Register one set and publish its outputs; True if the fused output may now be due."""
         wanted, fused = self._wanted(pair)
         stats = pair.stats
         if not wanted and not fused:
@@ -450,26 +480,28 @@ class RegisterNode(Node):
                 stats.lazy_skipped += 1
                 if pair.processor is not None:
                     stats.state, stats.level = 'idle: no subscribers', OK
-            return
+            return False
         if pair.processor is None:
-            return
+            return False
         fixed = job.fixed
         t0 = time.perf_counter()
         try:
-            done = self.core.register(job, pair.processor, wanted)
+            done = self.core.register(job, pair.processor, wanted, fused=fused)
             self._publish(pair.publishers, done.outputs, fixed.header, pair.fixed_stream, pair.info_publisher)
         except NmrUserError as err:
             with stats.lock:
                 stats.errors += 1
             self._warn(f'run:{pair.name}', f'{pair.name}: set at {fixed.stamp_ns / 1e9:.3f} s skipped: {err}')
-            return
+            return False
         except Exception as err:
+            if self._stop.is_set():
+                raise
             with stats.lock:
                 stats.errors += 1
                 stats.state, stats.level = f'error: {type(err).__name__}', WARN
             self._warn(f'run:{pair.name}', f'{pair.name}: registration failed ({type(err).__name__}: {err})',
                        error=True)
-            return
+            return False
         latency_ms = (self.get_clock().now().nanoseconds - fixed.stamp_ns) / 1e6
         with stats.lock:
             stats.processed.tick()
@@ -479,6 +511,7 @@ class RegisterNode(Node):
                 stats.clock_offset_s = -latency_ms / 1e3
             stats.inference_ms.add((time.perf_counter() - t0) * 1e3)
             stats.state, stats.level = 'running', OK
+        return fused and bool(self.fused_publishers)
 
     def _maybe_fuse(self) -> None:
         lwir = self.pairs.get('rgb_lwir')
@@ -544,10 +577,12 @@ class RegisterNode(Node):
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), statuses))
 
     def stop(self) -> None:
+        """Stop the workers: a set being registered finishes (its publish may fail quietly), none starts."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        self._worker.join(timeout=5.0)
+        for worker in self._workers:
+            worker.join(timeout=5.0)
 
 
 class _Signals:
