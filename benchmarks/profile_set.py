@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def publish_cost(t: Timer, pair: str, outputs: dict[str, tuple[np.ndarray, str]]) -> None:
         header = Header(frame_id=pair)
-        for name, (arr, enc) in outputs.items():
+        for arr, enc in outputs.values():
             msg = t(f'{pair} message build', to_image_msg, arr, enc, header)
             t(f'{pair} serialisation', serialize_message, msg)
 
