@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """End-to-end benchmark of register_node over DDS: a synthetic-rig bag played at 10, 30 and 60 Hz.
 
-    .venv/bin/python benchmarks/node_latency.py                       # makes a 3 s, --size-scale 0.5 bag
-    .venv/bin/python benchmarks/node_latency.py --bag BAG --model-rgb-lwir M1 --model-rgb-depth M2 \
-        --rates 10 30 60 --json node_latency.json
+    .venv/bin/python benchmarks/node_latency.py       # as users run it: full camera sizes, shipped models
+    .venv/bin/python benchmarks/node_latency.py --outputs registered flow --json rf.json
+    .venv/bin/python benchmarks/node_latency.py --tiny  # the old smoke run: tiny random models, half size
+    .venv/bin/python benchmarks/node_latency.py --backend torch --device cuda   # GPU (.pt models)
+    benchmarks/run_node_rates.sh                       # the whole table of docs/performance.md
 
 Three processes, as on a robot: `nmr play --restamp` (header stamps = wall time at publish, like a live
-camera; `--rate` = target Hz / the bag's RGB rate), `register_node` (one process for all rates; tiny
-random models unless given: latency hardly depends on the weights, but a real model's size does matter),
-and this script's subscriber, which takes every output topic raw (no image decode) and notes when each
-arrives. Per rate it reports:
+camera; `--rate` = target Hz / the bag's RGB rate), `register_node` (one process for all rates; the
+shipped models by default, `.onnx` or for `--backend torch` `.pt`; `--tiny` uses tiny random models on a
+half-size bag, which measures the node's plumbing, not what a user gets), and this script's subscriber,
+which takes the chosen output topics raw (no image decode) and notes when each arrives; outputs without
+a subscriber are not computed by the node (`--outputs`, default all, with the fused ones). Per rate it
+reports:
 
 - delivered: distinct fixed stamps published on `<pair>/flow` / sets offered (RGB frames played, or the
   fixed stream's frames if fewer). What is missing was lost on the best-effort inputs or dropped as stale
@@ -86,7 +90,7 @@ class RateResult:
 class Collector:
     """Raw subscriptions on every output (so the node computes them all) and on the RGB input."""
 
-    def __init__(self, node: Any, rgb_topic: str) -> None:
+    def __init__(self, node: Any, rgb_topic: str, outputs: Sequence[str] = (*PAIR_OUTPUTS, 'fused')) -> None:
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
 
@@ -100,7 +104,8 @@ class Collector:
         self.diag_time = 0.0
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         best_effort = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
-        topics = [f'{NS}/{p}/{o}' for p in PAIRS for o in PAIR_OUTPUTS] + [f'{NS}/{t}' for t in FUSED]
+        topics = [f'{NS}/{p}/{o}' for p in PAIRS for o in PAIR_OUTPUTS if o in outputs]
+        topics += [f'{NS}/{t}' for t in FUSED if 'fused' in outputs]
         self.subs = [node.create_subscription(Image, t, lambda raw, t=t: self._output(t, raw), reliable,
                                               raw=True) for t in topics]
         self.subs.append(node.create_subscription(Image, rgb_topic, self._input, best_effort, raw=True))
@@ -190,7 +195,8 @@ def run_rate(executor: Any, collector: Collector, node_pid: int, bag: Path, topi
     node_counters = {k: v - counters_before.get(k, 0) for k, v in collector.diag.items()}
     notes = []
     if player.returncode != 0:
-        notes.append(f'nmr play exited {player.returncode}: {player.stderr.read().strip()[-300:]}')
+        err = player.stderr.read() if player.stderr else ''
+        notes.append(f'nmr play exited {player.returncode}: {err.strip()[-300:]}')
     offered = min(facts['counts']['rgb'], *(facts['counts'][k] for k in PAIRS.values()))
     delivered = {p: len({s for s, _a in collector.flow[p]}) for p in PAIRS}
     latencies = np.array([(a - s) / 1e6 for p in PAIRS for s, a in collector.flow[p]])
@@ -244,20 +250,55 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--bag', type=Path, help='bag to play (default: a new synthetic-rig bag)')
     parser.add_argument('--duration', type=float, default=3.0, help='seconds of the generated bag (default 3)')
-    parser.add_argument('--size-scale', type=float, default=0.5, help='generated bag image scale (default 0.5)')
+    parser.add_argument('--size-scale', type=float, default=None,
+                        help='generated bag image scale (default 1.0: RGB 640x480, LWIR 640x512, depth 848x480; '
+                             '0.5 with --tiny)')
     parser.add_argument('--rates', type=float, nargs='+', default=[10.0, 30.0, 60.0], help='target set rates, Hz')
-    parser.add_argument('--model-rgb-lwir', type=Path, help='model (default: a tiny random one)')
-    parser.add_argument('--model-rgb-depth', type=Path, help='model (default: a tiny random one)')
-    parser.add_argument('--backend', default='auto', help='register_node backend (default auto)')
-    parser.add_argument('--device', default='auto', help='register_node device (default auto)')
+    parser.add_argument('--model-rgb-lwir', type=Path, help='model (default: the shipped models/rgb_lwir)')
+    parser.add_argument('--model-rgb-depth', type=Path, help='model (default: the shipped models/rgb_depth)')
+    parser.add_argument('--tiny', action='store_true',
+                        help='LABELLED SMOKE RUN: tiny random 32x32-input models on a half-size bag (the node\'s '
+                             'plumbing, not the cost of a real model at camera size)')
+    parser.add_argument('--outputs', nargs='+', default=['all'], metavar='OUTPUT',
+                        help='outputs subscribed (the node computes only these): all (default: every pair '
+                             f'output and fused) or some of {", ".join(PAIR_OUTPUTS)}, fused')
+    parser.add_argument('--set', action='append', default=[], metavar='NAME=VALUE',
+                        help='extra register_node parameter, e.g. --set viz_max_rate_hz=0')
+    parser.add_argument('--backend', default='auto',
+                        help='register_node backend: auto, onnxruntime, torch, tensorrt (default auto)')
+    parser.add_argument('--device', default='auto', help='register_node device: auto, cpu, cuda[:N] (default auto)')
     parser.add_argument('--warmup', type=int, default=10,
                         help='sets played at 10 Hz before measuring, not reported (default 10)')
     parser.add_argument('--slop', type=float, default=0.04,
                         help='node sync.slop_s (default 0.04: --restamp at rate r stretches the recorded '
                              'camera offsets, LWIR 4-8 ms after RGB in the synth rig, by 1/r)')
     parser.add_argument('--json', type=Path, help='also write the results here')
+    parser.add_argument('--markdown', type=Path, help='also write the table (and the run\'s facts) here')
     parser.add_argument('--workdir', type=Path, help='keep the bag, models and node log here')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.size_scale is None:
+        args.size_scale = 0.5 if args.tiny else 1.0
+    outputs = set(args.outputs)
+    known = {*PAIR_OUTPUTS, 'fused', 'all'}
+    if not outputs <= known:
+        parser.error(f'--outputs: unknown {sorted(outputs - known)}; choose from {", ".join(sorted(known))}')
+    args.outputs = [*PAIR_OUTPUTS, 'fused'] if 'all' in outputs else [o for o in (*PAIR_OUTPUTS, 'fused')
+                                                                      if o in outputs]
+    if 'flow' not in args.outputs:
+        parser.error('--outputs must include flow (delivery and latency are measured on <pair>/flow)')
+    if args.device.startswith('cuda'):
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error(f'--device {args.device}: torch sees no CUDA device here; use --device cpu or auto')
+    return args
+
+
+def default_models(backend: str) -> dict[str, Path]:
+    """The shipped models the node would pick for `backend` (.pt for torch, else .onnx)."""
+    from nmr.pipeline.settings import default_model_path
+
+    return {p: default_model_path(p, backend) for p in PAIRS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -272,13 +313,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     bag = args.bag or make_bag(work, args.duration, args.size_scale)
     facts = bag_facts(bag, INPUT_TOPICS)
     models = {'rgb_lwir': args.model_rgb_lwir, 'rgb_depth': args.model_rgb_depth}
+    shipped = default_models(args.backend)
     for i, pair in enumerate(PAIRS):
         if models[pair] is None:
-            models[pair] = make_tiny_model(work / f'{pair}_tiny.pt', pair, seed=i)
+            models[pair] = (make_tiny_model(work / f'{pair}_tiny.pt', pair, seed=i) if args.tiny
+                            else shipped[pair])
     log = work / 'register_node.log'
     params = {'models.rgb_lwir': str(models['rgb_lwir']), 'models.rgb_depth': str(models['rgb_depth']),
               'backend': args.backend, 'device': args.device, 'diagnostics_period_s': 0.5,
               'sync.slop_s': args.slop}
+    for item in args.set:
+        name, sep, value = item.partition('=')
+        if not sep:
+            raise SystemExit(f'--set {item!r}: expected NAME=VALUE')
+        params[name] = value
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
@@ -289,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     executor.add_node(node)
     results: list[RateResult] = []
     try:
-        collector = Collector(node, INPUT_TOPICS['rgb'])
+        collector = Collector(node, INPUT_TOPICS['rgb'], args.outputs)
         deadline = time.monotonic() + 120.0
         while not (collector.matched() and len(re.findall(r'model .* loaded', log.read_text())) >= 2):
             if node_proc.poll() is not None or time.monotonic() > deadline:
@@ -308,15 +356,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_after = os.getloadavg()
     backend = re.findall(r'model .* loaded \(([^)]*)\)', log.read_text())
     table = markdown(results)
+    facts_line = (f'{"TINY RANDOM MODELS (smoke run, not a user configuration); " if args.tiny else ""}'
+                  f'outputs subscribed: {", ".join(args.outputs)}; bag {bag} (RGB {facts["rgb_hz"]:.1f} Hz, '
+                  f'frames {facts["counts"]}, size scale {args.size_scale:g}), models '
+                  f'{", ".join(str(m) for m in models.values())}, node backend {", ".join(backend) or "?"}'
+                  f'{"; node parameters " + ", ".join(args.set) if args.set else ""}; '
+                  f'load average before {load_before[0]:.2f}, after {load_after[0]:.2f} on {os.cpu_count()} cores; '
+                  f'node exit {code}')
     print(table)
-    print(f'\nbag {bag} (RGB {facts["rgb_hz"]:.1f} Hz, frames {facts["counts"]}), models '
-          f'{", ".join(str(m) for m in models.values())}, node backend {", ".join(backend) or "?"}; '
-          f'load average before {load_before[0]:.2f}, after {load_after[0]:.2f} on {os.cpu_count()} cores; '
-          f'node exit {code}')
+    print(f'\n{facts_line}')
+    if args.markdown:
+        args.markdown.write_text(f'{table}\n\n{facts_line}\n')
     if args.json:
         args.json.write_text(json.dumps({
             'command': [sys.executable, *sys.argv], 'bag': str(bag), 'bag_facts': facts,
             'models': {p: str(m) for p, m in models.items()}, 'backend': args.backend, 'node_backend': backend,
+            'outputs': args.outputs, 'tiny': args.tiny, 'size_scale': args.size_scale, 'node_params': args.set,
             'cpu_count': os.cpu_count(), 'loadavg_before': load_before, 'loadavg_after': load_after,
             'node_exit': code, 'results': [asdict(r) for r in results]}, indent=2))
     if tmp is not None:
