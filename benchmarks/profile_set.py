@@ -5,14 +5,16 @@
     .venv/bin/python benchmarks/profile_set.py --rounds 30 --json profile.json --markdown profile.md
 
 The set is what a rig delivers (RealSense colour 640x480 rgb8, Boson 640x512 mono16, RealSense depth
-848x480 16UC1; nmr.ros.testing.FULL_SIZE), with every output and the fused output made. Two paths run on
-the same frames, interleaved round by round (so load changes hit both alike), medians over the rounds:
+848x480 16UC1; nmr.ros.testing.FULL_SIZE), with every output and the fused output made. Three runs on
+the same frames, rotated round by round (so load changes hit all alike), medians over the rounds:
 
 - **before**: the registrar's torch post-processing (`Registrar.register`: float64 grid_sample, copies to
   numpy), outputs at full size and on every set, the fixed image normalised again for the overlay, both
   pairs one after the other on one thread, ONNX Runtime with all cores per session;
 - **after**: the node's stages (`PairProcessor.run`: network grid -> OpenCV up-sampling + remap), both
-  pairs on two threads at once (the node's workers), ONNX Runtime with cores / pairs threads per session.
+  pairs on two threads at once (the node's workers), ONNX Runtime with cores / pairs threads per session;
+  and the same one pair after the other, whose stage times are each stage's own cost (in the parallel
+  run every stage also waits for the other pair's thread, so only its wall time is comparable).
 
 Stages, per pair: decode (CDR bytes -> rclpy message -> numpy view, what the executor and the callback
 do), pre-process, network, flow (up-sampling + rescale), warp, each output, message build (numpy ->
@@ -109,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = frames(3, args.size_scale)
     raw = [{s: serialize_message(to_image_msg(a, e, Header(stamp=time_from_ns(i), frame_id=s)))
             for s, (a, e) in d.items()} for i, d in enumerate(data)]
-    t_old, t_new = Timer(), Timer()
+    t_old, t_new, t_par = Timer(), Timer(), Timer()
+    current = {'timer': t_new}
 
     def decode(t: Timer, stream: str, blob: bytes) -> np.ndarray:
         msg = t('decode', deserialize_message, blob, Image)
@@ -148,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, Any] = {}
 
     def new_pair(pair: str, arrays: dict[str, np.ndarray]) -> None:
+        t_new = current['timer']
         stream, enc = PAIRS[pair]
         res = new[pair].run(to_rgb(arrays['rgb'], 'rgb8'), arrays[stream], enc, OUTPUTS, need_registered=True)
         tm = res.timings_ms
@@ -172,15 +176,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     for pair in PAIRS:
         threading.Thread(target=worker, args=(pair,), daemon=True).start()
 
-    def run_new(i: int) -> float:
+    def run_new(i: int, parallel: bool = True) -> float:
         t0 = time.perf_counter()
+        t_new = current['timer'] = t_par if parallel else t_seq
         blobs = raw[i % len(raw)]
         shared['arrays'] = arrays = {s: decode(t_new, s, b) for s, b in blobs.items()}
-        for pair in PAIRS:
-            pool_done[pair].clear()
-            pool_go[pair].set()
-        for pair in PAIRS:
-            pool_done[pair].wait()
+        if parallel:
+            for pair in PAIRS:
+                pool_done[pair].clear()
+                pool_go[pair].set()
+            for pair in PAIRS:
+                pool_done[pair].wait()
+        else:
+            for pair in PAIRS:
+                new_pair(pair, arrays)
         a, b = results['rgb_lwir'], results['rgb_depth']
         fused = t_new('fused', fuse, arrays['lwir'], 'mono16', a.flow, a.registered, arrays['depth'], '16UC1',
                       b.flow, arrays['rgb'].shape[:2])
@@ -190,19 +199,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     # torch threads: before = the registrar's own switching around a process-wide count (cores);
     # after = the node's configure_threads (one per worker). Switched per path, outside the timed calls.
     threads_new = max(1, cores // len(PAIRS))
+    t_seq = t_new
+    runs: list[tuple[Timer, int, Callable[[int], float]]] = [
+        (t_old, cores, run_old), (t_seq, threads_new, lambda i: run_new(i, parallel=False)),
+        (t_par, threads_new, run_new)]
     for i in range(3):  # warm-up
-        torch.set_num_threads(cores)
-        run_old(i)
-        torch.set_num_threads(threads_new)
-        run_new(i)
-    t_old.ms.clear()
-    t_new.ms.clear()
+        for _t, threads, fn in runs:
+            torch.set_num_threads(threads)
+            fn(i)
+    for t, _threads, _fn in runs:
+        t.ms.clear()
     load_before = os.getloadavg()
     for r in range(args.rounds):
-        order = (('old', run_old), ('new', run_new)) if r % 2 == 0 else (('new', run_new), ('old', run_old))
-        for name, fn in order:
-            torch.set_num_threads(cores if name == 'old' else threads_new)
-            (t_old if name == 'old' else t_new).add('set (wall)', fn(r))
+        for t, threads, fn in runs[r % 3:] + runs[:r % 3]:  # rotated: load changes hit every path alike
+            torch.set_num_threads(threads)
+            t.add('set (wall)', fn(r))
     load_after = os.getloadavg()
 
     stages = ['decode']
@@ -223,24 +234,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         per_round = len(values) / args.rounds
         return statistics.median(values) * per_round
 
-    lines = ['| stage | before ms | after ms |', '|---|---|---|']
+    lines = ['| stage | before ms | after ms (pairs one after the other) | after ms (pairs in parallel) |',
+             '|---|---|---|---|']
     rows = []
     for stage in stages:
-        b, a = per_set(t_old, stage), per_set(t_new, stage)
+        b, a, p = per_set(t_old, stage), per_set(t_seq, stage), per_set(t_par, stage)
         if b is None and a is None:
             continue
-        rows.append({'stage': stage, 'before_ms': b, 'after_ms': a})
-        lines.append(f'| {stage} | {fmt(b)} | {fmt(a)} |')
-    wall_old, wall_new = t_old.median('set (wall)'), t_new.median('set (wall)')
-    assert wall_old is not None and wall_new is not None
-    viz = sum(per_set(t_new, f'{p} {o}') or 0.0 for p in PAIRS for o in ('flow_viz', 'overlay'))
+        rows.append({'stage': stage, 'before_ms': b, 'after_sequential_ms': a, 'after_parallel_ms': p})
+        lines.append(f'| {stage} | {fmt(b)} | {fmt(a)} | {fmt(p)} |')
+    wall_old, wall_seq, wall_new = (t.median('set (wall)') for t in (t_old, t_seq, t_par))
+    assert wall_old is not None and wall_seq is not None and wall_new is not None
+    viz = sum(per_set(t_par, f'{p} {o}') or 0.0 for p in PAIRS for o in ('flow_viz', 'overlay'))
     at_30 = wall_new - viz * (1 - 10 / 30) / 2  # viz on 1 set in 3, spread over the two workers
-    lines.append(f'| set at 30 Hz with viz_max_rate_hz 10 (estimate) | - | {at_30:.1f} |')
+    lines.append(f'| set at 30 Hz with viz_max_rate_hz 10 (estimate) | - | - | {at_30:.1f} |')
     table = '\n'.join(lines)
     footer = (f'{args.rounds} interleaved rounds, medians; sizes x{args.size_scale}; models '
               f'{models["rgb_lwir"].name}, {models["rgb_depth"].name} ({args.backend}, {args.device}); '
               f'{cores} usable cores; load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; '
-              f'set wall time ratio before/after {wall_old / wall_new:.2f}')
+              f'set wall time before / after: {wall_old / wall_new:.2f}x (pairs in parallel), '
+              f'{wall_old / wall_seq:.2f}x (one after the other)')
     print(table)
     print()
     print(footer)
