@@ -14,7 +14,9 @@ alike; medians over rounds are reported, with the ratio to the node's choice. Va
 - `sequential, N threads each`: one thread runs both sessions one after the other, intra_op=N (cores);
 - `parallel, N threads each`: both at once, each with N threads (oversubscribed);
 - graph optimisation levels (basic / extended / all) and spin-waiting on/off for the parallel variant;
-- `io binding`: `run_with_iobinding` with the inputs and a pre-allocated output bound as CPU OrtValues.
+- `io binding`: `run_with_iobinding` with the inputs and a pre-allocated output bound as CPU OrtValues;
+- `re-exported`: the checkpoints beside the given ONNX files (`.pt`) exported again with this checkout's
+  exporter (the cost volume by rows of displacements, nmr.models.correlation), when they exist.
 
 The inputs are the network inputs (random, in [-1, 1]); the weights do not change the cost.
 """
@@ -26,6 +28,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -132,6 +135,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         calls = [_run_plain(s, f) for s, f in zip(ss, feeds)]
         return lambda: [c() for c in calls]
 
+    reexported = []
+    for m in args.models:
+        checkpoint = m.with_suffix('.pt')
+        if checkpoint.is_file():
+            from nmr.inference.export import export_checkpoint
+
+            out = Path(tempfile.mkdtemp(prefix='nmr_ort_settings_')) / m.name
+            export_checkpoint(checkpoint, out, log=lambda _s: None)
+            reexported.append(out)
     choice = 'parallel, 1 thread each, level all, no spin (node)'
     variants: dict[str, Callable[[], Any]] = {
         choice: parallel(sessions(1)),
@@ -143,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         'parallel, 1 thread each, level extended': parallel(sessions(1, level='extended')),
         'parallel, 1 thread each, io binding': parallel(sessions(1), _run_bound),
     }
+    if len(reexported) == 2:
+        variants['parallel, 1 thread each, re-exported (cost volume by rows)'] = parallel(
+            [_session(m, 1) for m in reexported])
     times: dict[str, list[float]] = {k: [] for k in variants}
     names = list(variants)
     for fn in variants.values():  # warm-up

@@ -189,3 +189,28 @@ def test_native_grid_matches_the_torch_geometry() -> None:
     zero = grid.flow(np.zeros((16, 20, 2), np.float32), (16, 20), (16, 20))
     moving = rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)
     assert (grid.warp(moving, zero) == moving).all()  # zero flow is exactly the identity
+
+
+def test_the_exported_cost_volume_has_fewer_ops_and_the_same_flow(tmp_path: Path) -> None:
+    """The export-only cost volume (one Mul/ReduceSum per row of displacements) matches the torch one."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from nmr.bench.fresh import fresh_checkpoint
+    from nmr.inference.export import export_checkpoint
+    from nmr.models.correlation import _cost_volume_by_rows, cost_volume
+
+    rng = torch.Generator().manual_seed(0)
+    fixed, moving = torch.randn(2, 8, 12, 16, generator=rng), torch.randn(2, 8, 12, 16, generator=rng)
+    for radius in (1, 3):
+        padded = torch.nn.functional.pad(moving, (radius,) * 4)
+        by_rows = _cost_volume_by_rows(fixed, padded, 2 * radius + 1)
+        torch.testing.assert_close(by_rows, cost_volume(fixed, moving, radius))
+    model = fresh_checkpoint(tmp_path / 'corr.pt', 'corr', 'rgb_lwir', NET_HW, flow_scale=1.0)
+    export_checkpoint(model, tmp_path / 'corr.onnx', sizes=[NET_HW], log=lambda _s: None)  # checks parity itself
+    ops = [n.op_type for n in onnx.load(str(tmp_path / 'corr.onnx')).graph.node]
+    radii = (2, 3, 4, 4)  # the corr defaults: one ReduceSum per row of displacements, not per displacement
+    assert ops.count('ReduceSum') < sum((2 * r + 1) ** 2 for r in radii) // 2, ops.count('ReduceSum')
+    sess = ort.InferenceSession(str(tmp_path / 'corr.onnx'), providers=['CPUExecutionProvider'])
+    assert sess.get_inputs()[0].name == 'moving'
