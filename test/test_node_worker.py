@@ -133,6 +133,9 @@ def test_both_pairs_are_registered_at_the_same_time(tmp_path: Path) -> None:
 
 def test_shutdown_while_the_worker_is_busy_exits_0_without_traceback(tmp_path: Path) -> None:
     """SIGINT while full-size sets are being registered by a slow network: exit 0, no traceback."""
+    import rclpy
+
+    rclpy.try_shutdown()  # a context an earlier module left behind would keep its own DDS domain
     ros_env()
     model = make_tiny_model(tmp_path / 'lwir.pt', 'rgb_lwir')
     log = tmp_path / 'node.log'
@@ -165,6 +168,7 @@ def test_shutdown_while_the_worker_is_busy_exits_0_without_traceback(tmp_path: P
         harness.spin(0.05)
     finally:
         harness.close()
+        rclpy.try_shutdown()
         code = stop_node(proc, timeout_s=30.0)
     text = log.read_text()
     assert code == 0 and 'Traceback' not in text, text[-3000:]
