@@ -196,23 +196,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         publish_cost(t_new, 'fused', fused)
         return (time.perf_counter() - t0) * 1e3
 
-    # torch threads: before = the registrar's own switching around a process-wide count (cores);
-    # after = the node's configure_threads (one per worker). Switched per path, outside the timed calls.
+    # torch and OpenCV threads: before = the defaults (cores; the registrar switched torch to one thread
+    # around its own pre/post-processing); after = the node's configure_threads (cores / pairs).
+    # Switched per path, outside the timed calls.
     threads_new = max(1, cores // len(PAIRS))
     t_seq = t_new
     runs: list[tuple[Timer, int, Callable[[int], float]]] = [
         (t_old, cores, run_old), (t_seq, threads_new, lambda i: run_new(i, parallel=False)),
         (t_par, threads_new, run_new)]
+    import cv2
+
+    def set_threads(threads: int) -> None:  # what configure_threads does in the node (before: the defaults)
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+
     for i in range(3):  # warm-up
         for _t, threads, fn in runs:
-            torch.set_num_threads(threads)
+            set_threads(threads)
             fn(i)
     for t, _threads, _fn in runs:
         t.ms.clear()
     load_before = os.getloadavg()
     for r in range(args.rounds):
         for t, threads, fn in runs[r % 3:] + runs[:r % 3]:  # rotated: load changes hit every path alike
-            torch.set_num_threads(threads)
+            set_threads(threads)
             t.add('set (wall)', fn(r))
     load_after = os.getloadavg()
 

@@ -364,16 +364,19 @@ def inference_threads(settings: NodeSettings, parallel: int) -> int:
 
 
 def configure_threads(settings: NodeSettings, parallel: int) -> int:
-    """Set torch's process-wide intra-op threads for `parallel` pairs running at once; returns the count.
+    """Set torch's and OpenCV's process-wide threads for `parallel` pairs running at once; returns the count.
 
-    torch's count is process-wide and each calling thread gets its own team, so two workers with the
-    default (all cores each) would run 2 x cores threads on the cores. Called once, before any worker.
+    Both counts are process-wide and each calling thread gets its own team (torch) or competes for the
+    pool (OpenCV), so two workers with the default (all cores each) would run 2 x cores threads on the
+    cores; with cores / pairs each, every worker owns its share. Called once, before any worker.
     """
+    import cv2
     import torch
 
     threads = inference_threads(settings, parallel)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
     return threads
 
 

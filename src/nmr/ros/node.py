@@ -11,7 +11,7 @@ MultiThreadedExecutor would only add GIL hand-overs. One worker thread PER PAIR 
 set and runs its stages (nmr.pipeline.outputs: prior, network, flow, warp, outputs), then publishes; the
 pairs run in parallel on two cores because ONNX Runtime, OpenCV, numpy and torch release the GIL. Each
 ONNX Runtime session then gets cores / pairs intra-op threads (`inference_threads`, 0 = that), and torch
-one thread per worker, so two pairs never oversubscribe two cores. The worker of the pair that finishes
+and OpenCV as many, so two pairs never oversubscribe two cores. The worker of the pair that finishes
 a set second makes the fused output. Nothing queues up.
 
 Inputs: raw `sensor_msgs/Image` or, per input (`transport.<s>`), `CompressedImage` on `<topic>/compressed`
@@ -150,7 +150,7 @@ class RegisterNode(Node):
         # (a player waiting for subscribers, a recorder waiting for outputs) must find it able to compute.
         # Loaded lazily in the worker, the first seconds of input (the whole first second of a demo bag)
         # were synchronised and dropped as stale while onnxruntime/torch were still being imported.
-        configure_threads(s, len(self.pairs))  # torch: one team per worker, cores / pairs threads each
+        configure_threads(s, len(self.pairs))  # torch, OpenCV: cores / pairs threads per worker
         self._check_models()
         self._create_outputs()
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
