@@ -164,6 +164,13 @@ def test_a_prior_flow_is_composed_with_the_residual(models: dict[str, Path], rec
     shift = np.array([3.0, -2.0], np.float32)
     shifted = proc.run(moving, fixed, enc, ['flow'])
     assert np.abs((shifted.flow - shift)[inner] - neutral.flow[inner]).mean() < 0.5
+    proc.prior_flow = None  # the same prior given with the set (a caller holding the depth frame)
+    given = proc.run(moving, fixed, enc, ['flow'], prior=rescale + shift)
+    np.testing.assert_array_equal(given.flow, shifted.flow)
+    from nmr.errors import NmrUserError
+
+    with pytest.raises(NmrUserError, match='prior flow has shape'):
+        proc.run(moving, fixed, enc, ['flow'], prior=np.zeros((4, 4, 2), np.float32))
 
 
 def test_native_grid_matches_the_torch_geometry() -> None:

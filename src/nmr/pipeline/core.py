@@ -232,11 +232,12 @@ class FrameSetCore:
 
     # -- outputs ---------------------------------------------------------------------------------------
     def register(self, pset: PairSet, processor: PairProcessor, wanted: Iterable[str],
-                 fused: bool | None = None) -> Registered:
+                 fused: bool | None = None, prior: np.ndarray | None = None) -> Registered:
         """Register one set and build the `wanted` pair outputs (only those); remembered for fusion.
 
         `fused`: the fused output is wanted, so the registered image is made even if `registered` is not
-        (None: whenever both pairs are configured). Raises PairInputError (NmrUserError) for inputs that
+        (None: whenever both pairs are configured). `prior`: a flow for this set known without the network
+        (PairProcessor.run; the rig hook). Raises PairInputError (NmrUserError) for inputs that
         cannot be registered; the adapter decides whether that skips the set (live) or ends the run
         (offline). Safe to call for different pairs from different threads at once (one processor each).
         """
@@ -244,7 +245,7 @@ class FrameSetCore:
             fused = all(p in self._pairs for p in PAIRS)
         moving = to_rgb(pset.rgb.array, pset.rgb.encoding)
         result = processor.run(moving, pset.fixed.array, pset.fixed.encoding, wanted, pset.fixed.stamp_ns,
-                               need_registered=fused and pset.pair == 'rgb_lwir')
+                               need_registered=fused and pset.pair == 'rgb_lwir', prior=prior)
         done = Registered(pset, (int(moving.shape[0]), int(moving.shape[1])), result.flow, result.registered,
                           result.outputs, result.timings_ms)
         with self._lock:

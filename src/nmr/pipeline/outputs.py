@@ -7,10 +7,12 @@ outside world.
 
 `run` is a sequence of stages, each timed (`last_timings_ms`) and each skipped when nothing asks for it:
 
-1. **prior** (optional, `prior_flow`): a flow on the fixed grid known without the network (the rig's
-   projection through depth, issue 20). The moving image is pre-warped by it onto the fixed grid and the
-   network predicts only the residual; the two are composed, `phi(v) = r(v) + prior(v + r(v))`, and the
-   registered image is sampled once from the original moving image.
+1. **prior** (optional): a flow on the fixed grid known without the network (the rig's projection through
+   depth, issue 20), given per set (`run(prior=...)`, e.g. by a caller that holds the depth frame of the
+   same instant, which the rgb_lwir set does not carry) or computed from the pair by `prior_flow`. The
+   moving image is pre-warped by it onto the fixed grid and the network predicts only the residual; the
+   two are composed, `phi(v) = r(v) + prior(v + r(v))`, and the registered image is sampled once from the
+   original moving image. NaN in the prior (no geometry there) stays NaN in the flow.
 2. **network**: pre-processing and R_Phi on the network grid (`Registrar.net_flow`).
 3. **flow**: the net-grid flow up-sampled and rescaled to native pixels in one pass (nmr.pipeline.native).
 4. **warp**: the registered image (`cv2.remap`), only when `registered`, `overlay` or the fused output
@@ -153,8 +155,9 @@ class PairProcessor:
     # -- the node's path ----------------------------------------------------------------------------
     def run(self, moving_rgb: np.ndarray, fixed_raw: np.ndarray, fixed_encoding: str,
             wanted: Iterable[str] = PAIR_OUTPUTS, stamp_ns: int | None = None,
-            need_registered: bool = False) -> PairResult:
-        """The stages of the module docstring for one set; `need_registered`: warp even if not wanted."""
+            need_registered: bool = False, prior: np.ndarray | None = None) -> PairResult:
+        """The stages of the module docstring for one set; `need_registered`: warp even if not wanted;
+        `prior`: this set's prior flow (HfxWfx2, fixed grid), else `prior_flow`'s, else none."""
         wanted = set(wanted)
         clock = _Clock()
         check_moving(moving_rgb)
@@ -163,7 +166,11 @@ class PairProcessor:
         if wanted & VIZ_OUTPUTS and not self._viz_due(stamp_ns):
             wanted -= VIZ_OUTPUTS
         warp_needed = need_registered or bool(wanted & {'registered', 'overlay'})
-        prior = self.prior_flow(moving_rgb, fixed_raw, fixed_encoding) if self.prior_flow is not None else None
+        if prior is None and self.prior_flow is not None:
+            prior = self.prior_flow(moving_rgb, fixed_raw, fixed_encoding)
+        if prior is not None and prior.shape != (*fixed_raw.shape[:2], 2):
+            raise PairInputError(f'prior flow has shape {prior.shape}: expected {(*fixed_raw.shape[:2], 2)} '
+                                 '(the fixed image\'s grid)')
         clock.lap('prior')
         if not self._fast:
             registration = self.registrar.register(
