@@ -18,8 +18,10 @@ the same frames, rotated round by round (so load changes hit all alike), medians
 
 Stages, per pair: decode (CDR bytes -> rclpy message -> numpy view, what the executor and the callback
 do), pre-process, network, flow (up-sampling + rescale), warp, each output, message build (numpy ->
-Image), serialisation (rclpy's CDR serialisation of each output, which `publish` does before the
-middleware copies it out), and, per set, fused. `flow_viz`/`overlay` are timed on every set here; the
+Image), serialisation (rclpy's CDR serialisation of each output, on its own), publish (the real
+`publish` to a matched reader in this process: conversion, serialisation and the middleware's copy; a
+reader in another process adds the shared-memory transfer, so this is a lower bound), and, per set,
+fused. `flow_viz`/`overlay` are timed on every set here; the
 node makes them at most `viz_max_rate_hz` (10) times a second per pair, which the "set at 30 Hz" row
 accounts for. The load average is printed: on a shared machine the absolute numbers move, the ratios
 within one run much less.
@@ -75,6 +77,33 @@ def frames(count: int, scale: float) -> list[dict[str, tuple[np.ndarray, str]]]:
     return out
 
 
+class _Publishers:
+    """Publishers of every output with a matched subscription in a second node (never spun, depth 1):
+    `publish` then does what the node's does, conversion to C, serialisation and the middleware's copy
+    to a reader (Fast DDS with the package's large shared-memory profile, as the tests set it up)."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        from nmr.ros.testing import ros_env, wait_for
+
+        ros_env()
+        rclpy.init()
+        self.node = rclpy.create_node('nmr_profile_publisher')
+        self.reader = rclpy.create_node('nmr_profile_reader')
+        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        topics = [f'{p}/{o}' for p in PAIRS for o in OUTPUTS] + [f'fused/fused/{t}' for t in ('rgb', 'lwir', 'depth')]
+        self.pubs = {t: self.node.create_publisher(Image, t, qos) for t in topics}
+        self.subs = [self.reader.create_subscription(Image, t, lambda _m: None, qos, raw=True) for t in topics]
+        wait_for(lambda: all(p.get_subscription_count() > 0 for p in self.pubs.values()), 30.0,
+                 'the profile\'s publishers to match')
+
+    def publish(self, topic: str, msg: Any) -> None:
+        self.pubs[topic].publish(msg)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--model-rgb-lwir', type=Path, default=ROOT / 'models' / 'rgb_lwir.onnx')
@@ -83,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--size-scale', type=float, default=1.0, help='camera sizes x this (default 1 = full)')
     parser.add_argument('--rounds', type=int, default=20)
+    parser.add_argument('--no-publish', dest='publish', action='store_false',
+                        help='skip the DDS publish stage (it needs rclpy and a DDS domain of its own)')
     parser.add_argument('--json', type=Path)
     parser.add_argument('--markdown', type=Path, help='also write the table here')
     args = parser.parse_args(argv)
@@ -118,11 +149,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = t('decode', deserialize_message, blob, Image)
         return t('decode', from_image_msg, msg)
 
+    publishers = _Publishers() if args.publish else None
+
     def publish_cost(t: Timer, pair: str, outputs: dict[str, tuple[np.ndarray, str]]) -> None:
         header = Header(frame_id=pair)
-        for arr, enc in outputs.values():
+        for name, (arr, enc) in outputs.items():
             msg = t(f'{pair} message build', to_image_msg, arr, enc, header)
             t(f'{pair} serialisation', serialize_message, msg)
+            if publishers is not None:
+                t(f'{pair} publish', publishers.publish, f'{pair}/{name}', msg)
 
     def run_old(i: int) -> float:
         t0 = time.perf_counter()
@@ -227,8 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for pair in PAIRS:
         stages += [f'{pair} {s}' for s in ('pre-process', 'network', 'flow (up-sampling)', 'warp',
                                            'flow + warp (torch)', 'to numpy', *OUTPUTS, 'message build',
-                                           'serialisation')]
-    stages += ['fused', 'fused message build', 'fused serialisation', 'set (wall)']
+                                           'serialisation', 'publish')]
+    stages += ['fused', 'fused message build', 'fused serialisation', 'fused publish', 'set (wall)']
 
     def fmt(x: float | None) -> str:
         return '-' if x is None else f'{x:.1f}'
