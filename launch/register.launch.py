@@ -1,6 +1,7 @@
 """Start register_node (and optionally rviz2) with the shipped config and Fast DDS profile.
 
-    ros2 launch nmr register.launch.py [config:=FILE] [model_rgb_lwir:=M] [model_rgb_depth:=M]
+    ros2 launch nmr register.launch.py [config:=FILE] [model_rgb_lwir:=M] [model_rgb_depth:=M] [rig:=RIG.yaml]
+        [residual:=true|false]
         [backend:=auto|tensorrt|onnxruntime|torch] [device:=auto|cpu|cuda:N] [namespace:=nmr]
         [rgb_topic:=T] [lwir_topic:=T] [depth_topic:=T] [use_sim_time:=false]
         [rviz:=false] [rviz_config:=FILE] [fixed_frame:=F] [fastdds_profile:=FILE]
@@ -32,6 +33,7 @@ OVERRIDES = {
     'rgb_topic': 'topics.rgb',
     'lwir_topic': 'topics.lwir',
     'depth_topic': 'topics.depth',
+    'rig': 'rig',
 }
 # the input topics the shipped rviz config shows (the node's defaults)
 RVIZ_INPUTS = {
@@ -94,6 +96,8 @@ def _actions(context, *_args, **_kwargs):
         raise RvizMissingError('rviz:=true but rviz2 is not installed: install it (apt install '
                           'ros-$ROS_DISTRO-rviz2) or launch with rviz:=false')
     overrides = {param: arg(name) for name, param in OVERRIDES.items() if arg(name)}
+    if arg('residual'):
+        overrides['residual'] = _truthy(arg('residual'))
     overrides['use_sim_time'] = use_sim_time
     namespace = arg('namespace')
     actions = [
@@ -130,6 +134,11 @@ def generate_launch_description():
                               description="rgb_lwir model (.onnx/.pt); '' = from the config"),
         DeclareLaunchArgument('model_rgb_depth', default_value='',
                               description="rgb_depth model (.onnx/.pt); '' = from the config"),
+        DeclareLaunchArgument('rig', default_value='',
+                              description="rig file (RIG.yaml from nmr calibrate): register through the depth "
+                                          "camera's depth; '' = from the config (default: off)"),
+        DeclareLaunchArgument('residual', default_value='',
+                              description="with a rig: true = also the network's residual; '' = from the config"),
         DeclareLaunchArgument('backend', default_value='',
                               description="auto | tensorrt | onnxruntime | torch; '' = from the config"),
         DeclareLaunchArgument('device', default_value='',

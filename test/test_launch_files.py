@@ -79,7 +79,7 @@ def _context(**values: str) -> dict[str, str]:
     context = {'model_rgb_lwir': '', 'model_rgb_depth': '', 'backend': '', 'device': '', 'use_sim_time': 'false',
                'config': 'c.yaml', 'namespace': 'nmr', 'rviz': 'false', 'rviz_config': '',
                'rviz_template': str(RVIZ), 'fixed_frame': 'flir_boson_optical_frame', 'rgb_topic': '',
-               'lwir_topic': '', 'depth_topic': ''}
+               'lwir_topic': '', 'depth_topic': '', 'rig': '', 'residual': ''}
     context.update(values)
     return context
 
@@ -119,6 +119,19 @@ def test_launch_file_starts_register_node_with_known_parameters(description: Any
     assert all(name in PARAMS_BY_NAME for name in overrides if name != 'use_sim_time')
     assert node.kwargs['package'] == 'nmr' and node.kwargs['name'] == 'register_node'
     assert not [n for n in nodes if n.kwargs['executable'] == 'rviz2']  # rviz:=false
+
+
+def test_rig_launch_argument_sets_the_rig_and_residual_parameters(description: Any) -> None:
+    """`rig:=RIG.yaml` (issue 20) reaches the node's `rig` parameter; `residual:=true` a boolean (the
+    parameter is a bool: a string would be refused by the node's validation)."""
+    assert {'rig', 'residual'} <= set(_arguments(description))
+    nodes = _run_opaque(description, _context(rig='/r/rig.yaml', residual='true'))
+    _config, overrides = next(n for n in nodes if n.kwargs['executable'] == 'register_node').kwargs['parameters']
+    assert overrides['rig'] == '/r/rig.yaml' and overrides['residual'] is True
+    assert 'rig' in PARAMS_BY_NAME and PARAMS_BY_NAME['residual'].default is False
+    nodes = _run_opaque(description, _context())
+    _config, overrides = next(n for n in nodes if n.kwargs['executable'] == 'register_node').kwargs['parameters']
+    assert 'rig' not in overrides and 'residual' not in overrides  # the config's values stay
 
 
 def test_rviz_without_rviz2_installed_stops_before_starting_anything(description: Any, launch_module: Any) -> None:

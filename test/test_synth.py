@@ -284,12 +284,19 @@ def test_same_seed_same_bag_and_sqlite3_storage(bag, tmp_path: Path) -> None:
 
 
 def test_export_pairs_manifest(bag) -> None:
+    from nmr.geometry.rig import Rig
+
     _, root, _ = bag
+    assert Rig.load(root / 'pairs' / 'rig_true.yaml').names() == ['rgb', 'lwir', 'depth']  # for evaluate --rig
     for pair in PAIRS:
         manifest = root / 'pairs' / pair / 'manifest.csv'
         with manifest.open() as fh:
             rows = list(csv.DictReader(fh))
-        assert rows and list(rows[0]) == ['name', 'moving', 'fixed', 'flow', 'valid', 'landmarks', 'fixed_kind']
+        assert rows and list(rows[0]) == ['name', 'moving', 'fixed', 'flow', 'valid', 'landmarks', 'fixed_kind',
+                                          'depth']
+        for row in rows:  # the depth frame of the same instant (nmr evaluate --rig): rgb_depth's is its fixed image
+            assert (manifest.parent / row['depth']).is_file()
+            assert row['depth'] == row['fixed'] if pair == 'rgb_depth' else row['depth'].startswith('depth/')
         assert {r['fixed_kind'] for r in rows} == {PAIRS[pair]}
         row = rows[0]
         base = manifest.parent

@@ -5,6 +5,11 @@
    outputs recorded into a bag) or, where DDS is unavailable or `--mode offline`, `nmr register-bag`;
 3. the outputs are scored against the rig's ground truth and drawn as Figure-4 contact sheets.
 
+With `--rig true` (the synthetic rig's true geometry, written to `rig_true.yaml`) or `--rig RIG.yaml` the
+pipeline registers through depth (the node's `rig` parameter; `--residual` adds the network's residual),
+and the network alone is run as well (offline, `registered_network/`), so that the summary compares the
+geometric flow with the network's on the same frames.
+
 Everything it writes goes under `--out`: `input_rig/` (the synthetic rosbag2 bag), `registered/` (rosbag2
 bag, mcap storage: the node's outputs; its .mcap file opens in Foxglove), `contact_<pair>.png`,
 `summary.json`.
@@ -56,13 +61,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--rate', type=float, default=None,
                         help='live mode: playback rate factor (default 1; refused with --mode offline)')
     parser.add_argument('--sheets', type=int, default=4, help='frames per contact sheet (default 4)')
+    parser.add_argument('--rig', default=None, metavar='true|RIG.yaml',
+                        help="register through depth with a rig file: 'true' = the synthetic rig's true geometry; "
+                             'the summary then compares it with the network alone')
+    parser.add_argument('--residual', action='store_true',
+                        help='with --rig: also compose the network\'s residual on the pre-warped pair')
     parser.add_argument('--overwrite', action='store_true',
                         help="replace the outputs of an earlier demo in --out (without it a non-empty --out "
                              'is refused)')
 
 
 #: What a demo run writes into --out (and what --overwrite replaces); anything else there is left alone.
-OUTPUT_NAMES = ('input_rig', 'registered', 'summary.json', 'register_node.log', 'contact_*.png', 'flicker_*.gif')
+OUTPUT_NAMES = ('input_rig', 'registered', 'registered_network', 'rig_true.yaml', 'summary.json', 'register_node.log',
+                'contact_*.png', 'flicker_*.gif')
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -139,12 +150,33 @@ def make_rig(args: argparse.Namespace, bag: Path) -> None:
              log=None)
 
 
-def run_offline(args: argparse.Namespace, bag: Path, models: dict[str, Path], out_bag: Path) -> dict[str, Any]:
-    print(f'[2/3] nmr register-bag (offline): {bag} -> {out_bag}')
+def rig_file(args: argparse.Namespace, out: Path) -> Path | None:
+    """The rig file of `--rig`: 'true' writes the synthetic rig's true geometry to out/rig_true.yaml."""
+    from nmr.geometry.rig import Rig
+    from nmr.synth.cameras import default_rig
+
+    if args.rig is None:
+        return None
+    if args.rig.lower() == 'true':
+        path = out / 'rig_true.yaml'
+        Rig.from_synth(default_rig(args.size_scale)).save(path)
+        return path
+    path = Path(args.rig)
+    if not path.is_file():
+        raise ConfigError(f"--rig {path}: no such file; give a RIG.yaml or 'true' (the synthetic rig's own)")
+    Rig.load(path)  # a bad rig file fails here, before anything is rendered (one-line ConfigError)
+    return path
+
+
+def run_offline(args: argparse.Namespace, bag: Path, models: dict[str, Path], out_bag: Path,
+                rig: Path | None = None, step: str = '[2/3]') -> dict[str, Any]:
+    what = f' through the rig {rig}' if rig is not None else ''
+    print(f'{step} nmr register-bag (offline){what}: {bag} -> {out_bag}')
     bag_args = argparse.Namespace(
         inputs=[bag], out=out_bag, config=None, set=[], model_rgb_lwir=models['rgb_lwir'],
         model_rgb_depth=models['rgb_depth'], pairs=list(PAIRS), backend=args.backend, device=None,
-        namespace=NAMESPACE, storage='mcap', copy_inputs=False, quiet=False, verbose=False)
+        namespace=NAMESPACE, storage='mcap', copy_inputs=False, quiet=False, verbose=False, rig=rig,
+        residual=('on' if args.residual else 'off') if rig is not None else None)
     start = time.monotonic()
     result = register_bag.register_bag(bag_args)
     counts = {pair: {'synchronised': c['synchronised'], 'processed': c['registered'], 'dropped_stale': 0,
@@ -154,9 +186,11 @@ def run_offline(args: argparse.Namespace, bag: Path, models: dict[str, Path], ou
             'backend': result['backend'], 'node_counts': counts}
 
 
-def run_live(args: argparse.Namespace, bag: Path, models: dict[str, Path], out_bag: Path) -> dict[str, Any]:
+def run_live(args: argparse.Namespace, bag: Path, models: dict[str, Path], out_bag: Path,
+             rig: Path | None = None) -> dict[str, Any]:
     print(f'[2/3] live: nmr play {bag} -> register_node -> recorder -> {out_bag}')
-    return run_live_pipeline(bag, models, out_bag, NAMESPACE, args.backend, args.rate or 1.0)
+    params = {'rig': str(rig.resolve()), 'residual': 'true' if args.residual else 'false'} if rig is not None else None
+    return run_live_pipeline(bag, models, out_bag, NAMESPACE, args.backend, args.rate or 1.0, params)
 
 
 def score_and_draw(bag: Path, out_bag: Path, out_dir: Path, sheets: int,
@@ -247,16 +281,17 @@ def pick_rows(rows: list[FigureRow], count: int) -> list[FigureRow]:
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     check_options(args)
-    bag, out_bag = out / 'input_rig', out / 'registered'
+    bag, out_bag, net_bag = out / 'input_rig', out / 'registered', out / 'registered_network'
     models = default_models(args)
     prepare_output(out, args.overwrite)
+    rig = rig_file(args, out)
     start = time.monotonic()
     make_rig(args, bag)
     if args.mode == 'offline':
-        run_info = run_offline(args, bag, models, out_bag)
+        run_info = run_offline(args, bag, models, out_bag, rig)
     else:
         try:
-            run_info = run_live(args, bag, models, out_bag)
+            run_info = run_live(args, bag, models, out_bag, rig)
         except RuntimeError as err:  # DDS / rclpy unavailable or nothing delivered
             if args.mode == 'live':
                 raise
@@ -265,14 +300,21 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             if out_bag.exists():
                 shutil.rmtree(out_bag)
-            run_info = run_offline(args, bag, models, out_bag)
+            run_info = run_offline(args, bag, models, out_bag, rig)
+    network_scores = None
+    if rig is not None:  # the comparison: the network alone on the same frames
+        run_offline(args, bag, models, net_bag, None, step='[2b/3]')
+        network_scores, _ = score_and_draw(bag, net_bag, out, 0)
     print('[3/3] scoring against the rig ground truth and drawing contact sheets')
     backend = run_info.get('backend', 'see log')
-    titles = {p: f'nmr demo   pair {p}   model {models[p]}   backend {backend}' for p in PAIRS}
+    how = f'   rig {rig}' + (' + residual' if args.residual else ' (geometry)') if rig is not None else ''
+    titles = {p: f'nmr demo   pair {p}   model {models[p]}   backend {backend}{how}' for p in PAIRS}
     scores, figures = score_and_draw(bag, out_bag, out, args.sheets, titles)
     frames = frame_counts(bag, run_info.pop('node_counts', {}), run_info.pop('processed_per_pair', {}))
     summary = {'models': {p: str(m) for p, m in models.items()}, **run_info, 'frames': frames,
                'alignment': scores,
+               **({'rig': str(rig), 'residual': bool(args.residual), 'alignment_network_only': network_scores}
+                  if rig is not None else {}),
                'outputs': {'bag': str(out_bag), 'mcap': [str(p) for p in sorted(out_bag.glob('*.mcap'))],
                            'contact_sheets': [str(f) for f in figures if f.suffix == '.png'],
                            'flicker_gifs': [str(f) for f in figures if f.suffix == '.gif']},
@@ -347,10 +389,17 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
     for key in ('latency_ms_median', 'latency_ms_p99'):
         if summary.get(key) is not None:
             print(f'{key.replace("_", " ")}: {summary[key]}')
+    rig = summary.get('rig')
+    how = ('through the rig' + (' + residual' if summary.get('residual') else ' (geometry only)')) if rig else ''
     for pair, s in summary['alignment'].items():
         print(f'{pair}: {s["frames"]} frames scored, EPE {s["epe_before_px"]} px unregistered -> '
-              f'{s["epe_after_px"]} px registered ({s["epe_percent_of_unregistered"]} % of unregistered: '
+              f'{s["epe_after_px"]} px registered{" " + how if how else ""} '
+              f'({s["epe_percent_of_unregistered"]} % of unregistered: '
               f'{verdict(s["epe_percent_of_unregistered"])})')
+        net = (summary.get('alignment_network_only') or {}).get(pair)
+        if net:
+            print(f'{" " * len(pair)}  network only: {net["epe_after_px"]} px '
+                  f'({net["epe_percent_of_unregistered"]} % of unregistered)')
     print('(the demo renders its own scene: these numbers are not the evaluation of models/README.md)')
     names = [Path(p).name for p in summary['outputs']['contact_sheets'] + summary['outputs']['flicker_gifs']]
     mcap = ', '.join(str(Path(p).relative_to(out)) for p in summary['outputs']['mcap'])

@@ -194,3 +194,34 @@ def resize_flow(
     out[:, :, 0] = up[:, :, 0] * np.float32(sx) + cx[None, :]
     out[:, :, 1] = up[:, :, 1] * np.float32(sy) + cy[:, None]
     return out
+
+
+def compose(residual: np.ndarray, prior: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
+    """The flow of "pre-warp by `prior`, then register by `residual`", both on the fixed grid.
+
+    The pre-warped image is ``W(v) = moving(v + prior(v))`` (on the fixed grid); registering it by the
+    residual gives ``W(v + r(v)) = moving(v + r(v) + prior(v + r(v)))``, so ``phi(v) = r(v) + prior(v + r(v))``
+    (prior sampled bilinearly at the residual's target, edge values beyond the grid). `positions`: ``v + r(v)``
+    when the caller has it already. Returns a new HxWx2 float32 array.
+    """
+    if positions is None:
+        positions = identity_positions(residual) + residual
+    sampled = cv2.remap(np.ascontiguousarray(prior, dtype=np.float32), np.ascontiguousarray(positions, np.float32),
+                        None, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # type: ignore[call-overload]
+    return np.add(residual, sampled, out=sampled)
+
+
+def sample_mask(mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """``mask`` (HxW bool) at the nearest pixel of each ``positions`` entry (HxWx2, x then y); False outside."""
+    out = cv2.remap(np.ascontiguousarray(mask, dtype=np.uint8), np.ascontiguousarray(positions, np.float32), None,
+                    interpolation=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)  # type: ignore[call-overload]
+    return out.astype(bool)
+
+
+def identity_positions(flow: np.ndarray) -> np.ndarray:
+    """HxWx2 float32 pixel coordinates ``(x, y)`` of a flow's grid."""
+    h, w = flow.shape[:2]
+    out = np.empty((h, w, 2), np.float32)
+    out[..., 0] = np.arange(w, dtype=np.float32)[None, :]
+    out[..., 1] = np.arange(h, dtype=np.float32)[:, None]
+    return out

@@ -4,7 +4,10 @@ Manifest columns (SPEC): ``name,moving,fixed,flow,valid,landmarks``; only ``movi
 required, paths are relative to the CSV (absolute ones are allowed). ``flow`` is a ``.npy`` ``HxWx2``
 float32 ground truth on the fixed grid; ``valid`` a uint8 PNG mask (non-zero = valid); ``landmarks`` a
 JSON list of ``[x, y]`` fixed-grid points (or ``{"points": [...]}``). An optional ``fixed_kind`` column
-(``lwir``/``depth``) states the fixed images' kind (``nmr synth --export-pairs`` writes it).
+(``lwir``/``depth``) states the fixed images' kind (``nmr synth --export-pairs`` writes it). An optional
+``depth`` column names the depth camera's frame of the same instant, for registration through a rig
+(``nmr evaluate --rig``): a 16-bit PNG in millimetres (0 = none) or a ``.npy`` float in metres (0, NaN =
+none), at the depth camera's size (for an ``rgb_depth`` row it is the fixed image itself).
 
 The fixed kind decides the pre-processing. A model (``nmr evaluate``) or ``--pair`` (``nmr train``) asks
 for one kind; the data is refused, with one line, only where it is certainly of the other kind, because
@@ -151,6 +154,21 @@ def read_landmarks(path: Path) -> np.ndarray:
     return pts
 
 
+def read_depth(path: Path) -> np.ndarray:
+    """A manifest's depth frame as float32 metres, 0 = none: 16-bit PNG in millimetres or .npy in metres."""
+    img = read_image(path, 'depth frame')
+    if img.ndim != 2:
+        raise ConfigError(f'depth frame {path} has shape {img.shape}: expected one channel (HxW)')
+    if img.dtype == np.uint16:
+        return img.astype(np.float32) * np.float32(1e-3)
+    if img.dtype.kind == 'f' and path.suffix.lower() == '.npy':
+        out = img.astype(np.float32)
+        out[~(np.isfinite(out) & (out > 0))] = 0.0
+        return out
+    raise ConfigError(f'depth frame {path} is {img.dtype} {path.suffix}: give a 16-bit PNG in millimetres or a '
+                      '.npy of float metres')
+
+
 def _attach_ground_truth(
     item: FramePair, flow: Path | None, valid: Path | None, landmarks: Path | None
 ) -> None:
@@ -182,6 +200,7 @@ class _Row:
     valid: Path | None
     landmarks: Path | None
     fixed_kind: str | None
+    depth: Path | None = None
 
 
 class ManifestDataset:
@@ -258,7 +277,8 @@ class ManifestDataset:
                         f'{self.fixed_kind}: {_other_kind_hint(stated)}'
                     )
                 kind = stated or self.fixed_kind
-                rows.append(_Row(name, moving, fixed, file('flow'), file('valid'), file('landmarks'), kind))
+                rows.append(_Row(name, moving, fixed, file('flow'), file('valid'), file('landmarks'), kind,
+                                 file('depth')))
         return rows
 
     def __len__(self) -> int:
@@ -269,6 +289,8 @@ class ManifestDataset:
         fixed, kind, encoding = read_fixed(row.fixed, row.fixed_kind)
         item = FramePair(row.name, read_moving(row.moving), fixed, kind, encoding)
         _attach_ground_truth(item, row.flow, row.valid, row.landmarks)
+        if row.depth is not None:
+            item.depth = read_depth(row.depth)
         return item
 
 

@@ -26,3 +26,4 @@ class FramePair:
     gt_flow: np.ndarray | None = None
     valid: np.ndarray | None = None
     landmarks: np.ndarray | None = None
+    depth: np.ndarray | None = None  # depth frame of the same instant (manifest column depth): float32 m, 0 = none

@@ -2,6 +2,11 @@
 
 M is a checkpoint / ONNX / engine, or a baseline name: `identity` (no registration: the reference a
 learned model must beat; its ratio is 100 %), `dis` (OpenCV DIS on gradients) or `sitk-mi`.
+
+`--rig RIG.yaml`: registration through the rig's geometry (nmr.pipeline.geometric) with each row's depth
+frame (manifest column `depth`; rows without one use the plane model); `--model` is then optional: without
+it the geometric flow alone is scored, with it the model's residual on the pre-warped pair is composed on
+top (the node's `rig` + `residual` path). The ratio stays relative to the unregistered reference.
 """
 
 from __future__ import annotations
@@ -22,10 +27,10 @@ from nmr.domain import FIXED_KINDS
 from nmr.errors import ConfigError
 from nmr.evaluation.baselines import create_baseline, identity_flow
 from nmr.evaluation.figures import FigureRow, contact_sheet, write_flicker_gif, write_png
-from nmr.evaluation.metrics import evaluate_pair, format_table, summarise
+from nmr.evaluation.metrics import endpoint_error, evaluate_pair, format_table, summarise
 from nmr.inference.engine_cache import parse_sizes
 from nmr.inference.model_file import read_model_info
-from nmr.inference.protocol import RegistrarProtocol
+from nmr.inference.protocol import RegistrarProtocol, Registration
 
 BASELINE_NAMES = ('identity', 'dis', 'sitk-mi')
 
@@ -33,9 +38,14 @@ BASELINE_NAMES = ('identity', 'dis', 'sitk-mi')
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--model',
-        required=True,
-        help='model file (.pt / .onnx / .engine), or a baseline: identity, dis, sitk-mi',
+        default=None,
+        help='model file (.pt / .onnx / .engine), or a baseline: identity, dis, sitk-mi (required without --rig; '
+             'with --rig: the residual model)',
     )
+    parser.add_argument('--rig', metavar='RIG.yaml', default=None,
+                        help='register through this rig file and each row\'s depth frame (manifest column depth)')
+    parser.add_argument('--plane-distance', type=float, default=10.0, metavar='M',
+                        help='with --rig: distance of the plane model for rows without depth (default 10 m)')
     parser.add_argument(
         '--manifest',
         required=True,
@@ -76,7 +86,7 @@ def make_registrar(
 
 
 def evaluate(
-    model: str,
+    model: str | None,
     manifest: str | Path,
     backend: str = 'auto',
     device: str = 'auto',
@@ -86,10 +96,14 @@ def evaluate(
     limit: int | None = None,
     fixed_kind: str | None = None,
     log: Any = print,
+    rig: str | Path | None = None,
+    plane_distance_m: float = 10.0,
 ) -> dict[str, Any]:
     """Run the model over every manifest row -> {'model', 'backend', 'pairs': [...], 'summary': {...}}."""
+    if model is None and rig is None:
+        raise ConfigError('nmr evaluate: give --model (and/or --rig for registration through the rig)')
     pair = None
-    if model not in BASELINE_NAMES:  # the model's pair decides how the fixed images are read
+    if model is not None and model not in BASELINE_NAMES:  # the model's pair decides how the fixed images are read
         meta = read_model_info(model).metadata
         pair = meta.pair
         if fixed_kind is not None and fixed_kind != meta.fixed_kind:
@@ -101,26 +115,42 @@ def evaluate(
     n = len(rows) if limit is None else min(limit, len(rows))
     if n == 0:
         raise ConfigError(f'manifest {manifest} has no rows; add name,moving,fixed rows')
-    registrar = make_registrar(model, backend, device, net_size, pair, log)
+    if rig is not None and fixed_kind is None:  # the pair decides the geometry: from the rows' fixed_kind
+        fixed_kind = rows.rows[0].fixed_kind if hasattr(rows, 'rows') and rows.rows else None
+        if fixed_kind is None:
+            raise ConfigError(f'manifest {manifest} has no fixed_kind column: pass --fixed-kind lwir or depth')
+    registrar = make_registrar(model, backend, device, net_size, pair, log) if model is not None else None
+    geometric = _geometric(rig, plane_distance_m, registrar, fixed_kind, log) if rig is not None else None
     flows_dir = Path(save_flows) if save_flows else None
     figs_dir = Path(figures) if figures else None
     if flows_dir:
         flows_dir.mkdir(parents=True, exist_ok=True)
     results = []
-    describe = registrar.describe()
+    describe = registrar.describe() if registrar is not None else 'none'
+    if geometric is not None:
+        describe = f'rig {rig} + residual {describe}' if registrar is not None else f'rig {rig} (geometry only)'
     pair_text = pair or f'fixed kind {fixed_kind or "guessed per file"}'
     sheet_title = f'nmr evaluate   {pair_text}   model {model}   backend {describe}'
     warmed = False
+    sources: dict[str, int] = {}
+    rig_scores: list[tuple[int, float, float]] = []  # (row, EPE where the rig's flow is valid, that fraction)
     for i in range(n):
         fp = rows[i]
-        if (
-            not warmed
-        ):  # one untimed run: lazy initialisation (ORT sessions, cuDNN) is not the model's run time
-            registrar.register(fp.moving, fp.fixed, fp.fixed_encoding)
+        if geometric is not None:
+            reg, source = _register_geometric(geometric, fp, warm=not warmed)
+            sources[source] = sources.get(source, 0) + 1
             warmed = True
-        t0 = time.perf_counter()
-        reg = registrar.register(fp.moving, fp.fixed, fp.fixed_encoding)
-        runtime_ms = (time.perf_counter() - t0) * 1e3
+            runtime_ms = float(sum(reg.timings_ms.values()))
+        else:
+            assert registrar is not None
+            if (
+                not warmed
+            ):  # one untimed run: lazy initialisation (ORT sessions, cuDNN) is not the model's run time
+                registrar.register(fp.moving, fp.fixed, fp.fixed_encoding)
+                warmed = True
+            t0 = time.perf_counter()
+            reg = registrar.register(fp.moving, fp.fixed, fp.fixed_encoding)
+            runtime_ms = (time.perf_counter() - t0) * 1e3
         fixed_hw = tuple(fp.fixed.shape[:2])
         moving_hw = tuple(fp.moving.shape[:2])
         ident = identity_flow(fixed_hw, moving_hw)  # type: ignore[arg-type]
@@ -137,19 +167,94 @@ def evaluate(
             reg.timings_ms,
         )
         results.append(res)
+        if geometric is not None and fp.gt_flow is not None:  # where the geometry says the flow is trusted
+            gt_valid = np.ones(fixed_hw, bool) if valid is None else valid
+            both = gt_valid & reg.valid
+            rig_scores.append((i, endpoint_error(reg.flow, fp.gt_flow, both) if both.any() else math.nan,
+                               float(both.sum()) / max(1, int(gt_valid.sum()))))
         if flows_dir:
             np.save(flows_dir / f'{safe_name(fp.name)}.npy', reg.flow.astype(np.float32))
         if figs_dir:
             _figure(figs_dir, fp, reg, res, sheet_title)
     summary = summarise(results)
     log(format_table(results, summary))
+    if sources:
+        words = {'depth': 'through depth', 'plane': 'plane model (row without depth)'}
+        log('nmr: rig: ' + ', '.join(f'{n} rows {words.get(k, k)}' for k, n in sorted(sources.items())))
+    if rig_scores:
+        epes = [e for _, e, _ in rig_scores if math.isfinite(e)]
+        summary['epe_where_rig_valid'] = round(float(np.mean(epes)), 6) if epes else None
+        summary['rig_valid_fraction'] = round(float(np.mean([f for _, _, f in rig_scores])), 6)
+        log(f'rig-valid pixels (depth, not occluded; {100 * summary["rig_valid_fraction"]:.1f} % of the '
+            f'ground truth\'s valid pixels): EPE {summary["epe_where_rig_valid"]} px')
     return {
+        'rig': None if rig is None else str(rig),
+        'geometric_sources': sources,
         'model': str(model),
         'backend': describe,
         'manifest': str(manifest),
-        'pairs': [r.as_json() for r in results],
+        'pairs': [{**r.as_json(), **_rig_fields(rig_scores, i)} for i, r in enumerate(results)],
         'summary': summary,
     }
+
+
+def _rig_fields(rig_scores: list[tuple[int, float, float]], row: int) -> dict[str, Any]:
+    """A row's EPE where the rig's flow is valid (and that fraction of the truth's valid pixels), if scored."""
+    for i, epe, fraction in rig_scores:
+        if i == row:
+            return {'epe_where_rig_valid': epe if math.isfinite(epe) else None, 'rig_valid_fraction': fraction}
+    return {}
+
+
+def _geometric(rig: str | Path, plane_distance_m: float, registrar: RegistrarProtocol | None,
+               fixed_kind: str | None, log: Any) -> _RigRegistrar:
+    """Registration through the rig (and the residual model, when one is given)."""
+    from nmr.domain import FIXED_KIND_PAIR
+    from nmr.geometry.registration import GeometricStage
+    from nmr.geometry.rig import Rig
+
+    assert fixed_kind is not None
+    pair = FIXED_KIND_PAIR[fixed_kind]
+    stage = GeometricStage(Rig.load(rig), plane_distance_m, log=lambda text: log(f'nmr: {text}'))
+    stage.check_pairs([pair])
+    return _RigRegistrar(stage, pair, registrar)
+
+
+class _RigRegistrar:
+    """The node's rig path for one manifest row (nmr.pipeline.outputs does the same with its own stages):
+    the geometric flow g; with a residual model, the model on the pair pre-warped by g and
+    ``phi = r + g o (id + r)`` (nmr.flow.compose); registered is 0 where the flow is not valid."""
+
+    def __init__(self, stage: Any, pair: str, residual: RegistrarProtocol | None) -> None:
+        self.stage, self.pair, self.residual = stage, pair, residual
+
+    def register(self, fp: Any) -> tuple[Registration, str]:
+        from nmr import flow as nmr_flow
+
+        t0 = time.perf_counter()
+        depth = fp.fixed if self.pair == 'rgb_depth' else fp.depth
+        encoding = fp.fixed_encoding if self.pair == 'rgb_depth' else '32FC1'
+        geo = self.stage.flow(self.pair, fp.moving.shape[:2], fp.fixed.shape[:2], depth, encoding)
+        timings = {'geometry': (time.perf_counter() - t0) * 1e3}
+        flow, valid = geo.flow, geo.valid
+        if self.residual is not None:
+            prewarped, _ = nmr_flow.warp(fp.moving, flow)
+            t1 = time.perf_counter()
+            result = self.residual.register(prewarped, fp.fixed, fp.fixed_encoding)
+            timings['residual'] = (time.perf_counter() - t1) * 1e3
+            positions = nmr_flow.identity_positions(result.flow) + result.flow
+            flow = nmr_flow.compose(result.flow, geo.flow, positions)
+            valid = nmr_flow.sample_mask(geo.valid, positions)
+        registered, _ = nmr_flow.warp(fp.moving, flow)
+        registered[~valid] = 0
+        return Registration(flow, registered, valid, timings), geo.source
+
+
+def _register_geometric(processor: _RigRegistrar, fp: Any, warm: bool) -> tuple[Registration, str]:
+    """One manifest row through the rig: (its Registration, 'depth' | 'plane')."""
+    if warm and processor.residual is not None:  # lazy initialisation is not the model's run time
+        processor.register(fp)
+    return processor.register(fp)
 
 
 def _figure(figs_dir: Path, fp: Any, reg: Any, result: Any, title: str) -> None:
@@ -183,6 +288,8 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         fixed_kind=args.fixed_kind,
         log=log,
+        rig=args.rig,
+        plane_distance_m=args.plane_distance,
     )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,13 @@ policies below exist once, and the live topics and the offline bag are made of t
   `keep='all'` (offline): nothing is late, every set is kept in order.
 - **Fused pairing.** The fused output (nmr.pipeline.fused) is made once per RGB frame that both pairs
   registered, from those two registrations.
+- **Depth as an auxiliary input** (only with a rig, `depth_aux`): the geometric stage of `rgb_lwir`
+  needs the depth frame of the same instant, so the core also keeps the last `queue_size` depth frames
+  (even when the `rgb_depth` pair is not configured) and gives each `rgb_lwir` set, when it is taken,
+  the depth frame nearest in time to its LWIR frame (`PairSet.depth`), or none when the nearest is more
+  than `depth_max_age_ns` away. Stamps are compared on the RGB clock: a stream stamped `s` was exposed
+  at `s + offset` (the rig's `time_offset_s`), and the pairs' synchronisers also compare those times.
+  Without a rig nothing of this happens (offsets 0, no depth kept).
 
 Thread use: `add` and `take` may run on one thread (the node's subscription callbacks) while `register`
 runs on another (its inference worker); the state they share is guarded by one lock, and inference runs
@@ -26,8 +33,9 @@ outside it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -61,6 +69,7 @@ class PairSet:
     pair: str
     rgb: Frame
     fixed: Frame
+    depth: Frame | None = None  # rgb_lwir with a rig: the depth frame of the same instant (None: none near)
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,7 @@ class Registered:
     registered: np.ndarray | None  # None when neither an output nor fusion needed it
     outputs: Outputs
     timings_ms: dict[str, float] = field(default_factory=dict)
+    source: str | None = None  # with a rig: 'depth' or 'plane' (the geometric prior's source)
 
 
 @dataclass(frozen=True)
@@ -136,7 +146,8 @@ class _PairState:
 class FrameSetCore:
     """Synchronisation, time jumps, drop-stale and fused pairing for the configured pairs (module docstring)."""
 
-    def __init__(self, pairs: Sequence[str], slop_ns: int, queue_size: int, keep: Keep) -> None:
+    def __init__(self, pairs: Sequence[str], slop_ns: int, queue_size: int, keep: Keep, depth_aux: bool = False,
+                 offsets_ns: Mapping[str, int] | None = None, depth_max_age_ns: int = 50_000_000) -> None:
         unknown = [p for p in pairs if p not in PAIRS]
         if unknown or not pairs:
             raise ValueError(f'pairs {list(pairs)}: expected some of {", ".join(PAIRS)}')
@@ -147,6 +158,10 @@ class FrameSetCore:
         self._pairs = {p: _PairState(ApproxTimeSynchronizer(2, slop_ns, queue_size)) for p in pairs}
         self._time_lines = TimeLines(slop_ns)  # any stamp going backwards is a jump: drivers never reorder
         self._fused_done: tuple[int, int] | None = None
+        self._offsets = {s: int(v) for s, v in (offsets_ns or {}).items()}
+        self.depth_aux = bool(depth_aux) and 'rgb_lwir' in self._pairs
+        self._depth_max_age_ns = int(depth_max_age_ns)
+        self._depths: deque[Frame] = deque(maxlen=max(4, queue_size))
 
     @property
     def pairs(self) -> tuple[str, ...]:
@@ -154,8 +169,11 @@ class FrameSetCore:
 
     @property
     def streams(self) -> tuple[str, ...]:
-        """The cameras the configured pairs use: 'rgb' first, then the fixed cameras."""
-        return ('rgb', *(PAIR_FIXED_KIND[p] for p in self._pairs))
+        """The cameras the configured pairs use: 'rgb' first, then the fixed cameras (and depth for depth_aux)."""
+        used = ['rgb', *(PAIR_FIXED_KIND[p] for p in self._pairs)]
+        if self.depth_aux and 'depth' not in used:
+            used.append('depth')
+        return tuple(used)
 
     def counts(self, pair: str) -> PairCounts:
         return self._pairs[pair].counts
@@ -171,6 +189,9 @@ class FrameSetCore:
         stale: dict[str, int] = {}
         with self._lock:
             jump = self._time_line(frame)
+            if self.depth_aux and frame.stream == 'depth':
+                self._depths.append(frame)
+            exposed_ns = frame.stamp_ns + self._offsets.get(frame.stream, 0)
             for name, state in self._pairs.items():
                 index = self._index(name, frame.stream)
                 if index is None:
@@ -179,7 +200,7 @@ class FrameSetCore:
                     state.counts.offered_rgb += 1
                 else:
                     state.counts.offered_fixed += 1
-                sets = [PairSet(name, rgb, fixed) for rgb, fixed in state.sync.add(index, frame.stamp_ns, frame)]
+                sets = [PairSet(name, rgb, fixed) for rgb, fixed in state.sync.add(index, exposed_ns, frame)]
                 if not sets:
                     continue
                 state.counts.synchronised += len(sets)
@@ -211,6 +232,8 @@ class FrameSetCore:
             state.sync.restart(index, keep_until)
             state.last = None
             restarted.append(name)
+        if frame.stream == 'depth':
+            self._depths.clear()
         self._fused_done = None
         return TimeJump(frame.stream, (previous - frame.stamp_ns) / 1e9, tuple(restarted))
 
@@ -222,7 +245,20 @@ class FrameSetCore:
             sets = [s for state in states for s in state.pending]
             for state in states:
                 state.pending = []
+            if self.depth_aux:
+                sets = [self._with_depth(s) if s.pair == 'rgb_lwir' else s for s in sets]
         return sets
+
+    def _with_depth(self, pset: PairSet) -> PairSet:
+        """`pset` with the kept depth frame nearest in time to its fixed frame, if near enough (lock held)."""
+        if not self._depths:
+            return pset
+        off = self._offsets.get('depth', 0)
+        at = pset.fixed.stamp_ns + self._offsets.get(pset.fixed.stream, 0)
+        best = min(self._depths, key=lambda d: abs(d.stamp_ns + off - at))
+        if abs(best.stamp_ns + off - at) > self._depth_max_age_ns:
+            return pset
+        return replace(pset, depth=best)
 
     def has_pending(self, pair: str | None = None) -> bool:
         with self._lock:
@@ -244,10 +280,11 @@ class FrameSetCore:
         if fused is None:
             fused = all(p in self._pairs for p in PAIRS)
         moving = to_rgb(pset.rgb.array, pset.rgb.encoding)
+        depth = (pset.depth.array, pset.depth.encoding) if pset.depth is not None else None
         result = processor.run(moving, pset.fixed.array, pset.fixed.encoding, wanted, pset.fixed.stamp_ns,
-                               need_registered=fused and pset.pair == 'rgb_lwir', prior=prior)
+                               need_registered=fused and pset.pair == 'rgb_lwir', prior=prior, depth=depth)
         done = Registered(pset, (int(moving.shape[0]), int(moving.shape[1])), result.flow, result.registered,
-                          result.outputs, result.timings_ms)
+                          result.outputs, result.timings_ms, result.prior_source)
         with self._lock:
             state = self._pairs[pset.pair]
             state.counts.registered += 1

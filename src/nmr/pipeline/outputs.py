@@ -7,12 +7,17 @@ outside world.
 
 `run` is a sequence of stages, each timed (`last_timings_ms`) and each skipped when nothing asks for it:
 
-1. **prior** (optional): a flow on the fixed grid known without the network (the rig's projection through
-   depth, issue 20), given per set (`run(prior=...)`, e.g. by a caller that holds the depth frame of the
-   same instant, which the rgb_lwir set does not carry) or computed from the pair by `prior_flow`. The
-   moving image is pre-warped by it onto the fixed grid and the network predicts only the residual; the
-   two are composed, `phi(v) = r(v) + prior(v + r(v))`, and the registered image is sampled once from the
-   original moving image. NaN in the prior (no geometry there) stays NaN in the flow.
+1. **prior** (optional): a flow on the fixed grid known without the network, in this order: given per set
+   (`run(prior=...)`), the rig's projection through depth (`geometry`, nmr.geometry.registration, with
+   the set's depth frame: `run(depth=...)`), or computed from the pair by a `prior_flow` hook. The moving
+   image is pre-warped by it onto the fixed grid and the network predicts only the residual r.
+   Composition (nmr.flow.compose): the pre-warped image is `W(v) = moving(v + g(v))`, and the network
+   registers W by `W(v + r(v))`, so `registered(v) = moving(v + r(v) + g(v + r(v)))`, i.e.
+   `phi(v) = r(v) + g(v + r(v))` (g sampled bilinearly at the residual's target, on the fixed grid); the
+   registered image is sampled once from the original moving image. NaN in a given prior (no geometry
+   there) stays NaN in the flow. With the geometric stage and `residual` off the network is not run at
+   all: `phi = g`. The geometric stage also gives the `valid` mask (depth holes, occlusions, outside the
+   RGB image): the registered image is 0 where it is 0, and it is published as `P/valid`.
 2. **network**: pre-processing and R_Phi on the network grid (`Registrar.net_flow`).
 3. **flow**: the net-grid flow up-sampled and rescaled to native pixels in one pass (nmr.pipeline.native).
 4. **warp**: the registered image (`cv2.remap`), only when `registered`, `overlay` or the fused output
@@ -40,16 +45,19 @@ import numpy as np
 from nmr import flow as nmr_flow
 from nmr.domain import PAIR_FIXED_KIND, PAIRS, STREAM_ENCODINGS
 from nmr.errors import NmrUserError
+from nmr.geometry.registration import GeometricStage
 from nmr.inference.protocol import RegistrarProtocol, Registration
 from nmr.pipeline.native import NativeGrid
 from nmr.pipeline.settings import PAIR_OUTPUTS
 
 PriorFlow = Callable[[np.ndarray, np.ndarray, str], 'np.ndarray | None']
+Depth = tuple[np.ndarray, str]
+"""the depth frame of a set's instant: (raw array, encoding)"""
 """(moving RGB, fixed raw, fixed encoding) -> a flow HfxWfx2 on the fixed grid, or None (no prior for this set)"""
 VIZ_OUTPUTS = frozenset({'flow_viz', 'overlay'})
 
 OUTPUT_ENCODINGS: dict[str, str] = {
-    'registered': 'rgb8', 'flow': '32FC2', 'flow_viz': 'rgb8', 'overlay': 'rgb8'}
+    'registered': 'rgb8', 'flow': '32FC2', 'flow_viz': 'rgb8', 'overlay': 'rgb8', 'valid': 'mono8'}
 
 
 class PairInputError(NmrUserError, ValueError):
@@ -87,6 +95,8 @@ class PairResult:
     registered: np.ndarray | None
     outputs: dict[str, tuple[np.ndarray, str]]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    valid: np.ndarray | None = None  # HxW bool where the flow is trusted (a geometric prior's), else None
+    prior_source: str | None = None  # 'depth' or 'plane' when a geometric prior was used
 
 
 class _Clock:
@@ -110,11 +120,14 @@ class PairProcessor:
     (the node runs each pair on its own worker thread).
     """
 
-    def __init__(self, registrar: RegistrarProtocol, pair: str | None = None, overlay_alpha: float = 0.5,
+    def __init__(self, registrar: RegistrarProtocol | None, pair: str | None = None, overlay_alpha: float = 0.5,
                  flow_viz_max_px: float | None = None, viz_max_rate_hz: float = 0.0, viz_scale: float = 1.0,
-                 prior_flow: PriorFlow | None = None) -> None:
-        self.registrar = registrar
-        self.pair = pair or registrar.pair or ''
+                 prior_flow: PriorFlow | None = None, geometry: GeometricStage | None = None,
+                 residual: bool = True) -> None:
+        if registrar is None and (geometry is None or residual):
+            raise ValueError('PairProcessor: a registrar is needed unless a geometric stage runs without residual')
+        self.registrar: Any = registrar
+        self.pair = pair or (registrar.pair if registrar is not None else None) or ''
         if self.pair not in PAIRS:
             raise PairInputError(f'unknown pair {self.pair!r}: expected one of {", ".join(PAIRS)}')
         self.fixed_kind = PAIR_FIXED_KIND[self.pair]
@@ -123,6 +136,8 @@ class PairProcessor:
         self.viz_max_rate_hz = float(viz_max_rate_hz)
         self.viz_scale = float(viz_scale)
         self.prior_flow = prior_flow
+        self.geometry = geometry
+        self.residual = bool(residual)
         self.last_timings_ms: dict[str, float] = {}
         self._grid = NativeGrid()
         self._last_viz_ns: int | None = None
@@ -155,9 +170,14 @@ class PairProcessor:
     # -- the node's path ----------------------------------------------------------------------------
     def run(self, moving_rgb: np.ndarray, fixed_raw: np.ndarray, fixed_encoding: str,
             wanted: Iterable[str] = PAIR_OUTPUTS, stamp_ns: int | None = None,
-            need_registered: bool = False, prior: np.ndarray | None = None) -> PairResult:
-        """The stages of the module docstring for one set; `need_registered`: warp even if not wanted;
-        `prior`: this set's prior flow (HfxWfx2, fixed grid), else `prior_flow`'s, else none."""
+            need_registered: bool = False, prior: np.ndarray | None = None,
+            depth: Depth | None = None) -> PairResult:
+        """The stages of the module docstring for one set; `need_registered`: warp even if not wanted.
+
+        `prior`: this set's prior flow (HfxWfx2, fixed grid), else the geometric stage's, else `prior_flow`'s,
+        else none. `depth`: the depth frame of the set's instant for the geometric stage (rgb_lwir; rgb_depth
+        uses its fixed image); None: the geometric stage falls back to its plane model.
+        """
         wanted = set(wanted)
         clock = _Clock()
         check_moving(moving_rgb)
@@ -166,12 +186,14 @@ class PairProcessor:
         if wanted & VIZ_OUTPUTS and not self._viz_due(stamp_ns):
             wanted -= VIZ_OUTPUTS
         warp_needed = need_registered or bool(wanted & {'registered', 'overlay'})
-        if prior is None and self.prior_flow is not None:
-            prior = self.prior_flow(moving_rgb, fixed_raw, fixed_encoding)
+        prior, prior_valid, source = self._prior(moving_rgb, fixed_raw, fixed_encoding, depth, prior)
         if prior is not None and prior.shape != (*fixed_raw.shape[:2], 2):
             raise PairInputError(f'prior flow has shape {prior.shape}: expected {(*fixed_raw.shape[:2], 2)} '
                                  '(the fixed image\'s grid)')
         clock.lap('prior')
+        if prior is not None and prior_valid is not None and not self.residual:
+            return self._geometric_only(moving_rgb, fixed_raw, fixed_encoding, wanted, prior, prior_valid,
+                                        source, warp_needed, clock)
         if not self._fast:
             registration = self.registrar.register(
                 self._grid.warp(moving_rgb, prior) if prior is not None else moving_rgb, fixed_raw, fixed_encoding)
@@ -190,11 +212,17 @@ class PairProcessor:
             fixed_full = net.fixed_full
             registered = None
             clock.lap('flow')
+        valid = None
         if prior is not None:
-            flow = self._compose(flow, prior)
+            positions = self._grid.positions(flow)
+            flow = self._compose(flow, prior, positions)
+            if prior_valid is not None:  # trusted where the residual's target is a valid prior pixel
+                valid = nmr_flow.sample_mask(prior_valid, positions)
             clock.lap('prior')
         if registered is None and warp_needed:
             registered = self._grid.warp(moving_rgb, flow)
+            if valid is not None:
+                registered[~valid] = 0
             clock.lap('warp')
 
         def display() -> np.ndarray:
@@ -202,9 +230,42 @@ class PairProcessor:
                 return self._fixed_display(fixed_raw, fixed_encoding)
             return _grey_rgb(fixed_full)
 
-        outputs = self._outputs(wanted, flow, registered, display, clock)
+        out_valid = valid
+        if out_valid is None and 'valid' in wanted:  # the network's flow: wherever it samples inside the image
+            out_valid = self._grid.valid(flow, (int(moving_rgb.shape[0]), int(moving_rgb.shape[1])))
+        outputs = self._outputs(wanted, flow, registered, display, clock, out_valid)
         self.last_timings_ms = clock.timings
-        return PairResult(flow, registered, outputs, clock.timings)
+        return PairResult(flow, registered, outputs, clock.timings, valid, source)
+
+    def _prior(self, moving_rgb: np.ndarray, fixed_raw: np.ndarray, fixed_encoding: str, depth: Depth | None,
+               given: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+        """(prior flow, its valid mask, its source): the given one, the geometric stage's or the hook's."""
+        if given is not None:
+            return given, None, None
+        if self.geometry is not None:
+            if self.fixed_kind == 'depth':
+                depth = (fixed_raw, fixed_encoding)
+            moving_hw = (int(moving_rgb.shape[0]), int(moving_rgb.shape[1]))
+            fixed_hw = (int(fixed_raw.shape[0]), int(fixed_raw.shape[1]))
+            geo = self.geometry.flow(self.pair, moving_hw, fixed_hw, *(depth if depth is not None else (None,)))
+            return geo.flow, geo.valid, geo.source
+        if self.prior_flow is not None:
+            return self.prior_flow(moving_rgb, fixed_raw, fixed_encoding), None, None
+        return None, None, None
+
+    def _geometric_only(self, moving_rgb: np.ndarray, fixed_raw: np.ndarray, fixed_encoding: str,
+                        wanted: set[str], flow: np.ndarray, valid: np.ndarray, source: str | None,
+                        warp_needed: bool, clock: _Clock) -> PairResult:
+        """`phi = g` (residual off): no network; registered is 0 where `valid` is 0."""
+        registered = None
+        if warp_needed:
+            registered = self._grid.warp(moving_rgb, flow)
+            registered[~valid] = 0
+            clock.lap('warp')
+        outputs = self._outputs(wanted, flow, registered, lambda: self._fixed_display(fixed_raw, fixed_encoding),
+                                clock, valid)
+        self.last_timings_ms = clock.timings
+        return PairResult(flow, registered, outputs, clock.timings, valid, source)
 
     # -- stages -------------------------------------------------------------------------------------
     def _viz_due(self, stamp_ns: int | None) -> bool:
@@ -221,12 +282,9 @@ class PairProcessor:
         self._last_viz_ns = stamp_ns
         return True
 
-    def _compose(self, residual: np.ndarray, prior: np.ndarray) -> np.ndarray:
-        """`phi(v) = r(v) + prior(v + r(v))`: the residual moves within the pre-warped (fixed-grid) image."""
-        positions = self._grid.positions(residual)
-        sampled = cv2.remap(np.ascontiguousarray(prior, dtype=np.float32), positions,  # type: ignore[call-overload]
-                            None, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        return np.add(residual, sampled, out=sampled)
+    def _compose(self, residual: np.ndarray, prior: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
+        """`phi(v) = r(v) + prior(v + r(v))` (nmr.flow.compose): the residual moves within the pre-warped image."""
+        return nmr_flow.compose(residual, prior, self._grid.positions(residual) if positions is None else positions)
 
     def _fixed_display(self, fixed_raw: np.ndarray, fixed_encoding: str) -> np.ndarray:
         from nmr.data.preprocess import fixed_display  # torch: not for `nmr register-bag --help`
@@ -235,8 +293,12 @@ class PairProcessor:
         return fixed_display(self.fixed_kind, checked, fixed_encoding)
 
     def _outputs(self, wanted: set[str], flow: np.ndarray, registered: np.ndarray | None,
-                 fixed_rgb: Callable[[], np.ndarray], clock: _Clock) -> dict[str, tuple[np.ndarray, str]]:
+                 fixed_rgb: Callable[[], np.ndarray], clock: _Clock,
+                 valid: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, str]]:
         out: dict[str, tuple[np.ndarray, str]] = {}
+        if 'valid' in wanted:
+            assert valid is not None, 'run() computes valid when it is wanted'
+            out['valid'] = (valid.view(np.uint8) * np.uint8(255), 'mono8')
         if 'registered' in wanted and registered is not None:
             out['registered'] = (registered, 'rgb8')
         if 'flow' in wanted:

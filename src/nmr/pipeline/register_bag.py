@@ -30,12 +30,15 @@ from nmr.data.bag_writer import BagWriter, bag_folder, header_msg
 from nmr.data.encodings import stamp_ns
 from nmr.domain import BACKEND_CHOICES, PAIR_FIXED_KIND, PAIRS
 from nmr.errors import DISK_FULL, BagError, ConfigError, ModelFileError, NmrUserError
+from nmr.geometry.registration import GeometricStage
 from nmr.pipeline.core import Frame, FrameSetCore, Outputs
+from nmr.pipeline.geometric import core_rig_options
 from nmr.pipeline.outputs import PairProcessor
 from nmr.pipeline.settings import (
     NodeSettings,
     camera_info_topic,
     create_registrar,
+    load_geometry,
     make_processor,
     model_path,
     read_params_file,
@@ -63,6 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--pairs', nargs='+', choices=PAIRS, default=None, help='pairs to run')
     parser.add_argument('--backend', default=None, help=' | '.join(BACKEND_CHOICES))
     parser.add_argument('--device', default=None, help='auto | cpu | cuda | cuda:N')
+    parser.add_argument('--rig', type=Path, default=None, metavar='RIG.yaml',
+                        help='register through depth with this rig file (geometric flow; P/valid added); needs '
+                             'the depth topic in the bag (else a plane model, said once)')
+    parser.add_argument('--residual', choices=('on', 'off'), default=None,
+                        help='with --rig: also compose the network\'s residual (on) or geometry only (off, '
+                             'the default: parameter residual)')
     parser.add_argument('--namespace', default='/nmr',
                         help="topic prefix of the outputs (the launch file's default namespace: /nmr)")
     parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap', help='output storage')
@@ -94,6 +103,10 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
             options.append((f'--{option.replace("_", "-")} {value}', name, str(value)))
     if args.pairs:
         options.append((f'--pairs {" ".join(args.pairs)}', 'pairs', list(args.pairs)))
+    if getattr(args, 'rig', None) is not None:
+        options.append((f'--rig {args.rig}', 'rig', str(args.rig)))
+    if getattr(args, 'residual', None) is not None:
+        options.append((f'--residual {args.residual}', 'residual', args.residual == 'on'))
     for typed, name, value in options:
         if name in given and given[name][1] != value:
             raise ConfigError(f'{typed} and --set {given[name][0]} disagree: give only one of them')
@@ -197,17 +210,21 @@ def camera_info_at(infos: list[tuple[int, Any]], stamp: int) -> Any:
     return infos[max(i - 1, 0)][1]
 
 
-def make_processors(settings: NodeSettings, log: Callable[[str], None] = print) -> dict[str, PairProcessor]:
+def make_processors(settings: NodeSettings, log: Callable[[str], None] = print,
+                    geometry: GeometricStage | None = None) -> dict[str, PairProcessor]:
     """One PairProcessor per configured pair (ModelFileError naming a missing or wrong model)."""
     processors = {}
     for pair in settings.pairs:
+        if geometry is not None and not settings.residual:  # geometry only: no network
+            processors[pair] = make_processor(None, pair, settings, geometry)
+            continue
         path = model_path(settings, pair)
         if not path.is_file():
             option = '--model-' + pair.replace('_', '-')
             raise ModelFileError(f'model file {path} for {pair} does not exist: pass {option} or run only '
                                  'the other pair (--pairs)')
         registrar = create_registrar(path, settings, pair, log)
-        processors[pair] = make_processor(registrar, pair, settings)
+        processors[pair] = make_processor(registrar, pair, settings, geometry)
     return processors
 
 
@@ -220,6 +237,7 @@ class _Run:
     last_stamp_ns: int = 0
     time_jumps: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    sources: Counter[str] = field(default_factory=Counter)  # with a rig: '<pair> <depth|plane>' -> sets
 
 
 def register_bag(args: argparse.Namespace) -> dict[str, Any]:
@@ -242,13 +260,22 @@ def register_bag(args: argparse.Namespace) -> dict[str, Any]:
     fixed_streams = [PAIR_FIXED_KIND[p] for p in settings.pairs]
     infos = read_camera_infos(args.inputs, {s: camera_info_topic(settings.inputs[s].topic) for s in fixed_streams})
     backend_log = BackendLog('nmr register-bag', getattr(args, 'verbose', False))
-    processors = make_processors(settings, log=backend_log)
-    if not backend_log.verbose:
+    geometry = load_geometry(settings, log=lambda text: print(f'nmr register-bag: {text}', file=sys.stderr))
+    if geometry is not None and 'rgb_lwir' in settings.pairs and 'depth' not in streams:
+        depth_topic = settings.inputs['depth'].subscribed_topic
+        if depth_topic in list_topics(args.inputs):
+            streams['depth'] = 1
+            topic_stream[depth_topic] = 'depth'
+        # else: the geometric stage says once that it falls back to the plane model
+    processors = make_processors(settings, log=backend_log, geometry=geometry)
+    if not backend_log.verbose and backend_log.chosen:
         print(f'nmr register-bag: {backend_log.summary(list(settings.pairs))} (-v: the backends passed over)',
               file=sys.stderr)
     progress = _Progress(count_messages(args.inputs, list(topic_stream)), args.quiet)
-    state = _Run(FrameSetCore(settings.pairs, settings.sync_slop_ns, settings.sync_queue_size, keep='all'))
-    result: dict[str, Any] = {'out': out_bag, 'backend': ', '.join(sorted(set(backend_log.chosen))) or 'none',
+    state = _Run(FrameSetCore(settings.pairs, settings.sync_slop_ns, settings.sync_queue_size, keep='all',
+                              **core_rig_options(geometry, settings)))
+    backend = ', '.join(sorted(set(backend_log.chosen))) or ('geometry (no network)' if geometry else 'none')
+    result: dict[str, Any] = {'out': out_bag, 'backend': backend,
                               'slop_ms': settings.sync_slop_ns / 1e6, 'interrupted': False}
     writer = BagWriter(out_bag, storage=args.storage).open()
     # The stop request covers the finishing writes too: a Ctrl-C that lands after the last message used to
@@ -281,7 +308,7 @@ def register_bag(args: argparse.Namespace) -> dict[str, Any]:
             progress.close()
             _finish(writer, out_bag, 'complete')
     return {**result, 'sets': state.sets, 'last_stamp_ns': state.last_stamp_ns, 'skipped': dict(state.skipped),
-            'time_jumps': state.time_jumps,
+            'time_jumps': state.time_jumps, 'geometric': dict(state.sources),
             'pairs': {p: state.core.counts(p).as_json() for p in state.core.pairs}}
 
 
@@ -304,7 +331,11 @@ def run(args: argparse.Namespace) -> int:
     jumps = result['time_jumps']
     jump_text = (f'; header stamps went backwards {jumps} times over all inputs (concatenated bags or clock '
                  'resets: synchronisation restarted there)') if jumps else ''
-    print(f'nmr register-bag: {sets} synchronised sets registered -> {out}{lost_text}{jump_text}')
+    geo = result.get('geometric') or {}
+    words = {'depth': 'through depth', 'plane': 'plane model (no depth)'}
+    geo_text = ('; geometric flow: ' + ', '.join(f'{k.split()[0]} {words[k.split()[1]]} {n}'
+                                                 for k, n in sorted(geo.items()))) if geo else ''
+    print(f'nmr register-bag: {sets} synchronised sets registered -> {out}{lost_text}{jump_text}{geo_text}')
     return 0
 
 
@@ -401,6 +432,8 @@ def _register_all(args: argparse.Namespace, settings: NodeSettings, topic_stream
         for pset in core.take():
             done = core.register(pset, processors[pset.pair], settings.pair_outputs, fused=settings.fused)
             fixed, kind = pset.fixed, PAIR_FIXED_KIND[pset.pair]
+            if done.source is not None:
+                state.sources[f'{pset.pair} {done.source}'] += 1
             write(f'{ns}/{pset.pair}/', fixed, done.outputs)
             if kind in infos:  # the fixed camera's calibration describes the outputs' grid
                 write_info(f'{ns}/{pset.pair}/camera_info', infos[kind], fixed)

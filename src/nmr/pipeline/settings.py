@@ -22,11 +22,15 @@ from nmr.errors import ConfigError
 from nmr.resources import share_dirs, share_path
 
 if TYPE_CHECKING:
+    from nmr.geometry.registration import GeometricStage
     from nmr.inference.protocol import RegistrarProtocol
     from nmr.pipeline.outputs import PairProcessor
 
 PAIR_OUTPUTS: tuple[str, ...] = ('registered', 'flow', 'flow_viz', 'overlay')
+ALL_PAIR_OUTPUTS: tuple[str, ...] = (*PAIR_OUTPUTS, 'valid')
+"""`valid` (mono8, 255 where the flow is trusted) is not in the default list; with a rig it is always added."""
 OUTPUTS: tuple[str, ...] = (*PAIR_OUTPUTS, 'fused')
+OUTPUT_CHOICES: tuple[str, ...] = (*ALL_PAIR_OUTPUTS, 'fused')
 RELIABILITY: tuple[str, ...] = ('best_available', 'reliable', 'best_effort')
 
 
@@ -109,7 +113,17 @@ PARAMS: tuple[ParamSpec, ...] = (
               dynamic=True),
     ParamSpec('sync.slop_s', 0.02, 'max stamp difference within a synchronised pair [s]', _positive),
     ParamSpec('sync.queue_size', 10, 'messages kept per stream while waiting for a partner', _at_least(1)),
-    ParamSpec('outputs', list(OUTPUTS), 'outputs to publish', _subset_of(OUTPUTS), dynamic=True),
+    ParamSpec('outputs', list(OUTPUTS), 'outputs to publish (also: valid; added by itself with a rig)',
+              _subset_of(OUTPUT_CHOICES), dynamic=True),
+    ParamSpec('rig', '', "rig file (RIG.yaml, config/rig.example.yaml): register through the depth camera's depth "
+              "(geometric flow, then the network's residual); '' = off (network only)"),
+    ParamSpec('residual', False, 'with a rig: also run the network on the geometrically pre-warped pair and '
+              'compose its residual (false, the default: geometry only, no network; the shipped models made '
+              'it worse on the synthetic rig, docs/results.md)'),
+    ParamSpec('rig_plane_distance_m', 10.0, 'with a rig, a set without depth uses a plane this far in front of '
+              'the fixed camera [m]', _positive),
+    ParamSpec('rig_depth_max_age_s', 0.05, 'with a rig, the depth frame of an rgb_lwir set must be at most this '
+              'far from the LWIR frame (stamps on the RGB clock) [s]; else the plane model is used', _positive),
     ParamSpec('overlay_alpha', 0.5, 'weight of the registered image in P/overlay', _unit, dynamic=True),
     ParamSpec('flow_viz_max_px', 0.0, 'flow magnitude at full colour (0 = per frame)', _at_least(0),
               dynamic=True),
@@ -183,11 +197,20 @@ class NodeSettings:
     input_timeout_s: float = 3.0
     input_wait_s: float = 10.0
     model_retry_s: float = 5.0
+    rig: str = ''
+    residual: bool = False
+    rig_plane_distance_m: float = 10.0
+    rig_depth_max_age_ns: int = 50_000_000
     values: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pair_outputs(self) -> tuple[str, ...]:
-        return tuple(o for o in self.outputs if o in PAIR_OUTPUTS)
+        return tuple(o for o in self.outputs if o in ALL_PAIR_OUTPUTS)
+
+    @property
+    def needs_model(self) -> bool:
+        """The network runs (no rig, or a rig with the residual on)."""
+        return not self.rig or self.residual
 
     @property
     def fused(self) -> bool:
@@ -265,7 +288,7 @@ def validate(values: Mapping[str, Any]) -> NodeSettings:
         net_hw=net_hw,
         sync_slop_ns=round(merged['sync.slop_s'] * 1e9),
         sync_queue_size=merged['sync.queue_size'],
-        outputs=tuple(merged['outputs']),
+        outputs=tuple(merged['outputs']) + (('valid',) if merged['rig'] and 'valid' not in merged['outputs'] else ()),
         overlay_alpha=merged['overlay_alpha'],
         flow_viz_max_px=merged['flow_viz_max_px'] or None,
         viz_max_rate_hz=merged['viz_max_rate_hz'],
@@ -276,6 +299,10 @@ def validate(values: Mapping[str, Any]) -> NodeSettings:
         input_timeout_s=merged['input_timeout_s'],
         input_wait_s=merged['input_wait_s'],
         model_retry_s=merged['model_retry_s'],
+        rig=merged['rig'],
+        residual=merged['residual'],
+        rig_plane_distance_m=merged['rig_plane_distance_m'],
+        rig_depth_max_age_ns=round(merged['rig_depth_max_age_s'] * 1e9),
         values=merged,
     )
 
@@ -399,9 +426,26 @@ def create_registrar(path: Path, settings: NodeSettings, pair: str,
     return registrar
 
 
-def make_processor(registrar: RegistrarProtocol, pair: str, settings: NodeSettings) -> PairProcessor:
-    """The PairProcessor of `pair` with the settings' output options (node and register-bag alike)."""
+def make_processor(registrar: RegistrarProtocol | None, pair: str, settings: NodeSettings,
+                   geometry: GeometricStage | None = None) -> PairProcessor:
+    """The PairProcessor of `pair` with the settings' output options (node and register-bag alike);
+    `geometry`: the rig's stage (load_geometry) when a rig is set."""
     from nmr.pipeline.outputs import PairProcessor
 
     return PairProcessor(registrar, pair, settings.overlay_alpha, settings.flow_viz_max_px,
-                         settings.viz_max_rate_hz, settings.viz_scale)
+                         settings.viz_max_rate_hz, settings.viz_scale, geometry=geometry,
+                         residual=settings.residual)
+
+
+def load_geometry(settings: NodeSettings, log: Callable[[str], None]) -> GeometricStage | None:
+    """The geometric stage of the settings' rig file (None without one); ConfigError for a bad rig file or a
+    rig that lacks a configured pair's camera."""
+    if not settings.rig:
+        return None
+    from nmr.geometry.registration import GeometricStage
+    from nmr.geometry.rig import Rig
+
+    rig = Rig.load(Path(settings.rig).expanduser())
+    stage = GeometricStage(rig, settings.rig_plane_distance_m, log=log)
+    stage.check_pairs(settings.pairs)
+    return stage

@@ -172,8 +172,10 @@ class _Recorder:
 
 
 def run_live_pipeline(bag: Path, models: dict[str, Path], out_bag: Path, namespace: str, backend: str,
-                      rate: float) -> dict[str, Any]:
-    """Play `bag` into register_node and record its outputs into `out_bag`; returns run facts."""
+                      rate: float, params: dict[str, str] | None = None) -> dict[str, Any]:
+    """Play `bag` into register_node and record its outputs into `out_bag`; returns run facts.
+
+    `params`: more node parameters (name -> value as `-p name:=value` text), e.g. the rig."""
     try:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
@@ -188,6 +190,8 @@ def run_live_pipeline(bag: Path, models: dict[str, Path], out_bag: Path, namespa
     node_cmd = [*_console_script('register_node', 'nmr.ros.node'), '--ros-args', '-r', f'__ns:={namespace}',
                 '-p', 'use_sim_time:=true', '-p', f'backend:={backend}',
                 '-p', f'models.rgb_lwir:={models["rgb_lwir"]}', '-p', f'models.rgb_depth:={models["rgb_depth"]}']
+    for name, value in (params or {}).items():
+        node_cmd += ['-p', f'{name}:={value}']
     node = subprocess.Popen(node_cmd, stdout=node_log, stderr=subprocess.STDOUT, env=env)
     rclpy.init()
     executor = SingleThreadedExecutor()

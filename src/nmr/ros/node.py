@@ -65,12 +65,14 @@ from nmr.domain import PAIR_FIXED_KIND, PAIRS, STREAM_ENCODINGS
 from nmr.errors import ConfigError, NmrUserError
 from nmr.pipeline.core import Added, Frame, FrameSetCore, PairSet
 from nmr.pipeline.fused import FUSED_TOPICS
+from nmr.pipeline.geometric import core_rig_options
 from nmr.pipeline.outputs import PairProcessor
 from nmr.pipeline.settings import (
     NodeSettings,
     camera_info_topic,
     configure_threads,
     create_registrar,
+    load_geometry,
     make_processor,
     model_path,
 )
@@ -140,7 +142,10 @@ class RegisterNode(Node):
         self._throttle = Throttle(s.log_throttle_s)
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self.core = FrameSetCore(s.pairs, s.sync_slop_ns, s.sync_queue_size, keep='newest')
+        # the rig (parameter `rig`): geometric flow through depth before the network (or instead of it)
+        self.geometry = load_geometry(s, log=self._log_rig)
+        self.core = FrameSetCore(s.pairs, s.sync_slop_ns, s.sync_queue_size, keep='newest',
+                                 **core_rig_options(self.geometry, s))
         self.pairs: dict[str, PairRuntime] = {p: PairRuntime(p, PAIR_FIXED_KIND[p]) for p in s.pairs}
         used = list(self.core.streams)
         self.streams: dict[str, StreamStats] = {n: StreamStats(s.inputs[n].topic) for n in used}
@@ -407,6 +412,9 @@ class RegisterNode(Node):
         """Load each pair's model when it is first needed, and again when its file appears or changes."""
         now = time.monotonic()
         for pair in (self.pairs.values() if pairs is None else pairs):
+            if self.geometry is not None and not self.settings.residual:
+                self._geometry_only(pair)
+                continue
             if now - pair.model_checked < self.settings.model_retry_s:
                 continue
             pair.model_checked = now
@@ -421,6 +429,19 @@ class RegisterNode(Node):
                 self._missing_model(pair, path)
             else:
                 self._load_model(pair, path)
+
+    def _log_rig(self, text: str) -> None:
+        """The geometric stage's one-time messages (size scaling, plane fallback, depth back)."""
+        self.get_logger().info(text)
+
+    def _geometry_only(self, pair: PairRuntime) -> None:
+        """With a rig and `residual` false no model is needed: the processor runs the geometry alone."""
+        if pair.processor is None or pair.processor.registrar is not None:
+            pair.processor = make_processor(None, pair.name, self.settings, self.geometry)
+            pair.backend, pair.device, pair.model_file = 'geometry', 'cpu', None
+            pair.stats.state, pair.stats.level = 'running', OK
+            self.get_logger().info(f'{pair.name}: registering through the rig {self.settings.rig} '
+                                   '(geometry only, no network: residual is false)')
 
     def _missing_model(self, pair: PairRuntime, path: Path) -> None:
         pair.processor = None
@@ -437,7 +458,7 @@ class RegisterNode(Node):
 
             registrar = create_registrar(path, s, pair.name, log=log, parallel=len(self.pairs))  # refuses
             # another pair's model
-            pair.processor = make_processor(registrar, pair.name, s)
+            pair.processor = make_processor(registrar, pair.name, s, self.geometry)
         except NmrUserError as err:
             pair.processor = None
             pair.stats.state, pair.stats.level = f'idle: {err}', ERROR

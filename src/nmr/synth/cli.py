@@ -104,4 +104,5 @@ def run(args: argparse.Namespace) -> int:
     if cfg.export_pairs is not None:
         for pair in PAIRS:
             print(f'  manifest: {cfg.export_pairs / pair / "manifest.csv"}')
+        print(f"  true rig: {cfg.export_pairs / 'rig_true.yaml'} (for nmr evaluate --rig)")
     return 0

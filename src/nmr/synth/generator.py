@@ -235,13 +235,23 @@ def render_events(job: tuple[_Plan, list[Event]]) -> list[_Record]:
 
 class _PairExporter:
     """Writes DIR/<pair>/manifest.csv and its files (SPEC columns, paths relative to the CSV, and
-    fixed_kind: 16-bit LWIR and depth PNGs look alike, the column lets readers refuse the wrong model)."""
+    fixed_kind: 16-bit LWIR and depth PNGs look alike, the column lets readers refuse the wrong model).
 
-    def __init__(self, root: Path, pair: str) -> None:
+    The ``depth`` column is the depth frame of the same instant (``nmr evaluate --rig``): for rgb_depth the
+    fixed image itself, for rgb_lwir the depth frame nearest in stamp (written under ``depth/``)."""
+
+    def __init__(self, root: Path, pair: str, depth_stamps: np.ndarray | None = None) -> None:
         self.dir = root / pair
         for sub in ('moving', 'fixed', 'flow', 'valid', 'landmarks'):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        self.depth_stamps = depth_stamps if pair == 'rgb_lwir' else None
+        if self.depth_stamps is not None:
+            (self.dir / 'depth').mkdir(exist_ok=True)
         self.rows: list[list[str]] = []
+
+    def add_depth(self, index: int, depth_mm: np.ndarray) -> None:
+        if self.depth_stamps is not None:
+            cv2.imwrite(str(self.dir / f'depth/depth_{index:05d}.png'), depth_mm)
 
     def add_moving(self, rgb_index: int, rgb: np.ndarray) -> None:
         cv2.imwrite(str(self.dir / f'moving/rgb_{rgb_index:05d}.png'), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
@@ -254,6 +264,10 @@ class _PairExporter:
         cv2.imwrite(str(self.dir / f'valid/{name}.png'), rec.valid.astype(np.uint8) * 255)
         points = np.round(rec.points.astype(np.float64), 3).tolist()
         (self.dir / f'landmarks/{name}.json').write_text(json.dumps(points))
+        if self.depth_stamps is not None and len(self.depth_stamps):
+            depth = f'depth/depth_{nearest_index(self.depth_stamps, rec.stamp):05d}.png'
+        else:
+            depth = f'fixed/{name}.png' if self.dir.name == 'rgb_depth' else ''
         self.rows.append(
             [
                 name,
@@ -263,6 +277,7 @@ class _PairExporter:
                 f'valid/{name}.png',
                 f'landmarks/{name}.json',
                 PAIR_FIXED_KIND[self.dir.name],
+                depth,
             ]
         )
 
@@ -270,7 +285,7 @@ class _PairExporter:
         path = self.dir / 'manifest.csv'
         with path.open('w', newline='') as fh:
             writer = csv.writer(fh)
-            writer.writerow(['name', 'moving', 'fixed', 'flow', 'valid', 'landmarks', 'fixed_kind'])
+            writer.writerow(['name', 'moving', 'fixed', 'flow', 'valid', 'landmarks', 'fixed_kind', 'depth'])
             writer.writerows(self.rows)
         return path
 
@@ -293,7 +308,8 @@ def generate(cfg: SynthConfig, log: Callable[[str], None] | None = None) -> Synt
     render_s = {name: 0.0 for name in cams}
     render_n = {name: 0 for name in cams}
     gt_s = 0.0
-    exporters = {pair: _PairExporter(cfg.export_pairs, pair) for pair in PAIR_FIXED_KIND} if cfg.export_pairs else {}
+    exporters = ({pair: _PairExporter(cfg.export_pairs, pair, pl.stamps['depth']) for pair in PAIR_FIXED_KIND}
+                 if cfg.export_pairs else {})
     needed_rgb = {nearest_index(pl.stamps['rgb'], int(s)) for kind in PAIR_FIXED_KIND.values() for s in pl.stamps[kind]}
     stats = {pair: PairStats() for pair in PAIR_FIXED_KIND}
     resize = {pair: resize_flow_field(cams[kind].hw, rig.rgb.hw) for pair, kind in PAIR_FIXED_KIND.items()}
@@ -317,6 +333,8 @@ def generate(cfg: SynthConfig, log: Callable[[str], None] | None = None) -> Synt
                                 exporter.add_moving(rec.index, rec.image)
                         continue
                     assert rec.flow is not None and rec.valid is not None
+                    if rec.name == 'depth' and 'rgb_lwir' in exporters:
+                        exporters['rgb_lwir'].add_depth(rec.index, rec.image)
                     pair = f'rgb_{rec.name}'
                     flow_topic, valid_topic = gt_topics(pair)
                     bw.write_image(flow_topic, rec.stamp, cam.frame_id, rec.flow, '32FC2')
@@ -336,6 +354,10 @@ def generate(cfg: SynthConfig, log: Callable[[str], None] | None = None) -> Synt
             pool.shutdown(cancel_futures=True)
     for exporter in exporters.values():
         exporter.close()
+    if cfg.export_pairs is not None:  # the true geometry, for `nmr evaluate --rig` (calibration never reads it)
+        from nmr.geometry.rig import Rig as RigFile
+
+        RigFile.from_synth(rig).save(cfg.export_pairs / 'rig_true.yaml')
     n_gt = sum(st.frames for st in stats.values())
     return SynthResult(
         path=cfg.out,

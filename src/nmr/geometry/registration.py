@@ -1,0 +1,278 @@
+"""Registration through the rig: each pair's flow from the rig file and the depth of the same instant.
+
+Why: the misalignment between the rig's cameras is fixed geometry (intrinsics, poses, distortion) seen
+through the scene's depth, and the depth camera measures that depth every frame, so the flow follows from
+projection (nmr.geometry) without a network; R_Phi then only predicts what geometry leaves (the residual,
+nmr.pipeline.outputs). Used by the node and register-bag (nmr.pipeline) and by `nmr evaluate --rig`.
+
+Per pair (flows on the FIXED grid, SPEC convention):
+
+- ``rgb_depth``: ``flow_through_depth(depth camera, rgb camera, T_rgb_depth, depth)`` on the depth grid.
+- ``rgb_lwir``: the depth frame nearest in time (an auxiliary input of the set, nmr.pipeline.core) is
+  reprojected into the LWIR camera (``reproject_depth``, z-buffer), then ``flow_through_depth(lwir, rgb,
+  T_rgb_lwir, depth in lwir)``.
+
+Validity: a pixel is valid when it has depth, lands inside the RGB image and is not occluded there
+(nmr.geometry.reproject's rule). Invalid pixels still get a finite flow, so that the registered image and
+the network's pre-warp stay sensible: the parallax (flow minus the flow of a plane at infinity, i.e. what
+depth adds) is filled in from the valid neighbours by a push-pull pyramid (cheap, smooth; beyond the depth
+camera's range it tends to the far surfaces' parallax, which is small), and below the depth camera's
+vertical field of view the plane of its lowest rows (the road) is continued (``extend_ground``). The
+reference "plane at infinity" is kept where it leaves the RGB image. Consumers must honour ``valid``:
+the node publishes it (``P/valid``, mono8 255/0) and sets the registered image to 0 where it is 0.
+
+Without depth for a set (no depth topic, no depth frame within ``depth_max_age_s``, a rig without a depth
+camera) the flow is that of a fronto-parallel plane at ``plane_distance_m`` in front of the fixed camera
+(a homography plus both lenses' distortion); every pixel landing inside the RGB image is valid. Said once
+per pair (and again when depth comes back).
+
+Image sizes: a stream published at another size than the rig file's (a scaled synthetic rig, a binned
+camera) uses the rig's camera resized to it (``CameraModel.resized``), said once per camera and size.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from nmr.errors import ConfigError
+from nmr.geometry.camera import CameraModel, cached_rays
+from nmr.geometry.reproject import BORDER_EPS, flow_through_depth, reproject_depth
+from nmr.geometry.rig import Rig
+
+#: the plane of the "no parallax" reference used to fill holes (far enough to count as infinity)
+FAR_M = 1.0e4
+#: the push-pull pyramid stops at this size (pixels, smaller side)
+_PYRAMID_MIN = 4
+
+
+@dataclass(frozen=True)
+class GeoFlow:
+    """A geometric flow on the fixed grid: ``flow`` HxWx2 float32 (finite everywhere), ``valid`` HxW bool,
+    and where it came from: ``'depth'`` or ``'plane'`` (the plane-at-distance fallback)."""
+
+    flow: np.ndarray
+    valid: np.ndarray
+    source: str
+
+
+def depth_in_metres(depth_raw: np.ndarray, encoding: str) -> np.ndarray:
+    """16UC1 millimetres (0 = none) or 32FC1 metres (NaN/0/inf = none) -> float32 metres, 0 where none."""
+    if encoding == '16UC1' or depth_raw.dtype == np.uint16:
+        return depth_raw.astype(np.float32) * np.float32(1e-3)
+    out = np.asarray(depth_raw, dtype=np.float32)
+    bad = ~(np.isfinite(out) & (out > 0))
+    return np.where(bad, np.float32(0.0), out) if bad.any() else out
+
+
+def fill_holes(flow: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Where ``valid`` is False, the mean of the valid values around it (push-pull pyramid); in place.
+
+    Down: area averages of ``valid`` and of ``flow * valid`` (normalised convolution), from half size on;
+    up: each level keeps its own average where it has any valid pixel and takes the bilinearly up-sampled
+    coarser result elsewhere; a cell of the coarsest level (a few pixels across) without any valid pixel
+    gets 0 (for the parallax that is filled here: far away). The holes get the half-size result up-sampled;
+    valid pixels keep their values exactly. Nothing valid at all: returned unchanged. Only two passes
+    over the full-size image besides the final copy: everything else works on the half-size pyramid.
+    """
+    if valid.all() or not valid.any():
+        return flow
+    w0 = valid.astype(np.float32)
+    np.multiply(flow, w0[..., None], out=flow)  # the holes' values do not count (they are replaced below)
+    h, w = valid.shape
+    ws: list[np.ndarray] = []
+    fs: list[np.ndarray] = []
+    wk: np.ndarray = w0
+    fk: np.ndarray = flow
+    while min(wk.shape) > _PYRAMID_MIN:
+        size = ((wk.shape[1] + 1) // 2, (wk.shape[0] + 1) // 2)
+        wk = cv2.resize(wk, size, interpolation=cv2.INTER_AREA)
+        fk = cv2.resize(fk, size, interpolation=cv2.INTER_AREA)
+        ws.append(wk)
+        fs.append(fk)
+    if not ws:  # tiny image: one level
+        ws, fs = [w0], [flow.copy()]
+    out = _normalised(fs[-1], ws[-1], None)
+    for wl, fl in zip(reversed(ws[:-1]), reversed(fs[:-1])):
+        up = cv2.resize(out, (wl.shape[1], wl.shape[0]), interpolation=cv2.INTER_LINEAR)
+        out = _normalised(fl, wl, up)
+    if out.shape[:2] != (h, w):
+        out = cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR)
+    cv2.copyTo(out, (~valid).view(np.uint8), flow)  # the holes only (numpy's masked copy is ~10x slower)
+    return flow
+
+
+def extend_ground(parallax: np.ndarray, valid: np.ndarray, max_residual_px: float = 0.25) -> bool:
+    """Below the depth's lowest rows, continue the plane seen there (the road, on a driving rig); in place.
+
+    A depth camera with a narrower vertical field of view than the fixed camera leaves the bottom rows
+    (the nearest ground) without depth; the push-pull fill would repeat the parallax of the last row,
+    far too small for the nearer ground. A plane's parallax is (nearly) affine in the pixel coordinates,
+    so an affine fit (least squares, refit without outliers) to the lowest well-covered band of valid
+    pixels is extrapolated to the holes below each column's last valid pixel. Nothing is done (False) when
+    the band is not a plane (median residual above ``max_residual_px``) or too few pixels cover it.
+    """
+    h = valid.shape[0]
+    covered = np.flatnonzero(valid.mean(axis=1) > 0.3)
+    if covered.size == 0 or covered[-1] >= h - 2:
+        return False
+    y1 = int(covered[-1])
+    y0 = max(0, y1 - max(8, h // 16))
+    ys, xs = np.nonzero(valid[y0:y1 + 1])
+    if ys.size < 50:
+        return False
+    ys = ys + y0
+    a = np.stack([xs, ys, np.ones_like(xs)], axis=1).astype(np.float64)
+    target = parallax[ys, xs].astype(np.float64)
+    coef = np.linalg.lstsq(a, target, rcond=None)[0]
+    res = np.linalg.norm(a @ coef - target, axis=1)
+    keep = res <= max(3.0 * float(np.median(res)), 0.05)
+    coef = np.linalg.lstsq(a[keep], target[keep], rcond=None)[0]
+    if float(np.median(np.linalg.norm(a[keep] @ coef - target[keep], axis=1))) > max_residual_px:
+        return False
+    last = h - 1 - np.argmax(valid[::-1], axis=0)  # each column's last valid row
+    rows = np.arange(h)[:, None]
+    has_depth = np.asarray(valid.any(axis=0))
+    below = (rows > np.maximum(last, y0)[None, :]) & has_depth[None, :]
+    by, bx = np.nonzero(below)
+    if by.size:
+        parallax[by, bx] = (np.stack([bx, by, np.ones_like(bx)], axis=1) @ coef).astype(np.float32)
+    return True
+
+
+def _normalised(f: np.ndarray, w: np.ndarray, fallback: np.ndarray | None) -> np.ndarray:
+    """``f / w`` where ``w > 0``; ``fallback`` (None: 0) elsewhere."""
+    ok = (w > 0).view(np.uint8)
+    out = np.zeros_like(f) if fallback is None else fallback
+    ratio = f / np.maximum(w, np.float32(1e-12))[..., None]
+    cv2.copyTo(ratio, ok, out)
+    return out
+
+
+class GeometricStage:
+    """The rig's flow per pair (module docstring); one instance shared by the pairs (its caches are locked).
+
+    ``log`` receives the one-time messages (size scaling, fallback to the plane model).
+    """
+
+    def __init__(self, rig: Rig, plane_distance_m: float = 10.0, log: Callable[[str], None] = print,
+                 fill: bool = True) -> None:
+        if 'depth' not in rig.cameras and 'lwir' not in rig.cameras:
+            raise ConfigError('rig file describes neither lwir nor depth: add the fixed cameras to it')
+        if not plane_distance_m > 0:
+            raise ConfigError(f'plane distance {plane_distance_m} m: must be > 0')
+        self.rig = rig
+        self.plane_distance_m = float(plane_distance_m)
+        self.fill = fill
+        self._log = log
+        self._lock = threading.Lock()
+        self._said: set[tuple[object, ...]] = set()
+        self._planes: dict[tuple[object, ...], tuple[np.ndarray, np.ndarray]] = {}
+        self._fallback: dict[str, bool] = {}
+
+    def check_pairs(self, pairs: tuple[str, ...] | list[str]) -> None:
+        """ConfigError when the rig lacks the fixed camera of a configured pair."""
+        for pair in pairs:
+            fixed = pair.split('_', 1)[1]
+            if fixed not in self.rig.cameras:
+                raise ConfigError(f'rig file has no {fixed} camera but pair {pair} is configured: add cameras.'
+                                  f'{fixed} to the rig file (see config/rig.example.yaml) or drop the pair')
+
+    # -- cameras --------------------------------------------------------------------------------------
+    def _say_once(self, key: tuple[object, ...], text: str) -> None:
+        with self._lock:
+            if key in self._said:
+                return
+            self._said.add(key)
+        self._log(text)
+
+    def camera(self, name: str, hw: tuple[int, int]) -> CameraModel:
+        """The rig's camera ``name`` at image size ``hw`` (resized when the stream's size differs)."""
+        cam = self.rig.camera(name)
+        h, w = int(hw[0]), int(hw[1])
+        if cam.hw == (h, w):
+            return cam
+        self._say_once(('size', name, h, w), f'rig: {name} images are {w}x{h}, the rig file says {cam.width}x'
+                       f'{cam.height}: its intrinsics are scaled to the images\' size')
+        return cam.resized(w, h)
+
+    # -- flows ----------------------------------------------------------------------------------------
+    def _plane(self, fixed: CameraModel, moving: CameraModel, fixed_name: str,
+               distance: float) -> tuple[np.ndarray, np.ndarray]:
+        """Cached (flow, valid) of a fronto-parallel plane at ``distance`` metres (read-only arrays).
+
+        Unlike flow_through_depth's, the flow is kept where the plane lands outside the RGB image (only
+        ``valid`` says so): it is the reference the holes' parallax is filled against, which must be
+        right at every pixel (a hole near the border may see a nearer surface that does land inside).
+        """
+        key = (fixed, moving, fixed_name, distance)
+        with self._lock:
+            hit = self._planes.get(key)
+        if hit is not None:
+            return hit
+        pose = self.rig.moving_from_fixed(fixed_name)
+        points = cached_rays(fixed).astype(np.float64) * distance  # z = distance along the fixed optical axis
+        m = moving.project(points @ pose.R.T + pose.t)
+        h, w = fixed.hw
+        flow = np.empty((h, w, 2), np.float32)
+        flow[..., 0] = m[..., 0] - np.arange(w)[None, :]
+        flow[..., 1] = m[..., 1] - np.arange(h)[:, None]
+        with np.errstate(invalid='ignore'):
+            valid = ((m[..., 0] >= -BORDER_EPS) & (m[..., 0] <= moving.width - 1 + BORDER_EPS)
+                     & (m[..., 1] >= -BORDER_EPS) & (m[..., 1] <= moving.height - 1 + BORDER_EPS))
+        flow[~np.isfinite(flow)] = 0.0  # behind the moving camera (not for a rig's planes in front)
+        flow.setflags(write=False)
+        valid.setflags(write=False)
+        with self._lock:
+            if len(self._planes) > 16:
+                self._planes.clear()
+            self._planes[key] = (flow, valid)
+        return flow, valid
+
+    def flow(self, pair: str, moving_hw: tuple[int, int], fixed_hw: tuple[int, int],
+             depth_raw: np.ndarray | None = None, depth_encoding: str = '16UC1') -> GeoFlow:
+        """The flow of one set of ``pair``; ``depth_raw`` is the depth frame of the same instant (for
+        ``rgb_depth`` the fixed image itself), None when there is none (plane fallback)."""
+        fixed_name = pair.split('_', 1)[1]
+        moving = self.camera('rgb', moving_hw)
+        fixed = self.camera(fixed_name, fixed_hw)
+        if depth_raw is None or 'depth' not in self.rig.cameras:
+            self._note_fallback(pair, True, 'no depth camera in the rig file' if 'depth' not in self.rig.cameras
+                                else 'no depth frame of the same instant')
+            flow, valid = self._plane(fixed, moving, fixed_name, self.plane_distance_m)
+            return GeoFlow(flow.copy(), valid.copy(), 'plane')
+        self._note_fallback(pair, False, '')
+        depth_m = depth_in_metres(depth_raw, depth_encoding)
+        pose = self.rig.moving_from_fixed(fixed_name)
+        if fixed_name == 'depth':
+            if depth_m.shape != fixed.hw:
+                raise ValueError(f'depth frame {depth_m.shape} is not the fixed image {fixed.hw}')
+            flow, valid = flow_through_depth(fixed, moving, pose, depth_m)
+        else:
+            depth_cam = self.camera('depth', depth_m.shape[:2])
+            in_fixed = reproject_depth(depth_cam, fixed, self.rig.between(fixed_name, 'depth'), depth_m)
+            flow, valid = flow_through_depth(fixed, moving, pose, in_fixed)
+        if self.fill and not valid.all():
+            far, _ = self._plane(fixed, moving, fixed_name, FAR_M)
+            parallax = np.subtract(flow, far, out=flow)  # what depth adds to the flow of infinity
+            fill_holes(parallax, valid)
+            extend_ground(parallax, valid)
+            flow = np.add(parallax, far, out=parallax)
+        return GeoFlow(flow, valid, 'depth')
+
+    def _note_fallback(self, pair: str, fallback: bool, why: str) -> None:
+        with self._lock:
+            before = self._fallback.get(pair)
+            self._fallback[pair] = fallback
+        if before == fallback or (before is None and not fallback):
+            return
+        if fallback:
+            self._log(f'rig: {pair}: {why}: using the plane-at-distance model ({self.plane_distance_m:g} m) until '
+                      'depth arrives; parallax of nearer or farther objects is not corrected')
+        else:
+            self._log(f'rig: {pair}: depth frames arrived: registering through depth again')
+
