@@ -258,6 +258,17 @@ def test_the_residual_is_composed_after_the_prior_on_the_fixed_grid() -> None:
     assert residual.seen[0].shape == (h, w, 3)  # the network ran on the pre-warped image (fixed grid)
 
 
+def test_valid_output_without_a_rig_marks_samples_outside_the_moving_image() -> None:
+    """`valid` can be asked for without a rig too: then it is where the network's flow samples inside the
+    moving image (mono8, 255/0), like the rig's mask in form."""
+    proc = PairProcessor(_ConstantResidual((-5.0, 0.0)), 'rgb_lwir')  # type: ignore[arg-type]
+    moving = np.full((30, 40, 3), 7, np.uint8)
+    out = proc.run(moving, np.zeros((30, 40), np.uint16), 'mono16', ['flow', 'valid']).outputs
+    valid, encoding = out['valid']
+    assert encoding == 'mono8' and valid.shape == (30, 40)
+    assert not valid[:, :5].any() and (valid[:, 5:] == 255).all()  # x - 5 < 0 in the first five columns
+
+
 def test_geometry_only_needs_no_model_and_residual_on_needs_one(rig_file: Path) -> None:
     stage = GeometricStage(Rig.load(rig_file))
     PairProcessor(None, 'rgb_depth', geometry=stage, residual=False)
