@@ -79,6 +79,8 @@ def fill_holes(flow: np.ndarray, valid: np.ndarray) -> np.ndarray:
     valid pixels keep their values exactly. Nothing valid at all: returned unchanged. Only two passes
     over the full-size image besides the final copy: everything else works on the half-size pyramid.
     """
+    if not flow.flags.c_contiguous:  # cv2.copyTo writes in place only into a contiguous array
+        raise ValueError('fill_holes: flow must be a C-contiguous HxWx2 array')
     if valid.all() or not valid.any():
         return flow
     w0 = valid.astype(np.float32)
@@ -116,16 +118,19 @@ def extend_ground(parallax: np.ndarray, valid: np.ndarray, max_residual_px: floa
     pixels is extrapolated to the holes below each column's last valid pixel. Nothing is done (False) when
     the band is not a plane (median residual above ``max_residual_px``) or too few pixels cover it.
     """
-    h = valid.shape[0]
-    covered = np.flatnonzero(valid.mean(axis=1) > 0.3)
+    if not parallax.flags.c_contiguous:  # cv2.copyTo writes in place only into a contiguous array
+        raise ValueError('extend_ground: parallax must be a C-contiguous HxWx2 array')
+    h, w = valid.shape
+    covered = np.flatnonzero(np.count_nonzero(valid, axis=1) > 0.3 * w)
     if covered.size == 0 or covered[-1] >= h - 2:
         return False
     y1 = int(covered[-1])
     y0 = max(0, y1 - max(8, h // 16))
+    step = max(1, (y1 + 1 - y0) * w // 4000)  # a few thousand samples fix three coefficients per channel
     ys, xs = np.nonzero(valid[y0:y1 + 1])
+    ys, xs = ys[::step] + y0, xs[::step]
     if ys.size < 50:
         return False
-    ys = ys + y0
     a = np.stack([xs, ys, np.ones_like(xs)], axis=1).astype(np.float64)
     target = parallax[ys, xs].astype(np.float64)
     coef = np.linalg.lstsq(a, target, rcond=None)[0]
@@ -134,13 +139,19 @@ def extend_ground(parallax: np.ndarray, valid: np.ndarray, max_residual_px: floa
     coef = np.linalg.lstsq(a[keep], target[keep], rcond=None)[0]
     if float(np.median(np.linalg.norm(a[keep] @ coef - target[keep], axis=1))) > max_residual_px:
         return False
-    last = h - 1 - np.argmax(valid[::-1], axis=0)  # each column's last valid row
-    rows = np.arange(h)[:, None]
-    has_depth = np.asarray(valid.any(axis=0))
-    below = (rows > np.maximum(last, y0)[None, :]) & has_depth[None, :]
-    by, bx = np.nonzero(below)
-    if by.size:
-        parallax[by, bx] = (np.stack([bx, by, np.ones_like(bx)], axis=1) @ coef).astype(np.float32)
+    # only the rows from the band down can change: work on that block
+    block = valid[y0:]
+    last = block.shape[0] - 1 - np.argmax(block[::-1], axis=0)  # each column's last valid row (in the block)
+    rows = np.arange(block.shape[0])[:, None]
+    below = (rows > last[None, :]) & np.asarray(block.any(axis=0))[None, :]
+    if below.any():
+        x = np.arange(w, dtype=np.float32)[None, :]
+        y = np.arange(y0, h, dtype=np.float32)[:, None]
+        plane = np.empty((h - y0, w, 2), np.float32)
+        for c in range(2):
+            plane[..., c] = np.float32(coef[0, c]) * x + np.float32(coef[1, c]) * y + np.float32(coef[2, c])
+        target_block = parallax[y0:]
+        cv2.copyTo(plane, below.view(np.uint8), target_block)
     return True
 
 
