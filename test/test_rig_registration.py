@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from nmr.geometry import flow_through_depth
-from nmr.geometry.registration import GeometricStage, extend_ground, fill_holes
+from nmr.geometry.registration import GeometricStage, compensate_motion, extend_ground, fill_holes
 from nmr.geometry.rig import Rig
 from nmr.inference.protocol import Registration
 from nmr.pipeline.core import Frame, FrameSetCore
@@ -194,6 +194,23 @@ def test_the_ground_seen_by_depth_is_continued_below_its_field_of_view() -> None
     assert not extend_ground(rough, valid)
 
 
+def test_motion_compensation_moves_the_targets_to_the_paired_rgb_frames_time() -> None:
+    """The RGB content moves by (+3, -1) px from the previous frame to the paired one (a textured image,
+    shifted); the fixed frame was exposed half an interval after the paired RGB frame (alpha = -0.5 of the
+    paired -> previous interval), when the content had moved on by (1.5, -0.5): the targets in the paired
+    frame are that much behind the geometric ones."""
+    rng = np.random.default_rng(4)
+    texture = cv2.GaussianBlur(rng.integers(0, 256, (140, 180), dtype=np.uint8), (0, 0), 2.0)
+    previous = np.repeat(texture[20:120, 20:160, None], 3, axis=2)
+    paired = np.repeat(texture[21:121, 17:157, None], 3, axis=2)  # the content moved by (+3, -1)
+    flow = np.zeros((100, 140, 2), np.float32)
+    compensate_motion(flow, paired, previous, -0.5)
+    inner = flow[20:-20, 20:-20]  # at the fixed time the content is at m + (1.5, -0.5): m = target - that
+    np.testing.assert_allclose(inner.reshape(-1, 2).mean(0), [-1.5, 0.5], atol=0.1)
+    still = compensate_motion(np.zeros((4, 4, 2), np.float32), paired, previous, 0.0)
+    assert not still.any()  # exposed together: nothing to compensate
+
+
 def test_core_gives_rgb_lwir_sets_the_depth_frame_nearest_on_the_rgb_clock() -> None:
     """depth_aux: the depth frame nearest to the LWIR frame's exposure (stamp + offset) within the age
     limit; offsets also shift the synchroniser; without a rig nothing changes."""
@@ -215,6 +232,8 @@ def test_core_gives_rgb_lwir_sets_the_depth_frame_nearest_on_the_rgb_clock() -> 
     # lwir31 was exposed at 1 ms (RGB clock): it pairs with rgb1 and depth0 (without the offset: rgb34, depth33)
     assert [(s.rgb.header.frame_id, s.fixed.header.frame_id, s.depth and s.depth.header.frame_id)
             for s in sets] == [('rgb1', 'lwir31', 'depth0'), ('rgb34', 'lwir64', 'depth33')]
+    # and the RGB frame before the paired one, for the motion compensation (none before rgb1)
+    assert [s.rgb_previous and s.rgb_previous.header.frame_id for s in sets] == [None, 'rgb1']
     late = FrameSetCore(['rgb_lwir'], 20 * MS, 10, 'all', depth_aux=True, depth_max_age_ns=5 * MS)
     for stream, ms in (('depth', 0), ('rgb', 20), ('lwir', 21)):
         late.add(frame(stream, ms))

@@ -155,6 +155,33 @@ def extend_ground(parallax: np.ndarray, valid: np.ndarray, max_residual_px: floa
     return True
 
 
+def compensate_motion(flow: np.ndarray, rgb: np.ndarray, rgb_previous: np.ndarray, alpha: float) -> np.ndarray:
+    """Move the flow's targets from the fixed frame's exposure time to the paired RGB frame's; in place.
+
+    The streams are not triggered together, so the paired RGB frame is exposed some ms away from the fixed
+    frame and the rig moves meanwhile (docs/results.md: 0.13 px per ms on the synthetic rig). The geometric
+    flow puts a fixed pixel where it is in an RGB image exposed WITH the fixed frame; the RGB content moves
+    between the paired frame and the one before by F (OpenCV DIS optical flow, mono-modal: ``I_prev(x +
+    F(x)) = I(x)``), linearly in time, so at the fixed exposure it sits at ``m + alpha F(m)`` with ``alpha =
+    (t_fixed - t_rgb) / (t_prev - t_rgb)``: ``phi = g - alpha F(v + g)`` (F sampled at the target). Exact for
+    uniform motion; moving objects are compensated by their own image motion. Wrong only where F is (RGB
+    occlusions, textureless areas: DIS interpolates there).
+    """
+    if rgb.shape != rgb_previous.shape or alpha == 0.0:
+        return flow
+    grey = [cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY) for img in (rgb, rgb_previous)]
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # type: ignore[attr-defined]
+    motion = dis.calc(grey[0], grey[1], None)
+    h, w = flow.shape[:2]
+    targets = flow.copy()
+    targets[..., 0] += np.arange(w, dtype=np.float32)[None, :]
+    targets[..., 1] += np.arange(h, dtype=np.float32)[:, None]
+    moved = cv2.remap(motion, targets, None,  # type: ignore[call-overload]
+                      interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    flow -= np.float32(alpha) * moved
+    return flow
+
+
 def _normalised(f: np.ndarray, w: np.ndarray, fallback: np.ndarray | None) -> np.ndarray:
     """``f / w`` where ``w > 0``; ``fallback`` (None: 0) elsewhere."""
     ok = (w > 0).view(np.uint8)
@@ -171,7 +198,7 @@ class GeometricStage:
     """
 
     def __init__(self, rig: Rig, plane_distance_m: float = 10.0, log: Callable[[str], None] = print,
-                 fill: bool = True) -> None:
+                 fill: bool = True, motion: bool = True) -> None:
         if 'depth' not in rig.cameras and 'lwir' not in rig.cameras:
             raise ConfigError('rig file describes neither lwir nor depth: add the fixed cameras to it')
         if not plane_distance_m > 0:
@@ -179,6 +206,7 @@ class GeometricStage:
         self.rig = rig
         self.plane_distance_m = float(plane_distance_m)
         self.fill = fill
+        self.motion = motion
         self._log = log
         self._lock = threading.Lock()
         self._said: set[tuple[object, ...]] = set()
@@ -245,9 +273,22 @@ class GeometricStage:
         return flow, valid
 
     def flow(self, pair: str, moving_hw: tuple[int, int], fixed_hw: tuple[int, int],
-             depth_raw: np.ndarray | None = None, depth_encoding: str = '16UC1') -> GeoFlow:
+             depth_raw: np.ndarray | None = None, depth_encoding: str = '16UC1',
+             motion: tuple[np.ndarray, np.ndarray, float] | None = None) -> GeoFlow:
         """The flow of one set of ``pair``; ``depth_raw`` is the depth frame of the same instant (for
-        ``rgb_depth`` the fixed image itself), None when there is none (plane fallback)."""
+        ``rgb_depth`` the fixed image itself), None when there is none (plane fallback).
+
+        ``motion``: (the paired RGB image, the RGB image before it, alpha = (t_fixed - t_rgb) /
+        (t_previous - t_rgb)) to compensate the rig's motion between the fixed exposure and the paired RGB
+        frame (``compensate_motion``; rgb_lwir only, and only with ``self.motion``).
+        """
+        geo = self._flow(pair, moving_hw, fixed_hw, depth_raw, depth_encoding)
+        if motion is not None and self.motion and pair == 'rgb_lwir':
+            compensate_motion(geo.flow, *motion)
+        return geo
+
+    def _flow(self, pair: str, moving_hw: tuple[int, int], fixed_hw: tuple[int, int],
+              depth_raw: np.ndarray | None, depth_encoding: str) -> GeoFlow:
         fixed_name = pair.split('_', 1)[1]
         moving = self.camera('rgb', moving_hw)
         fixed = self.camera(fixed_name, fixed_hw)

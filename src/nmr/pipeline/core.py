@@ -70,6 +70,7 @@ class PairSet:
     rgb: Frame
     fixed: Frame
     depth: Frame | None = None  # rgb_lwir with a rig: the depth frame of the same instant (None: none near)
+    rgb_previous: Frame | None = None  # rgb_lwir with a rig: the RGB frame before `rgb` (motion compensation)
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ class FrameSetCore:
         self.depth_aux = bool(depth_aux) and 'rgb_lwir' in self._pairs
         self._depth_max_age_ns = int(depth_max_age_ns)
         self._depths: deque[Frame] = deque(maxlen=max(4, queue_size))
+        self._rgbs: deque[Frame] = deque(maxlen=max(4, queue_size))
 
     @property
     def pairs(self) -> tuple[str, ...]:
@@ -191,6 +193,8 @@ class FrameSetCore:
             jump = self._time_line(frame)
             if self.depth_aux and frame.stream == 'depth':
                 self._depths.append(frame)
+            if self.depth_aux and frame.stream == 'rgb':
+                self._rgbs.append(frame)
             exposed_ns = frame.stamp_ns + self._offsets.get(frame.stream, 0)
             for name, state in self._pairs.items():
                 index = self._index(name, frame.stream)
@@ -234,6 +238,8 @@ class FrameSetCore:
             restarted.append(name)
         if frame.stream == 'depth':
             self._depths.clear()
+        if frame.stream == 'rgb':
+            self._rgbs.clear()
         self._fused_done = None
         return TimeJump(frame.stream, (previous - frame.stamp_ns) / 1e9, tuple(restarted))
 
@@ -250,7 +256,11 @@ class FrameSetCore:
         return sets
 
     def _with_depth(self, pset: PairSet) -> PairSet:
-        """`pset` with the kept depth frame nearest in time to its fixed frame, if near enough (lock held)."""
+        """`pset` with the kept depth frame nearest in time to its fixed frame, if near enough, and the RGB
+        frame before its RGB frame (at most 0.2 s before), for the geometric stage (lock held)."""
+        earlier = [f for f in self._rgbs if 0 < pset.rgb.stamp_ns - f.stamp_ns <= 200_000_000]
+        if earlier:
+            pset = replace(pset, rgb_previous=max(earlier, key=lambda f: f.stamp_ns))
         if not self._depths:
             return pset
         off = self._offsets.get('depth', 0)
@@ -281,8 +291,14 @@ class FrameSetCore:
             fused = all(p in self._pairs for p in PAIRS)
         moving = to_rgb(pset.rgb.array, pset.rgb.encoding)
         depth = (pset.depth.array, pset.depth.encoding) if pset.depth is not None else None
+        previous = None
+        if pset.rgb_previous is not None:  # where the RGB content moves from this frame's exposure to the fixed one
+            at = pset.fixed.stamp_ns + self._offsets.get(pset.fixed.stream, 0)
+            alpha = (at - pset.rgb.stamp_ns) / (pset.rgb_previous.stamp_ns - pset.rgb.stamp_ns)
+            previous = (to_rgb(pset.rgb_previous.array, pset.rgb_previous.encoding), float(alpha))
         result = processor.run(moving, pset.fixed.array, pset.fixed.encoding, wanted, pset.fixed.stamp_ns,
-                               need_registered=fused and pset.pair == 'rgb_lwir', prior=prior, depth=depth)
+                               need_registered=fused and pset.pair == 'rgb_lwir', prior=prior, depth=depth,
+                               previous=previous)
         done = Registered(pset, (int(moving.shape[0]), int(moving.shape[1])), result.flow, result.registered,
                           result.outputs, result.timings_ms, result.prior_source)
         with self._lock:

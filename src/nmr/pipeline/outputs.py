@@ -171,12 +171,14 @@ class PairProcessor:
     def run(self, moving_rgb: np.ndarray, fixed_raw: np.ndarray, fixed_encoding: str,
             wanted: Iterable[str] = PAIR_OUTPUTS, stamp_ns: int | None = None,
             need_registered: bool = False, prior: np.ndarray | None = None,
-            depth: Depth | None = None) -> PairResult:
+            depth: Depth | None = None, previous: tuple[np.ndarray, float] | None = None) -> PairResult:
         """The stages of the module docstring for one set; `need_registered`: warp even if not wanted.
 
         `prior`: this set's prior flow (HfxWfx2, fixed grid), else the geometric stage's, else `prior_flow`'s,
         else none. `depth`: the depth frame of the set's instant for the geometric stage (rgb_lwir; rgb_depth
-        uses its fixed image); None: the geometric stage falls back to its plane model.
+        uses its fixed image); None: the geometric stage falls back to its plane model. `previous`: (the RGB
+        frame before this one as HxWx3 RGB, alpha = (t_fixed - t_rgb) / (t_previous - t_rgb)) for the geometric
+        stage's motion compensation.
         """
         wanted = set(wanted)
         clock = _Clock()
@@ -186,7 +188,7 @@ class PairProcessor:
         if wanted & VIZ_OUTPUTS and not self._viz_due(stamp_ns):
             wanted -= VIZ_OUTPUTS
         warp_needed = need_registered or bool(wanted & {'registered', 'overlay'})
-        prior, prior_valid, source = self._prior(moving_rgb, fixed_raw, fixed_encoding, depth, prior)
+        prior, prior_valid, source = self._prior(moving_rgb, fixed_raw, fixed_encoding, depth, prior, previous)
         if prior is not None and prior.shape != (*fixed_raw.shape[:2], 2):
             raise PairInputError(f'prior flow has shape {prior.shape}: expected {(*fixed_raw.shape[:2], 2)} '
                                  '(the fixed image\'s grid)')
@@ -238,7 +240,8 @@ class PairProcessor:
         return PairResult(flow, registered, outputs, clock.timings, valid, source)
 
     def _prior(self, moving_rgb: np.ndarray, fixed_raw: np.ndarray, fixed_encoding: str, depth: Depth | None,
-               given: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+               given: np.ndarray | None = None, previous: tuple[np.ndarray, float] | None = None,
+               ) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
         """(prior flow, its valid mask, its source): the given one, the geometric stage's or the hook's."""
         if given is not None:
             return given, None, None
@@ -247,7 +250,9 @@ class PairProcessor:
                 depth = (fixed_raw, fixed_encoding)
             moving_hw = (int(moving_rgb.shape[0]), int(moving_rgb.shape[1]))
             fixed_hw = (int(fixed_raw.shape[0]), int(fixed_raw.shape[1]))
-            geo = self.geometry.flow(self.pair, moving_hw, fixed_hw, *(depth if depth is not None else (None,)))
+            depth_raw, depth_encoding = depth if depth is not None else (None, '16UC1')
+            motion = (moving_rgb, previous[0], previous[1]) if previous is not None else None
+            geo = self.geometry.flow(self.pair, moving_hw, fixed_hw, depth_raw, depth_encoding, motion=motion)
             return geo.flow, geo.valid, geo.source
         if self.prior_flow is not None:
             return self.prior_flow(moving_rgb, fixed_raw, fixed_encoding), None, None

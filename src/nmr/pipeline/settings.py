@@ -122,6 +122,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               'it worse on the synthetic rig, docs/results.md)'),
     ParamSpec('rig_plane_distance_m', 10.0, 'with a rig, a set without depth uses a plane this far in front of '
               'the fixed camera [m]', _positive),
+    ParamSpec('rig_motion', True, 'with a rig: compensate the motion between the LWIR exposure and its RGB frame '
+              'with the optical flow from the previous RGB frame (the streams are not triggered together)'),
     ParamSpec('rig_depth_max_age_s', 0.05, 'with a rig, the depth frame of an rgb_lwir set must be at most this '
               'far from the LWIR frame (stamps on the RGB clock) [s]; else the plane model is used', _positive),
     ParamSpec('overlay_alpha', 0.5, 'weight of the registered image in P/overlay', _unit, dynamic=True),
@@ -200,6 +202,7 @@ class NodeSettings:
     rig: str = ''
     residual: bool = False
     rig_plane_distance_m: float = 10.0
+    rig_motion: bool = True
     rig_depth_max_age_ns: int = 50_000_000
     values: dict[str, Any] = field(default_factory=dict)
 
@@ -302,6 +305,7 @@ def validate(values: Mapping[str, Any]) -> NodeSettings:
         rig=merged['rig'],
         residual=merged['residual'],
         rig_plane_distance_m=merged['rig_plane_distance_m'],
+        rig_motion=merged['rig_motion'],
         rig_depth_max_age_ns=round(merged['rig_depth_max_age_s'] * 1e9),
         values=merged,
     )
@@ -446,6 +450,6 @@ def load_geometry(settings: NodeSettings, log: Callable[[str], None]) -> Geometr
     from nmr.geometry.rig import Rig
 
     rig = Rig.load(Path(settings.rig).expanduser())
-    stage = GeometricStage(rig, settings.rig_plane_distance_m, log=log)
+    stage = GeometricStage(rig, settings.rig_plane_distance_m, log=log, motion=settings.rig_motion)
     stage.check_pairs(settings.pairs)
     return stage
