@@ -68,8 +68,8 @@ def main() -> None:
         if pair == 'rgb_lwir':  # with the previous RGB frame: the motion compensation (rig_motion) runs too
             previous = (np.roll(rgb, 2, axis=1), -0.2)
             rows.append((pair, 'rig, geometry only + motion compensation: run() registered+flow+valid', median_ms(
-                lambda pr=proc, f=fixed_raw, e=enc, d=depth: pr.run(rgb, f, e, ['registered', 'flow', 'valid'],
-                                                                   depth=d, previous=previous), args.repeats)))
+                lambda pr=proc, f=fixed_raw, e=enc, d=depth, p=previous: pr.run(
+                    rgb, f, e, ['registered', 'flow', 'valid'], depth=d, previous=p), args.repeats)))
         from nmr.inference.select import create_registrar
 
         registrar = create_registrar(ROOT / 'models' / f'{pair}.onnx', backend='onnxruntime', device='cpu',
