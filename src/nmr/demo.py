@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from nmr import atomic
 from nmr.data.bag_reader import count_messages, iter_images
 from nmr.data.encodings import to_rgb
 from nmr.domain import DEFAULT_TOPICS, PAIR_FIXED_KIND, PAIRS
@@ -319,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
                            'contact_sheets': [str(f) for f in figures if f.suffix == '.png'],
                            'flicker_gifs': [str(f) for f in figures if f.suffix == '.gif']},
                'total_s': round(time.monotonic() - start, 1)}
-    (out / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
+    atomic.write_text(out / 'summary.json', json.dumps(summary, indent=2) + '\n')
     print_summary(summary, out)
     return 0
 

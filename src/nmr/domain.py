@@ -57,6 +57,9 @@ PAIR_FIXED_KIND: dict[str, str] = {p.name: p.fixed for p in PAIR_SPECS.values()}
 FIXED_KINDS: tuple[str, ...] = tuple(PAIR_FIXED_KIND.values())
 FIXED_KIND_PAIR: dict[str, str] = {kind: pair for pair, kind in PAIR_FIXED_KIND.items()}
 DEFAULT_TOPICS: dict[str, str] = {c.kind: c.default_topic for c in CAMERAS.values()}
+#: Default largest image (width x height) an input may decode to: 4096 x 4096, beyond any camera nmr is
+#: used with. A 125 kB PNG can claim 8000 x 8000 (64 Mpx, hundreds of MB once decoded and registered).
+DEFAULT_MAX_PIXELS = 4096 * 4096
 STREAM_ENCODINGS: dict[str, tuple[str, ...]] = {c.kind: c.encodings for c in CAMERAS.values()}
 TRANSPORTS: dict[str, tuple[str, ...]] = {c.kind: c.transports for c in CAMERAS.values()}
 BACKEND_CHOICES: tuple[str, ...] = ('auto', *BACKENDS)

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from nmr import atomic
 from nmr.domain import BACKENDS
 from nmr.errors import ConfigError
 from nmr.inference.protocol import RegistrarProtocol
@@ -198,8 +199,7 @@ def _gflops(path: Path, hw: tuple[int, int]) -> float:
 def run(args: argparse.Namespace) -> int:
     report = run_bench(args, log=lambda m: print(m, file=sys.stdout))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, 'w') as f:
+        with atomic.atomic_open(args.json, 'w') as f:
             json.dump(report, f, indent=2)
         print(f'nmr bench: wrote {args.json}', file=sys.stderr)
     return 0

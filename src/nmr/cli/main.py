@@ -6,10 +6,14 @@ Each verb module exposes `add_arguments(parser)` and `run(args) -> int`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
+from nmr.atomic import is_disk_full
 from nmr.errors import DISK_FULL, NmrUserError
 
 # verb -> (module, one-line help). Modules are imported lazily.
@@ -37,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one verb. Called without `argv` (the `nmr` program itself), it also owns the process's signals:
+    SIGTERM is handled like SIGINT, and a signal after the verb has finished is ignored (it used to turn into
+    a KeyboardInterrupt traceback during interpreter exit)."""
+    program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in VERBS:
         parser = build_parser()
@@ -50,6 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f'nmr {verb}', description=VERBS[verb][1])
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
+    with _signals(program):
+        return _run(verb, module, args)
+
+
+def _run(verb: str, module: Any, args: argparse.Namespace) -> int:
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
@@ -59,12 +72,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f'nmr {verb}: error: {one_line(err)}', file=sys.stderr)
         return 2
     except OSError as err:
-        if err.errno not in DISK_FULL:
-            raise
-        where = f' writing {err.filename}' if err.filename else ''
-        print(f'nmr {verb}: error: {err.strerror}{where}; free disk space (or raise the file-size limit) or '
-              'write elsewhere', file=sys.stderr)
+        print(f'nmr {verb}: error: {os_error_line(err)}', file=sys.stderr)
         return 2
+    except RuntimeError as err:  # torch.save reports a full disk as RuntimeError ("enforce fail ...")
+        if not is_disk_full(err):
+            raise
+        print(f'nmr {verb}: error: no space left on device while writing; free disk space or write '
+              'elsewhere', file=sys.stderr)
+        return 2
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for an OSError that ended a verb: what failed, on which path, and what to do."""
+    where = f' ({err.filename})' if err.filename else ''
+    if err.errno in DISK_FULL:
+        return (f'{err.strerror}{where}; free disk space (or raise the file-size limit) or write elsewhere')
+    return f'{err.strerror or err}{where}: check the path and its permissions, or choose another'
+
+
+class _Interrupt:
+    """SIGTERM like SIGINT: the first one raises KeyboardInterrupt; later ones are ignored so that they
+    cannot interrupt the clean-up that the first one started (removing or finishing an output)."""
+
+    def __init__(self) -> None:
+        self.raised = False
+
+    def __call__(self, _signum: int, _frame: Any) -> None:
+        if not self.raised:
+            self.raised = True
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _signals(program: bool) -> Iterator[None]:
+    if not program:  # called in-process (tests, other tools): the caller's signal handling stays
+        yield
+        return
+    handler = _Interrupt()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:  # the verb is over: a late signal must not become a traceback during interpreter exit
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def one_line(err: BaseException) -> str:
@@ -74,7 +125,7 @@ def one_line(err: BaseException) -> str:
     text = str(err).strip()
     if '\nOriginal Traceback' in text:
         text = text.splitlines()[-1].split(': ', 1)[-1]
-    return text
+    return ' '.join(line.strip() for line in text.splitlines() if line.strip())  # e.g. a YAML error's context
 
 
 

@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 from rosbags.highlevel import AnyReader
 
-from nmr.data.bag_recover import describe_damage, storage_files
+from nmr.data.bag_recover import check_regular, describe_damage, storage_files
 from nmr.data.bag_writer import default_typestore
 from nmr.data.compressed import COMPRESSED_MSGTYPE, decode_compressed, is_compressed
 from nmr.data.encodings import image_to_numpy, stamp_ns, to_rgb
 from nmr.data.sync import ApproxTimeSynchronizer, TimeLines
 from nmr.data.types import FramePair
-from nmr.domain import PAIR_FIXED_KIND
+from nmr.domain import DEFAULT_MAX_PIXELS, PAIR_FIXED_KIND, STREAM_ENCODINGS
 from nmr.errors import BagError, NmrUserError
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
@@ -67,6 +67,7 @@ def _as_paths(paths: Paths) -> list[Path]:
     for p in items:
         if not p.exists():
             raise BagError(f'bag {p} does not exist: pass a rosbag2 bag directory (with metadata.yaml)')
+        check_regular(p)
         # a storage file inside a bag directory: read the directory (metadata knows all split files)
         if p.is_file() and p.suffix in ('.mcap', '.db3') and (p.parent / 'metadata.yaml').is_file():
             p = p.parent
@@ -103,7 +104,8 @@ def open_bag(paths: Paths) -> BagReader:
     except FileNotFoundError as exc:
         raise BagError(f'{names} is not a rosbag2 bag ({exc}): pass the bag directory') from None
     except Exception as exc:  # rosbags raises AnyReaderError, ReaderError, yaml and sqlite errors
-        raise BagError(describe_damage(bag_paths) or f'cannot read bag {names}: {exc} (not a rosbag2 bag, '
+        why = ' '.join(str(exc).split())[:300]  # a YAML error in metadata.yaml spans several lines
+        raise BagError(describe_damage(bag_paths) or f'cannot read bag {names}: {why} (not a rosbag2 bag, '
                        'or corrupt): pass a bag folder, .mcap or .db3 file') from None
     return reader
 
@@ -139,11 +141,12 @@ def _expected_types(topic: str, msgtypes: Sequence[str] | None) -> Sequence[str]
     return (COMPRESSED_MSGTYPE,) if compressed else (IMAGE_TYPE,)
 
 
-def decode_image(msg: Any, topic: str = '') -> tuple[np.ndarray, str]:
-    """(array, encoding) of an Image (raw, the message's channel order) or a CompressedImage (decoded)."""
+def decode_image(msg: Any, topic: str = '', max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
+    """(array, encoding) of an Image (raw, the message's channel order) or a CompressedImage (decoded);
+    ImageDecodeError for one larger than `max_pixels` (a compressed one is not even decoded)."""
     if is_compressed(msg):
-        return decode_compressed(msg, topic)
-    return image_to_numpy(msg, topic), str(msg.encoding)
+        return decode_compressed(msg, topic, max_pixels)
+    return image_to_numpy(msg, topic, max_pixels), str(msg.encoding)
 
 
 def _names(paths: Paths) -> str:
@@ -151,7 +154,9 @@ def _names(paths: Paths) -> str:
 
 
 def _wrap_read_errors(paths: Paths, exc: Exception) -> BagError:
-    return BagError(f'error while reading bag {_names(paths)}: {exc} (corrupt or truncated?)')
+    why = ' '.join(str(exc).split())[:300]
+    return BagError(f'error while reading bag {_names(paths)}: {why} (damaged storage?): copy its readable '
+                    'messages into a new bag with `nmr recover-bag`')
 
 
 def raw_header_stamp(raw: bytes | memoryview) -> int:
@@ -163,8 +168,8 @@ def raw_header_stamp(raw: bytes | memoryview) -> int:
     return sec * 1_000_000_000 + nanosec
 
 
-def iter_images(paths: Paths, topics: Sequence[str],
-                skipped: Counter[str] | None = None) -> Iterator[tuple[str, int, np.ndarray, str, Any]]:
+def iter_images(paths: Paths, topics: Sequence[str], skipped: Counter[str] | None = None,
+                max_pixels: Mapping[str, int] | None = None) -> Iterator[tuple[str, int, np.ndarray, str, Any]]:
     """Yield ``(topic, record_ns, array, encoding, header)`` for every Image or CompressedImage on ``topics``,
     in record order.
 
@@ -172,22 +177,28 @@ def iter_images(paths: Paths, topics: Sequence[str],
     message that cannot be decoded (corrupt CDR, malformed Image, bad compressed payload) raises BagError /
     ImageDecodeError, or, when ``skipped`` is given, is counted there per topic and skipped, so that one bad
     message does not end a long offline run. Damage in the storage itself (a bad chunk) still ends the
-    iteration with BagError.
+    iteration with BagError. `max_pixels` (per topic) refuses larger images like a malformed one.
     """
     with open_bag(paths) as reader:
         _check_topics(reader, topics, paths, IMAGE_TYPES)
         conns = [c for c in reader.connections if c.topic in set(topics)]
         messages = reader.messages(connections=conns)
+        read: Counter[str] = Counter()
         while True:
             try:
                 conn, record_ns, raw = next(messages)
             except StopIteration:
+                missing = missing_messages(reader, read, topics)
+                if missing:
+                    raise BagError(missing_text(paths, missing)) from None
                 return
             except Exception as exc:
                 raise _wrap_read_errors(paths, exc) from None
+            read[conn.topic] += 1
             try:
                 msg: Any = reader.deserialize(raw, conn.msgtype)
-                arr, encoding = decode_image(msg, conn.topic)
+                limit = (max_pixels or {}).get(conn.topic, DEFAULT_MAX_PIXELS)
+                arr, encoding = decode_image(msg, conn.topic, limit)
             except Exception as exc:
                 if skipped is None:
                     if isinstance(exc, NmrUserError):
@@ -196,6 +207,46 @@ def iter_images(paths: Paths, topics: Sequence[str],
                 skipped[conn.topic] += 1
                 continue
             yield conn.topic, record_ns, arr, encoding, msg.header
+
+
+def announced_counts(reader: AnyReader) -> dict[str, int]:
+    """Messages per topic that the storage files announce: an mcap file's summary (its own index, written
+    with the data), else what metadata.yaml says (sqlite3, or no summary).
+
+    The summary wins over metadata.yaml: metadata.yaml is a separate text file that can be edited or stale,
+    and a count it inflates would be reported as lost messages that never existed.
+    """
+    counts: Counter[str] = Counter()
+    for bag in getattr(reader, 'readers', []):
+        storage = getattr(bag, 'storage', None)
+        files = getattr(storage, 'storages', None) or [storage]
+        if all(getattr(f, 'statistics', None) is not None for f in files):
+            for f in files:
+                for c in f.connections:
+                    counts[c.topic] += int(c.msgcount)
+        else:
+            for c in bag.connections:
+                counts[c.topic] += int(c.msgcount)
+    return dict(counts)
+
+
+def missing_messages(reader: AnyReader, read: Mapping[str, int], topics: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """topic -> (announced, read) for every topic of `topics` where fewer messages were read than announced.
+
+    Damage inside an mcap chunk whose CRC is 0 (files written without CRCs) can make a reader skip records
+    silently; the counts are the only trace of it.
+    """
+    announced = announced_counts(reader)
+    return {t: (announced[t], read.get(t, 0)) for t in topics
+            if t in announced and read.get(t, 0) < announced[t]}
+
+
+def missing_text(paths: Paths, missing: Mapping[str, tuple[int, int]]) -> str:
+    """One line: how many messages the bag announces but could not be read, and what to do."""
+    lost = sum(a - r for a, r in missing.values())
+    per_topic = ', '.join(f'{t}: {a - r} of {a}' for t, (a, r) in sorted(missing.items()))
+    return (f'bag {_names(paths)}: {lost} messages announced by its index could not be read ({per_topic}; '
+            'damaged storage?): check it with `nmr recover-bag`')
 
 
 def count_messages(paths: Paths, topics: Sequence[str]) -> int:
@@ -300,7 +351,11 @@ class BagPairDataset:
         self._reader: AnyReader | None = None
         self._pid = -1
         self.skipped: Counter[str] = Counter()   # unreadable messages left out of the index, per topic
+        self.missing: dict[str, tuple[int, int]] = {}   # topic -> (announced, read) where some were not found
         all_pairs, self._gt = self._build_index(round(slop_s * 1e9), queue_size)
+        if self.missing and split != 'val':
+            print(f'nmr: warning: {missing_text(self.paths, self.missing)}; training on what was read',
+                  file=sys.stderr)
         if self.skipped and split != 'val':  # once per bag (the val split re-indexes the same bag)
             print(f'nmr: bag {_names(self.paths)}: {sum(self.skipped.values())} unreadable messages left out '
                   '(' + ', '.join(f'{t}: {n}' for t, n in sorted(self.skipped.items())) + ')', file=sys.stderr)
@@ -330,8 +385,10 @@ class BagPairDataset:
         gt: dict[int, dict[str, _Ref]] = {}
         time_lines = TimeLines(slop_ns, TIME_JUMP_NS)
         seen: dict[tuple[str, int], int] = {}
+        read: Counter[str] = Counter()
         try:
             for conn, record_ns, raw in reader.messages(connections=conns):
+                read[conn.topic] += 1
                 key = (conn.topic, record_ns)
                 ordinal = seen.get(key, 0)
                 seen[key] = ordinal + 1
@@ -352,6 +409,7 @@ class BagPairDataset:
             raise
         except Exception as exc:
             raise _wrap_read_errors(self.paths, exc) from None
+        self.missing = missing_messages(reader, read, sorted(wanted))
         self.dropped = list(sync.dropped)
         return pairs, gt
 
@@ -370,6 +428,9 @@ class BagPairDataset:
                     raise ValueError('empty compressed payload')
             else:
                 image_to_numpy(msg, conn.topic)
+                kind = {self.moving_topic: 'rgb', self.fixed_topic: self.fixed_kind}.get(conn.topic)
+                if kind is not None and str(msg.encoding) not in STREAM_ENCODINGS[kind]:
+                    raise ValueError(f'encoding {msg.encoding} cannot be used as {kind}')  # e.g. rgb8 as LWIR
             return stamp_ns(msg.header)
         except Exception:
             self.skipped[conn.topic] += 1

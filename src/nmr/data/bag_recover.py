@@ -15,8 +15,10 @@ have; one scan into a valid bag gives all of them a normal input, and the user s
 from __future__ import annotations
 
 import argparse
-import shutil
+import contextlib
+import os
 import sqlite3
+import stat
 import struct
 from collections import Counter
 from collections.abc import Iterator
@@ -48,7 +50,30 @@ class ScanResult:
 
     complete: bool = False
     stopped: str = ''
+    damaged_chunks: int = 0
     counts: Counter[str] = field(default_factory=Counter)
+
+
+def check_regular(path: Path) -> None:
+    """BagError unless `path` is a folder or a regular file, and (a folder) its bag files are regular files.
+
+    A FIFO or device where a `.mcap`, `.db3` or `metadata.yaml` should be makes every reader block forever
+    (or read an endless stream); refusing it costs one stat.
+    """
+    entries = [path]
+    if path.is_dir():
+        entries += [e for e in path.iterdir() if e.suffix in ('.mcap', '.db3') or e.name == 'metadata.yaml']
+    for entry in entries:
+        try:
+            mode = os.stat(entry).st_mode
+        except OSError as err:
+            raise BagError(f'cannot read {entry} ({err.strerror}): check the path and its permissions') from None
+        if entry is path and stat.S_ISDIR(mode):
+            continue
+        if not stat.S_ISREG(mode):
+            kind = 'a FIFO' if stat.S_ISFIFO(mode) else 'a folder' if stat.S_ISDIR(mode) else \
+                'not a regular file'
+            raise BagError(f'{entry} is {kind}, not a bag file: give a rosbag2 bag folder, .mcap or .db3 file')
 
 
 def mcap_damage(path: Path) -> str | None:
@@ -135,9 +160,14 @@ class _McapScanner:
                     yield RawMessage(topic, msgtype, msgdef, log_time, body[22:])
             elif op == OP_CHUNK:
                 chunk = self._chunk(body)
-                if chunk is None:
-                    return
-                yield from self.messages(chunk)
+                if chunk is None:  # damaged: the records after it are still whole (its length was)
+                    self.result.damaged_chunks += 1
+                    continue
+                try:
+                    yield from self.messages(chunk)
+                except (ValueError, struct.error) as err:  # CRC 0 and damaged: the messages up to here
+                    self.result.damaged_chunks += 1
+                    self.result.stopped = f'a damaged chunk ({err})'
 
     def _chunk(self, body: bytes) -> bytes | None:
         """A chunk's records, decompressed and checked; None (scan ends) when it is damaged."""
@@ -191,6 +221,32 @@ def storage_files(bag: Path) -> list[Path]:
     return sorted([*bag.glob('*.mcap'), *bag.glob('*.db3')])
 
 
+def summary_counts(path: Path) -> dict[str, int] | None:
+    """Messages per topic that an intact mcap file's summary announces (None: no end marker, or unreadable).
+
+    The summary is written with the data; metadata.yaml is a separate text file that may be stale or
+    edited, so where both exist the summary says what was in the file.
+    """
+    if path.suffix != '.mcap' or mcap_damage(path) is not None:
+        return None
+    from rosbags.rosbag2.storage_mcap import McapReader
+
+    reader = McapReader(path)
+    try:
+        reader.open()
+        if reader.statistics is None:
+            return None
+        counts: Counter[str] = Counter()
+        for conn in reader.connections:
+            counts[conn.topic] += int(conn.msgcount)
+        return dict(counts)
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            reader.close()
+
+
 def expected_counts(bag: Path) -> dict[str, int] | None:
     """Messages per topic that the bag's metadata.yaml announces, None without a readable one."""
     meta = (bag if bag.is_dir() else bag.parent) / 'metadata.yaml'
@@ -206,6 +262,7 @@ class Recovery:
     recovered: Counter[str]
     expected: dict[str, int] | None
     notes: list[str]
+    source: str = 'metadata.yaml'   # where `expected` comes from: metadata.yaml or the mcap summary
 
     @property
     def lost(self) -> int | None:
@@ -216,35 +273,50 @@ class Recovery:
 
 def recover_bag(bag: Path, out: Path, storage: str = 'mcap') -> Recovery:
     """Copy every readable message of `bag` (folder or storage file) into a new bag at `out`."""
+    check_regular(bag)
     files = storage_files(bag)
     if not files:
         raise BagError(f'{bag} holds no .mcap or .db3 file; nothing to recover')
+    for path in files:
+        check_regular(path)
     known = default_typestore().fielddefs
     recovered: Counter[str] = Counter()
     notes: list[str] = []
     skipped_types: set[str] = set()
-    writer = BagWriter(out, storage=storage).open()
-    try:
+    summaries = [summary_counts(p) for p in files]
+    # The writer stages the bag in a hidden folder and moves it to `out` only when it is complete: an
+    # interruption (signal, full disk, kill) never leaves a half-written copy that looks recovered.
+    with BagWriter(out, storage=storage) as writer:
         for path in files:
             result = ScanResult()
             scan = scan_sqlite if path.suffix == '.db3' else scan_mcap
             for msg in scan(path, result):
                 msgdef = None if msg.msgtype in known else msg.msgdef
-                if msg.msgtype not in known and msgdef is None:
+                if msg.msgtype in skipped_types or (msg.msgtype not in known and msgdef is None):
                     skipped_types.add(msg.msgtype)
                     continue
-                writer.write_raw(msg.topic, msg.msgtype, msg.record_ns, msg.data, msgdef=msgdef)
+                try:
+                    writer.write_raw(msg.topic, msg.msgtype, msg.record_ns, msg.data, msgdef=msgdef)
+                except BagError:  # a custom type whose definition in the file does not parse
+                    skipped_types.add(msg.msgtype)
+                    continue
                 recovered[msg.topic] += 1
+            if result.damaged_chunks:
+                notes.append(f'{path.name}: {result.damaged_chunks} damaged chunk(s) skipped')
             if not result.complete:
                 notes.append(f'{path.name}: stopped at {result.stopped}')
-        writer.close()
-    except BaseException:  # a half-written copy must not look like a recovered bag
-        writer.abort()
-        shutil.rmtree(out, ignore_errors=True)
-        raise
     if skipped_types:
-        notes.append(f'left out (type unknown, no definition in the file): {", ".join(sorted(skipped_types))}')
-    return Recovery(recovered, expected_counts(bag), notes)
+        notes.append(f'left out (type unknown or its definition unreadable): {", ".join(sorted(skipped_types))}')
+    expected = expected_counts(bag)
+    if all(c is not None for c in summaries):
+        from_summary: Counter[str] = Counter()
+        for c in summaries:
+            from_summary.update(c or {})
+        if expected is not None and sum(expected.values()) != sum(from_summary.values()):
+            notes.append(f'metadata.yaml announces {sum(expected.values())} messages, the file\'s own summary '
+                         f'{sum(from_summary.values())}: counted against the summary')
+        return Recovery(recovered, dict(from_summary), notes, 'its mcap summary')
+    return Recovery(recovered, expected, notes)
 
 
 # -- `nmr recover-bag` --------------------------------------------------------------------------------
@@ -258,12 +330,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.bag.exists():
         raise BagError(f'bag {args.bag} does not exist')
+    check_regular(args.bag)
     if args.out.exists():
         raise BagError(f'output {args.out} already exists: remove it or choose another --out')
+    if args.bag.is_dir() and args.out.resolve().is_relative_to(args.bag.resolve()):
+        raise BagError(f'--out {args.out} is inside the damaged bag {args.bag}: choose a folder outside it')
     rec = recover_bag(args.bag, args.out, args.storage)
     total = sum(rec.recovered.values())
     lost = rec.lost
-    lost_text = (f'{lost} lost (metadata.yaml announced {sum(rec.expected.values())})'
+    lost_text = (f'{lost} lost ({rec.source} announced {sum(rec.expected.values())})'
                  if rec.expected is not None and lost is not None
                  else 'how many were lost is unknown (no metadata.yaml with counts)')
     print(f'nmr recover-bag: {total} messages on {len(rec.recovered)} topics recovered into {args.out}; '

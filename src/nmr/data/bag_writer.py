@@ -8,7 +8,12 @@ knows (Kilted here), serialised to CDR, which rclpy and ``ros2 bag play`` read b
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import struct
+import tempfile
+from binascii import crc32
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from io import BytesIO
 from pathlib import Path
@@ -18,7 +23,17 @@ from typing import Any
 import numpy as np
 from rosbags.interfaces import Connection, Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import StoragePlugin, Writer
-from rosbags.rosbag2.storage_mcap import Channel, McapWriter, write_channel, write_string
+from rosbags.rosbag2.storage_mcap import (
+    Channel,
+    McapWriter,
+    PendingChunk,
+    write_channel,
+    write_record,
+    write_string,
+    write_uint16,
+    write_uint32,
+    write_uint64,
+)
 from rosbags.typesys import Stores, get_typestore
 
 from nmr.data.encodings import numpy_to_image_fields
@@ -35,12 +50,63 @@ DEFAULT_QOS = Qos(history=QosHistory.KEEP_LAST, depth=10, reliability=QosReliabi
 `ros2 bag play` offers it again, and readers that adapt their QoS to the recording find one."""
 
 
+class _CrcFile:
+    """The mcap file being written, keeping the CRC-32 of every byte written so far.
+
+    rosbags writes the DataEnd record's `data_section_crc` as 0 (not computed). Its op byte is the only
+    one-byte write of 0x0F to the file itself (records inside chunks go to a BytesIO), so this wrapper notes
+    where it starts and the CRC of everything before it, and fills the CRC in when the file is closed.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        raw.flush()  # the magic and header record, written before this wrapper existed
+        with open(raw.name, 'rb') as f:
+            self.crc = crc32(f.read(raw.tell()))
+        self.data_end: tuple[int, int] | None = None   # (offset of the DataEnd record, data-section CRC)
+
+    def write(self, data: Any) -> int:
+        if len(data) == 1 and bytes(data) == b'\x0f' and self.data_end is None:
+            self.data_end = (self.raw.tell(), self.crc)
+        self.crc = crc32(data, self.crc)
+        return int(self.raw.write(data))
+
+    def tell(self) -> int:
+        return int(self.raw.tell())
+
+    def close(self) -> None:
+        if self.data_end is not None and not self.raw.closed:
+            offset, crc = self.data_end
+            end = self.raw.tell()
+            self.raw.seek(offset + 9)   # op (1) + record length (8), then data_section_crc (uint32)
+            self.raw.write(struct.pack('<I', crc))
+            self.raw.seek(end)
+        self.raw.close()
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.raw.closed)
+
+    def fileno(self) -> int:
+        return int(self.raw.fileno())
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
 class _Rosbag2McapWriter(McapWriter):
-    """rosbags' MCAP storage, with the channel metadata rosbag2 (Jazzy and later) writes.
+    """rosbags' MCAP storage, with the channel metadata and the CRCs that rosbag2 (Jazzy and later) writes.
 
     rosbag2 puts `offered_qos_profiles` and `topic_type_hash` (RIHS01) into each MCAP channel's metadata;
     rosbags writes only the first. Tools that check the type hash (ros2 bag, Foxglove) find it here.
+    rosbags also writes every chunk CRC and the data-section CRC as 0 ("not computed"), so damage inside a
+    chunk went unnoticed (a reader simply found fewer messages); here both are computed, and readers
+    (rosbags, and nmr's `recover-bag`) check the chunk CRCs.
     """
+
+    def __init__(self, path: Path, compression: Any) -> None:
+        super().__init__(path, compression)
+        self.bio = _CrcFile(self.bio)  # type: ignore[assignment]
 
     def add_connection(self, connection: Connection, offered_qos_profiles: str) -> None:
         metadata = BytesIO()
@@ -53,6 +119,50 @@ class _Rosbag2McapWriter(McapWriter):
                                      metadata.getvalue()))
         self.channel_stats[connection.id] = 0
         write_channel(self.chunk.bio, self.channels[-1], self.schemas)
+
+    def close_chunk(self) -> None:
+        """rosbags' close_chunk with the chunk's CRC-32 (of its uncompressed records) instead of 0."""
+        records = self.chunk.bio.getvalue()
+        rec = BytesIO()
+        write_uint64(rec, self.chunk.message_start_time)
+        write_uint64(rec, self.chunk.message_end_time)
+        write_uint64(rec, len(records))
+        write_uint32(rec, crc32(records))
+        compressed = self.compressor(records)
+        write_string(rec, self.compression)
+        write_uint64(rec, len(compressed))
+        rec.write(compressed)
+
+        chunk_start = self.bio.tell()
+        write_record(self.bio, 0x06, rec)
+        chunk_end = self.bio.tell()
+
+        offsets: list[tuple[int, int]] = []
+        for cid, msgs in self.chunk.msgs.items():
+            offsets.append((cid, self.bio.tell()))
+            rec = BytesIO()
+            write_uint16(rec, cid)
+            write_uint32(rec, len(msgs) * 16)
+            for ts, offset in msgs:
+                write_uint64(rec, ts)
+                write_uint64(rec, offset)
+            write_record(self.bio, 0x07, rec)
+
+        rec = BytesIO()
+        write_uint64(rec, self.chunk.message_start_time)
+        write_uint64(rec, self.chunk.message_end_time)
+        write_uint64(rec, chunk_start)
+        write_uint64(rec, chunk_end - chunk_start)
+        write_uint32(rec, len(offsets) * 10)
+        for cid, offset in offsets:
+            write_uint16(rec, cid)
+            write_uint64(rec, offset)
+        write_uint64(rec, self.bio.tell() - chunk_end)
+        write_string(rec, self.compression)
+        write_uint64(rec, len(compressed))
+        write_uint64(rec, len(records))
+        self.chunks.append(rec)
+        self.chunk = PendingChunk(2**63 - 1, 0, BytesIO(), defaultdict(list))
 
 
 class _Rosbag2Writer(Writer):
@@ -98,6 +208,22 @@ def default_typestore() -> Any:
         store = getattr(Stores, 'ROS2_KILTED', None) or Stores.LATEST
         _TYPESTORE = get_typestore(store)
     return _TYPESTORE
+
+
+def type_hash(msgtype: str, msgdef: str) -> str:
+    """The RIHS01 type hash of a message type given by its ros2msg text (with its dependencies' sections).
+
+    rosbag2 records it with every topic; a copied topic of a custom type (recover-bag) needs it too.
+    BagError when the text does not define `msgtype`.
+    """
+    from rosbags.typesys import get_types_from_msg
+
+    try:
+        store = get_typestore(Stores.EMPTY)
+        store.register({**default_typestore().fielddefs, **get_types_from_msg(msgdef, msgtype)})
+        return str(store.hash_rihs01(msgtype))
+    except Exception as err:
+        raise BagError(f'message type {msgtype}: its definition cannot be parsed ({err})') from None
 
 
 def time_msg(typestore: Any, stamp_ns: int) -> Any:
@@ -187,36 +313,64 @@ class BagWriter:
         self.overwrite = overwrite
         self.typestore = default_typestore()
         self._writer: Writer | None = None
+        self._stage: Path | None = None
         self._connections: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def open(self) -> BagWriter:
+        """Start writing in a staging folder next to the bag (`.NAME.partial-XXXX/NAME/`).
+
+        The bag appears at its path only when it is finished (close renames it there), so a run killed in
+        any way (SIGKILL, power loss) never leaves something at the output path that looks like a bag; what
+        it leaves is the hidden staging folder, whose name says it is partial.
+        """
         if self.path.exists():
-            if self.overwrite and (self.path / 'metadata.yaml').is_file():
-                shutil.rmtree(self.path)
-            elif self.overwrite:
+            if self.overwrite and not (self.path / 'metadata.yaml').is_file():
                 raise BagError(f'{self.path} exists and is not a bag (no metadata.yaml): choose another path')
-            else:
+            if not self.overwrite:
                 raise BagError(f'output bag {self.path} already exists: remove it or choose another path')
         if not self.path.parent.is_dir():
             raise BagError(f'cannot write bag {self.path}: {_missing_folder(self.path.parent)}')
-        self._writer = _Rosbag2Writer(self.path, version=9, storage_plugin=STORAGES[self.storage])
-        self._writer.open()
+        try:
+            self._stage = Path(tempfile.mkdtemp(prefix=f'.{self.path.name}.partial-', dir=self.path.parent))
+            self._writer = _Rosbag2Writer(self._stage / self.path.name, version=9,
+                                          storage_plugin=STORAGES[self.storage])
+            self._writer.open()
+        except OSError as err:
+            self.abort()
+            raise BagError(f'cannot write bag {self.path} ({err.strerror or err}): choose a writable '
+                           'folder with free space') from None
         return self
 
     def close(self) -> None:
-        """Finish the storage file (mcap summary / sqlite commit), then write metadata.yaml (last, atomic)."""
+        """Finish the storage file (mcap summary / sqlite commit), write metadata.yaml, then move the
+        finished bag to its path (an existing bag there is replaced only now, with `overwrite`)."""
         if self._writer is not None:
             writer, self._writer = self._writer, None
-            writer.close()
+            try:
+                writer.close()
+                assert self._stage is not None
+                if self.overwrite and (self.path / 'metadata.yaml').is_file():
+                    shutil.rmtree(self.path)
+                os.rename(self._stage / self.path.name, self.path)
+            except BaseException:
+                self._remove_stage()
+                raise
+            self._remove_stage()
 
     def abort(self) -> None:
-        """Stop without finishing: no summary, no metadata.yaml (the caller removes the folder)."""
+        """Stop without finishing: the staging folder is removed, nothing appears at the bag's path."""
         if self._writer is not None:
             writer, self._writer = self._writer, None
             with contextlib.suppress(Exception):
                 writer.abort()
+        self._remove_stage()
+
+    def _remove_stage(self) -> None:
+        if self._stage is not None:
+            shutil.rmtree(self._stage, ignore_errors=True)
+            self._stage = None
 
     def set_custom_data(self, key: str, value: str) -> None:
         """A string in metadata.yaml's custom_data (e.g. whether the run that wrote the bag completed)."""
@@ -230,7 +384,10 @@ class BagWriter:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        if exc_type is None:
+            self.close()
+        else:  # an error or an interruption mid-way: no half-written bag (callers that keep partial output
+            self.abort()  # close it themselves, marked partial: register-bag)
 
     # -- generic -------------------------------------------------------------------------------------
     def _connection(self, topic: str, msgtype: str, msgdef: str | None = None) -> Any:
@@ -240,7 +397,7 @@ class BagWriter:
         if conn is None:
             qos = [DEFAULT_QOS]
             if msgdef is not None:
-                conn = self._writer.add_connection(topic, msgtype, msgdef=msgdef, rihs01='',
+                conn = self._writer.add_connection(topic, msgtype, msgdef=msgdef, rihs01=type_hash(msgtype, msgdef),
                                                    offered_qos_profiles=qos)
             else:
                 conn = self._writer.add_connection(topic, msgtype, typestore=self.typestore,

@@ -23,10 +23,12 @@ import cv2
 import numpy as np
 
 from nmr.data.encodings import _buffer, _where
+from nmr.domain import DEFAULT_MAX_PIXELS
 from nmr.errors import ImageDecodeError
 
 COMPRESSED_MSGTYPE = 'sensor_msgs/msg/CompressedImage'
 DEPTH_HEADER_BYTES = 12
+
 _COLOUR = {'rgb8', 'bgr8', 'rgba8', 'bgra8', 'rgb16', 'bgr16', 'rgba16', 'bgra16'}
 
 
@@ -35,15 +37,61 @@ def is_compressed(msg: Any) -> bool:
     return hasattr(msg, 'format') and not hasattr(msg, 'encoding')
 
 
-def decode_compressed(msg: Any, topic: str = '') -> tuple[np.ndarray, str]:
-    """(array, ROS encoding) of a CompressedImage; ImageDecodeError naming `topic` if it cannot be decoded."""
+def decode_compressed(msg: Any, topic: str = '', max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
+    """(array, ROS encoding) of a CompressedImage; ImageDecodeError naming `topic` if it cannot be decoded,
+    or if its PNG/JPEG header announces more than `max_pixels` (checked before anything is decoded)."""
     fmt = str(msg.format).strip()
     data = _buffer(msg.data)
     if data.size == 0:
         raise ImageDecodeError(f'empty CompressedImage{_where(topic)} (format {fmt!r}): check the publisher')
     if 'compresseddepth' in fmt.lower():
-        return _decode_depth(fmt, data, topic)
+        return _decode_depth(fmt, data, topic, max_pixels)
+    _check_size(data, fmt, topic, max_pixels)
     return _decode_plain(fmt, data, topic)
+
+
+def encoded_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR or a JPEG's SOF marker, without decoding; None if neither."""
+    head = bytes(data[:8])
+    if head == b'\x89PNG\r\n\x1a\n' and len(data) >= 24 and bytes(data[12:16]) == b'IHDR':
+        width, height = struct.unpack('>II', bytes(data[16:24]))
+        return int(width), int(height)
+    if head[:2] != b'\xff\xd8':
+        return None
+    buf = np.asarray(data, np.uint8).reshape(-1)  # no copy
+    pos = 2
+    while pos + 4 <= len(buf):
+        if buf[pos] != 0xFF:
+            return None
+        marker = int(buf[pos + 1])
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length
+            pos += 2
+            continue
+        (length,) = struct.unpack('>H', bytes(buf[pos + 2:pos + 4]))
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+            if pos + 9 > len(buf):
+                return None
+            height, width = struct.unpack('>HH', bytes(buf[pos + 5:pos + 9]))
+            return int(width), int(height)
+        if marker == 0xDA or length < 2:  # scan data before any frame header: not a valid JPEG
+            return None
+        pos += 2 + length
+    return None
+
+
+def _check_size(data: np.ndarray, fmt: str, topic: str, max_pixels: int) -> None:
+    size = encoded_size(data)
+    if size is None:
+        raise ImageDecodeError(f'CompressedImage{_where(topic)} (format {fmt!r}, {data.size} bytes) is not a '
+                               'decodable JPEG/PNG (no readable PNG/JPEG header): check the publisher or the bag')
+    width, height = size
+    if width * height > max_pixels:
+        raise ImageDecodeError(f'CompressedImage{_where(topic)} claims {width}x{height} pixels, more than the '
+                               f'{max_pixels} allowed for this input; not decoded (raise max_pixels for this '
+                               'input if the camera really is that large)')
 
 
 def _original_encoding(fmt: str) -> str:
@@ -75,7 +123,7 @@ def _decode_plain(fmt: str, data: np.ndarray, topic: str) -> tuple[np.ndarray, s
                            f'shape {image.shape}: expected 8-bit colour, mono8 or mono16')
 
 
-def _decode_depth(fmt: str, data: np.ndarray, topic: str) -> tuple[np.ndarray, str]:
+def _decode_depth(fmt: str, data: np.ndarray, topic: str, max_pixels: int) -> tuple[np.ndarray, str]:
     original = _original_encoding(fmt) or '16UC1'
     if 'rvl' in fmt.lower():
         raise ImageDecodeError(f'compressedDepth{_where(topic)} uses the rvl codec, which nmr does not decode: '
@@ -86,6 +134,7 @@ def _decode_depth(fmt: str, data: np.ndarray, topic: str) -> tuple[np.ndarray, s
         raise ImageDecodeError(f'compressedDepth{_where(topic)} has {data.size} bytes, less than its '
                                f'{DEPTH_HEADER_BYTES}-byte header: check the publisher or the bag')
     _codec, quant_a, quant_b = struct.unpack('<iff', data[:DEPTH_HEADER_BYTES].tobytes())
+    _check_size(data[DEPTH_HEADER_BYTES:], fmt, topic, max_pixels)
     image = _imdecode(data[DEPTH_HEADER_BYTES:], fmt, topic)
     if image.ndim != 2 or image.dtype != np.uint16:
         raise ImageDecodeError(f'compressedDepth{_where(topic)} decodes to {image.dtype} {image.shape}: '

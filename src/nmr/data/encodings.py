@@ -102,7 +102,7 @@ def _check_geometry(encoding: str, height: int, width: int, step: int, row_bytes
         )
 
 
-def image_to_numpy(msg: Any, topic: str = '') -> np.ndarray:
+def image_to_numpy(msg: Any, topic: str = '', max_pixels: int | None = None) -> np.ndarray:
     """Decode an Image message to ``HxW`` (one channel) or ``HxWxC`` in the message's channel order.
 
     Honours ``step`` (padded rows) and ``is_bigendian``. Raises ImageDecodeError, naming the encoding
@@ -110,7 +110,8 @@ def image_to_numpy(msg: Any, topic: str = '') -> np.ndarray:
     that is not ``step * height``; nothing is allocated before those checks pass. The result is always
     aligned with strides that are multiples of its item size (what torch.from_numpy and OpenCV need):
     a view when the message allows it, else one copy (byte swap, or a step that is not a multiple of
-    the item size).
+    the item size). `max_pixels` refuses larger images (a registered output at that size would cost far
+    more than the message itself).
     """
     encoding = msg.encoding
     dtype, channels = layout(encoding, topic)
@@ -126,6 +127,10 @@ def image_to_numpy(msg: Any, topic: str = '') -> np.ndarray:
     except (TypeError, ValueError, OverflowError):
         raise ImageDecodeError(f'{encoding} image{where}: data is not a byte sequence') from None
     _check_geometry(encoding, height, width, step, row_bytes, buf.size, where)
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageDecodeError(f'{encoding} image{where} is {width}x{height} pixels, more than the {max_pixels} '
+                               'allowed for this input; ignored (raise max_pixels for this input if the camera '
+                               'really is that large)')
     big = bool(msg.is_bigendian) and dtype.itemsize > 1
     stored = dtype.newbyteorder('>' if big else '<')
     shape: tuple[int, ...] = (height, width, channels)

@@ -37,6 +37,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from nmr import atomic
 from nmr.data.types import FramePair
 from nmr.domain import FIXED_KIND_PAIR, FIXED_KINDS
 from nmr.errors import ConfigError
@@ -307,7 +308,7 @@ def write_manifest(csv_path: str | Path, rows: Sequence[dict[str, str | Path]]) 
     path = Path(csv_path)
     base = path.parent.resolve()
     columns = [*MANIFEST_COLUMNS, *(['fixed_kind'] if any('fixed_kind' in r for r in rows) else [])]
-    with path.open('w', newline='', encoding='utf-8') as f:
+    with atomic.atomic_open(path, 'w', newline='', encoding='utf-8') as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction='raise')
         writer.writeheader()
         for row in rows:

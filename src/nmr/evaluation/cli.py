@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from nmr import atomic
 from nmr.data.pairs import read_manifest
 from nmr.domain import FIXED_KINDS
 from nmr.errors import ConfigError
@@ -173,7 +174,7 @@ def evaluate(
             rig_scores.append((i, endpoint_error(reg.flow, fp.gt_flow, both) if both.any() else math.nan,
                                float(both.sum()) / max(1, int(gt_valid.sum()))))
         if flows_dir:
-            np.save(flows_dir / f'{safe_name(fp.name)}.npy', reg.flow.astype(np.float32))
+            atomic.save_npy(flows_dir / f'{safe_name(fp.name)}.npy', reg.flow.astype(np.float32))
         if figs_dir:
             _figure(figs_dir, fp, reg, res, sheet_title)
     summary = summarise(results)
@@ -292,8 +293,7 @@ def run(args: argparse.Namespace) -> int:
         plane_distance_m=args.plane_distance,
     )
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, 'w') as f:
+        with atomic.atomic_open(args.out, 'w') as f:
             json.dump(report, f, indent=2, allow_nan=False, default=_nan_safe)
         print(f'nmr evaluate: wrote {args.out}', file=sys.stderr)
     return 0

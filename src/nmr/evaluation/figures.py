@@ -36,6 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from nmr import atomic
 from nmr.flow import flow_to_rgb, warp
 
 HOLE_COLOUR = (128, 128, 128)   # depth without data: grey, which Turbo never produces
@@ -355,21 +356,13 @@ def flicker_frames(row: FigureRow, height: int = 240) -> list[np.ndarray]:
 
 # -- files -----------------------------------------------------------------------------------------
 def write_png(path: str | Path, rgb: np.ndarray) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f'could not write {path}')
-    return path
+    return atomic.write_image(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
 
 def write_flicker_gif(path: str | Path, row: FigureRow, height: int = 240, period_ms: int = 600) -> Path:
     """An endlessly looping GIF flicking between `flicker_frames` (OpenCV's GIF encoder, no extra package)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     animation = cv2.Animation()
     animation.frames = [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in flicker_frames(row, height)]
     animation.durations = [period_ms] * len(animation.frames)
     animation.loop_count = 0
-    if not cv2.imwriteanimation(str(path), animation):
-        raise OSError(f'could not write {path}')
-    return path
+    return atomic.write_with(path, lambda tmp: bool(cv2.imwriteanimation(str(tmp), animation)))

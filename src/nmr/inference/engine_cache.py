@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -177,13 +176,6 @@ def cached_engine(onnx_path: str | os.PathLike[str], key: str, precision: str) -
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write via a temp file + rename, so a crash mid-build never leaves a truncated engine behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from nmr import atomic
+
+    atomic.write_bytes(path, data)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from nmr import atomic
 from nmr.errors import ConfigError
 
 
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         'seconds': round(report.seconds, 2),
     }
     if args.json:
-        with open(args.json, 'w') as f:
+        with atomic.atomic_open(args.json, 'w') as f:
             json.dump(summary, f, indent=2)
     print(f'{report.onnx_path}' + (f'\n{report.engine_path}' if report.engine_path else ''))
     return 0

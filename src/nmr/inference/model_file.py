@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nmr.errors import ModelFileError
-from nmr.models.metadata import ModelMetadata
+from nmr.models.metadata import NET_SIDE_RANGE, ModelMetadata
 
 ONNX_METADATA_KEY = 'nmr.metadata'  # JSON of nmr.models.metadata.ModelMetadata
 ONNX_EXPORT_KEY = 'nmr.export'  # JSON: opset, sizes, dynamic, precision, parity, source checksum
@@ -101,6 +101,7 @@ def read_onnx_info(path: str | Path) -> ModelInfo:
     if model is not None:  # without the onnx package ONNX Runtime has read the file (and checks it itself)
         check_external_data(model, path)
         check_onnx_interface(model, info)
+        check_finite_initialisers(model, path)
     return info
 
 
@@ -184,12 +185,50 @@ def check_onnx_interface(model: Any, info: ModelInfo) -> None:
             )
         dims = _dims(value)
         elem = value.type.tensor_type.elem_type
+        shape = 'x'.join('?' if d is None else str(d) for d in dims)
         if elem != onnx.TensorProto.FLOAT or len(dims) != 4 or dims[1] not in (None, channels):
-            shape = 'x'.join('?' if d is None else str(d) for d in dims)
             raise ModelFileError(
                 f'{info.path}: {name!r} is {onnx.TensorProto.DataType.Name(elem).lower()} {shape or "scalar"}, '
                 f'the registrar expects {want}; export it with `nmr export`'
             )
+        check_static_dims(info, name, dims, shape)
+
+
+def check_static_dims(info: ModelInfo, name: str, dims: list[int | None], shape: str) -> None:
+    """A fixed batch must be 1 and a fixed H x W must be the metadata's net_hw, a multiple of the network
+    stride: otherwise ONNX Runtime fails at the first frame (InvalidArgument), or the registrar feeds a
+    size the network was not exported for."""
+    if dims[0] not in (None, 1):
+        raise ModelFileError(f'{info.path}: {name!r} has a fixed batch of {dims[0]} ({shape}); the registrar '
+                             'feeds one pair at a time: export it with `nmr export`')
+    hw = dims[2:]
+    if any(d is not None for d in hw):
+        multiple = int(info.export.get('size_multiple', 1) or 1)
+        exported = {tuple(info.net_hw)} | {tuple(s) for s in info.export.get('sizes', []) if isinstance(s, list)}
+        low, high = NET_SIDE_RANGE
+        if (any(d is None or not low <= d <= high or d % multiple for d in hw)
+                or tuple(hw) not in exported):
+            raise ModelFileError(
+                f'{info.path}: {name!r} has a fixed size {shape}, which is not a size it was exported for '
+                f'(metadata net_hw {list(info.net_hw)}, {low}..{high} px, stride {multiple}); refused: '
+                're-export it with `nmr export`')
+
+
+def check_finite_initialisers(model: Any, path: Path) -> None:
+    """Refuse weights with NaN / inf values (those stored inside the file; external data is not loaded
+    here): such a model returns NaN flows, which warp to black images that look like a result."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        array = numpy_helper.to_array(tensor)
+        if array.dtype.kind == 'f' and not np.isfinite(array).all():
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            raise ModelFileError(f'{path}: weight {tensor.name!r} has {bad} of {array.size} values NaN or '
+                                 'infinite (a diverged training run?); refused: export an earlier checkpoint')
 
 
 def _onnx_header(path: Path) -> tuple[dict[str, str], Any]:

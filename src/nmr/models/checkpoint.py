@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from nmr.atomic import WriteError, staged_path
 from nmr.errors import ModelFileError
 from nmr.models.metadata import ModelMetadata
 from nmr.models.registration import RegistrationConfig, build_registration
@@ -60,7 +60,6 @@ def save_checkpoint(
     CPU); `extra` is plain data (optimiser state_dicts are fine: tensors, numbers, lists, dicts).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         'format': FORMAT,
         'format_version': FORMAT_VERSION,
@@ -68,37 +67,14 @@ def save_checkpoint(
         'state': {name: {k: v.detach().cpu() for k, v in sd.items()} for name, sd in state.items()},
         'extra': _plain(_to_cpu(dict(extra or {}))),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
-        with os.fdopen(fd, 'wb') as f:
+        with staged_path(path, durable=True) as tmp, open(tmp, 'wb') as f:
             torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as err:  # disk full, quota, file-size limit: the previous file is still whole
-        Path(tmp).unlink(missing_ok=True)
-        raise ModelFileError(f'cannot write checkpoint {path} ({err.strerror or err}); the previous one is '
+    except WriteError as err:  # disk full (torch says RuntimeError), quota, read-only: the previous file is whole
+        raise ModelFileError(f'cannot write checkpoint {path} ({err.reason}); the previous one is '
                              'unchanged: free disk space or write elsewhere') from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     for stale in path.parent.glob(f'.{path.name}.*.tmp'):  # left by a process killed mid-write
         stale.unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (a power loss right after it must not bring the old file back)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not possible on every platform / file system: the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _to_cpu(obj: Any) -> Any:
@@ -158,7 +134,22 @@ def read_checkpoint(
     if not isinstance(state, dict):
         raise ModelFileError(f'{path} has no weights; give a checkpoint written by `nmr train`')
     metadata = ModelMetadata.from_dict(payload.get('metadata') or {}, source=path)
+    check_finite_state(path, state)
     return LoadedCheckpoint(state=state, metadata=metadata, extra=dict(payload.get('extra') or {}))
+
+
+def check_finite_state(path: Path, state: Mapping[str, Any]) -> None:
+    """ModelFileError naming the first weight tensor with NaN / inf values: such a model returns NaN flows,
+    which warp to black images that look like a result."""
+    for module, tensors in state.items():
+        if not isinstance(tensors, Mapping):
+            raise ModelFileError(f'{path}: weights of {module!r} are not a state_dict; give a checkpoint '
+                                 'written by `nmr train`')
+        for name, tensor in tensors.items():
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+                bad = int((~tensor.isfinite()).sum())
+                raise ModelFileError(f'{path}: weight {module}.{name} has {bad} of {tensor.numel()} values NaN or '
+                                     'infinite (a diverged training run?); refused: use an earlier checkpoint')
 
 
 def load_checkpoint(

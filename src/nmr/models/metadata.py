@@ -22,6 +22,9 @@ from nmr.domain import PAIR_FIXED_KIND, PAIRS
 from nmr.errors import ModelFileError
 
 DEFAULT_NET_HW = (256, 320)
+#: Network input sides a model may declare: below 16 px the encoder has nothing left to see (a file that
+#: says [1, 1] ran at 58 px EPE instead of 3 px); above 4096 px one frame needs tens of GB.
+NET_SIDE_RANGE = (16, 4096)
 
 
 @dataclass
@@ -83,6 +86,10 @@ class ModelMetadata:
         if not (isinstance(net_hw, list | tuple) and len(net_hw) == 2
                 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in net_hw)):
             raise ModelFileError(f'{source}: metadata net_hw {net_hw!r} is not (height, width); {remedy}')
+        low, high = NET_SIDE_RANGE
+        if not all(low <= v <= high for v in net_hw):
+            raise ModelFileError(f'{source}: metadata net_hw {list(net_hw)} is outside {low}..{high} px per side '
+                                 f'(not a size nmr trains at); refused: {remedy}')
         kw['net_hw'] = (int(net_hw[0]), int(net_hw[1]))
         for key in ('registration', 'normalisation', 'train_data'):
             value = kw.get(key)

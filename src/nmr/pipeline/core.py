@@ -44,7 +44,7 @@ from nmr.data.encodings import to_rgb
 from nmr.data.sync import ApproxTimeSynchronizer, TimeLines
 from nmr.domain import PAIR_FIXED_KIND, PAIRS
 from nmr.pipeline.fused import fuse
-from nmr.pipeline.outputs import PairProcessor
+from nmr.pipeline.outputs import NonFiniteFlowError, PairProcessor
 
 Outputs = dict[str, tuple[np.ndarray, str]]
 """output name -> (array, ROS encoding)"""
@@ -100,6 +100,7 @@ class PairCounts:
     synchronised: int = 0
     stale: int = 0        # sets replaced by a newer one before inference took them (keep='newest')
     registered: int = 0
+    nonfinite: int = 0    # sets whose flow had NaN / inf values: not published, not written
 
     @property
     def unmatched_rgb(self) -> int:
@@ -296,9 +297,14 @@ class FrameSetCore:
             at = pset.fixed.stamp_ns + self._offsets.get(pset.fixed.stream, 0)
             alpha = (at - pset.rgb.stamp_ns) / (pset.rgb_previous.stamp_ns - pset.rgb.stamp_ns)
             previous = (to_rgb(pset.rgb_previous.array, pset.rgb_previous.encoding), float(alpha))
-        result = processor.run(moving, pset.fixed.array, pset.fixed.encoding, wanted, pset.fixed.stamp_ns,
-                               need_registered=fused and pset.pair == 'rgb_lwir', prior=prior, depth=depth,
-                               previous=previous)
+        try:
+            result = processor.run(moving, pset.fixed.array, pset.fixed.encoding, wanted, pset.fixed.stamp_ns,
+                                   need_registered=fused and pset.pair == 'rgb_lwir', prior=prior, depth=depth,
+                                   previous=previous)
+        except NonFiniteFlowError:  # counted here, for both adapters; nothing of the set is published
+            with self._lock:
+                self._pairs[pset.pair].counts.nonfinite += 1
+            raise
         done = Registered(pset, (int(moving.shape[0]), int(moving.shape[1])), result.flow, result.registered,
                           result.outputs, result.timings_ms, result.prior_source)
         with self._lock:

@@ -25,15 +25,15 @@ from typing import Any
 
 import yaml
 
-from nmr.data.bag_reader import count_messages, iter_images, list_topics, open_bag
+from nmr.data.bag_reader import count_messages, iter_images, list_topics, missing_messages, missing_text, open_bag
 from nmr.data.bag_writer import BagWriter, bag_folder, header_msg
 from nmr.data.encodings import stamp_ns
-from nmr.domain import BACKEND_CHOICES, PAIR_FIXED_KIND, PAIRS
+from nmr.domain import BACKEND_CHOICES, PAIR_FIXED_KIND, PAIRS, STREAM_ENCODINGS
 from nmr.errors import DISK_FULL, BagError, ConfigError, ModelFileError, NmrUserError
 from nmr.geometry.registration import GeometricStage
 from nmr.pipeline.core import Frame, FrameSetCore, Outputs
 from nmr.pipeline.geometric import core_rig_options
-from nmr.pipeline.outputs import PairProcessor
+from nmr.pipeline.outputs import NonFiniteFlowError, PairInputError, PairProcessor
 from nmr.pipeline.settings import (
     NodeSettings,
     camera_info_topic,
@@ -187,21 +187,52 @@ def check_input_topics(settings: NodeSettings, streams: list[str], available: di
         raise BagError(f'input topic {wanted} is not in {", ".join(map(str, bags))}: {hint}')
 
 
-def read_camera_infos(paths: Iterable[Path], topics: dict[str, str]) -> dict[str, list[tuple[int, Any]]]:
-    """stream -> [(stamp ns, CameraInfo)] sorted, for the fixed cameras whose camera_info the bag holds.
+def check_out_outside(out: Path, inputs: Iterable[Path]) -> None:
+    """ConfigError when the output would be written inside an input bag's folder: readers take every
+    storage file of a bag folder, so the output would become part of the input."""
+    target = out.resolve()
+    for bag in inputs:
+        folder = bag if bag.is_dir() else bag.parent
+        if not bag.is_dir() and not (folder / 'metadata.yaml').is_file():
+            continue  # a lone storage file: its folder is not a bag
+        if target.is_relative_to(folder.resolve()):
+            raise ConfigError(f'--out {out} is inside the input bag {bag}: choose a folder outside it')
 
-    Read before the images: camera_info messages are small (one per frame at most).
+
+def read_camera_infos(paths: Iterable[Path], topics: dict[str, str]
+                      ) -> tuple[dict[str, list[tuple[int, Any]]], str | None]:
+    """(stream -> [(stamp ns, CameraInfo)] sorted, for the fixed cameras whose camera_info the bag holds;
+    what went wrong reading them, or None).
+
+    Read before the images: camera_info messages are small (one per frame at most). Damage met here (a
+    chunk failing its CRC, a bad index) does not end the run before it started: the infos read until then
+    are used, the images are registered as far as they can be read, and the output is marked partial with
+    this reason (the same as damage met among the images). A message that does not deserialise is skipped.
     """
     found: dict[str, list[tuple[int, Any]]] = {}
     by_topic = {t: s for s, t in topics.items()}
-    with open_bag(list(paths)) as reader:
+    paths = list(paths)
+    problem = None
+    with open_bag(paths) as reader:
         conns = [c for c in reader.connections if c.topic in by_topic and c.msgtype.endswith('/CameraInfo')]
         if not conns:  # messages(connections=[]) would read every connection
-            return {}
-        for conn, _t, raw in reader.messages(connections=conns):
-            msg: Any = reader.deserialize(raw, conn.msgtype)
-            found.setdefault(by_topic[conn.topic], []).append((stamp_ns(msg.header), msg))
-    return {s: sorted(v, key=lambda x: x[0]) for s, v in found.items()}
+            return {}, None
+        read: Counter[str] = Counter()
+        try:
+            for conn, _t, raw in reader.messages(connections=conns):
+                read[conn.topic] += 1
+                try:
+                    msg: Any = reader.deserialize(raw, conn.msgtype)
+                except Exception:
+                    continue
+                found.setdefault(by_topic[conn.topic], []).append((stamp_ns(msg.header), msg))
+            missing = missing_messages(reader, read, [c.topic for c in conns])
+            if missing:
+                problem = missing_text(paths, missing)
+        except Exception as exc:
+            problem = f'error while reading camera_info from bag {", ".join(map(str, paths))}: {exc} ' \
+                      '(damaged storage?): check it with `nmr recover-bag`'
+    return {s: sorted(v, key=lambda x: x[0]) for s, v in found.items()}, problem
 
 
 def camera_info_at(infos: list[tuple[int, Any]], stamp: int) -> Any:
@@ -238,6 +269,7 @@ class _Run:
     time_jumps: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     sources: Counter[str] = field(default_factory=Counter)  # with a rig: '<pair> <depth|plane>' -> sets
+    bad_sets: Counter[str] = field(default_factory=Counter)   # '<pair>: <reason>' -> sets not written
 
 
 def register_bag(args: argparse.Namespace) -> dict[str, Any]:
@@ -257,8 +289,10 @@ def register_bag(args: argparse.Namespace) -> dict[str, Any]:
     check_input_topics(settings, list(streams), list_topics(args.inputs), args.inputs)
     if out_bag.exists():
         raise ConfigError(f'output {out_bag} already exists: remove it or choose another --out')
+    check_out_outside(out_bag, args.inputs)
     fixed_streams = [PAIR_FIXED_KIND[p] for p in settings.pairs]
-    infos = read_camera_infos(args.inputs, {s: camera_info_topic(settings.inputs[s].topic) for s in fixed_streams})
+    info_topics = {s: camera_info_topic(settings.inputs[s].topic) for s in fixed_streams}
+    infos, info_problem = read_camera_infos(args.inputs, info_topics)
     backend_log = BackendLog('nmr register-bag', getattr(args, 'verbose', False))
     geometry = load_geometry(settings, log=lambda text: print(f'nmr register-bag: {text}', file=sys.stderr))
     if geometry is not None and 'rgb_lwir' in settings.pairs and 'depth' not in streams:
@@ -283,6 +317,8 @@ def register_bag(args: argparse.Namespace) -> dict[str, Any]:
     with _stop_on_signals() as stop:
         try:
             _register_all(args, settings, topic_stream, processors, infos, writer, progress, state, stop)
+            if info_problem:
+                raise BagError(info_problem)
         except KeyboardInterrupt:
             progress.close()
             if state.sets:
@@ -306,8 +342,10 @@ def register_bag(args: argparse.Namespace) -> dict[str, Any]:
             raise
         else:
             progress.close()
-            _finish(writer, out_bag, 'complete')
+            bad = ', '.join(f'{k}: {n}' for k, n in sorted(state.bad_sets.items()))
+            _finish(writer, out_bag, f'complete; sets not written: {bad}' if bad else 'complete')
     return {**result, 'sets': state.sets, 'last_stamp_ns': state.last_stamp_ns, 'skipped': dict(state.skipped),
+            'bad_sets': dict(state.bad_sets),
             'time_jumps': state.time_jumps, 'geometric': dict(state.sources),
             'pairs': {p: state.core.counts(p).as_json() for p in state.core.pairs}}
 
@@ -335,7 +373,11 @@ def run(args: argparse.Namespace) -> int:
     words = {'depth': 'through depth', 'plane': 'plane model (no depth)'}
     geo_text = ('; geometric flow: ' + ', '.join(f'{k.split()[0]} {words[k.split()[1]]} {n}'
                                                  for k, n in sorted(geo.items()))) if geo else ''
-    print(f'nmr register-bag: {sets} synchronised sets registered -> {out}{lost_text}{jump_text}{geo_text}')
+    bad = result['bad_sets']
+    bad_text = (f'; {sum(bad.values())} sets not written (' + ', '.join(f'{k}: {n}' for k, n in sorted(bad.items()))
+                + ')') if bad else ''
+    print(f'nmr register-bag: {sets} synchronised sets registered -> {out}{lost_text}{bad_text}{jump_text}'
+          f'{geo_text}')
     return 0
 
 
@@ -365,20 +407,21 @@ def _discard(writer: Any, out: Path) -> None:
 
 
 class _StopRequest:
-    """Set by SIGINT / SIGTERM; the loop stops at the next message boundary.
+    """Set by SIGINT / SIGTERM (any number of them); the loop stops at the next message or set boundary.
 
-    Raising KeyboardInterrupt from the signal handler could land between two writes of one mcap record
-    and leave a record half written before the summary; checking a flag between messages cannot. A second
-    signal interrupts at once (the user insists).
+    Raising KeyboardInterrupt from the signal handler could land between two writes of one mcap record, or
+    inside the finishing writes, and leave a bag that is neither complete nor marked partial; checking a
+    flag between messages and sets cannot. A burst of signals is the same as one: the wait is at most one
+    set's inference. (SIGKILL leaves only the writer's hidden staging folder, never a bag at --out.)
     """
 
     def __init__(self) -> None:
         self.signal = 0
+        self.count = 0
 
     def handler(self, signum: int, _frame: Any) -> None:
-        if self.signal:
-            raise KeyboardInterrupt
-        self.signal = signum
+        self.count += 1
+        self.signal = self.signal or signum
 
     def check(self) -> None:
         if self.signal:
@@ -401,9 +444,14 @@ def _stop_on_signals() -> Iterator[_StopRequest]:
             signal.signal(sig, handler)
 
 
-def bag_frames(paths: list[Path], topic_stream: dict[str, str], skipped: Counter[str]) -> Iterator[Frame]:
-    """The input images as the core's frames, in bag record order (undecodable ones counted in `skipped`)."""
-    for topic, _record_ns, arr, encoding, header in iter_images(paths, list(topic_stream), skipped):
+def bag_frames(paths: list[Path], topic_stream: dict[str, str], skipped: Counter[str],
+               max_pixels: dict[str, int] | None = None) -> Iterator[Frame]:
+    """The input images as the core's frames, in bag record order (undecodable ones, and ones larger than
+    their input's `max_pixels`, counted in `skipped`)."""
+    for topic, _record_ns, arr, encoding, header in iter_images(paths, list(topic_stream), skipped, max_pixels):
+        if encoding not in STREAM_ENCODINGS[topic_stream[topic]]:  # e.g. an rgb8 frame on the LWIR topic
+            skipped[topic] += 1
+            continue
         yield Frame(topic_stream[topic], stamp_ns(header), arr, encoding, header)
 
 
@@ -423,14 +471,21 @@ def _register_all(args: argparse.Namespace, settings: NodeSettings, topic_stream
         writer.write(topic, 'sensor_msgs/msg/CameraInfo', fixed.stamp_ns,
                      replace(info, header=header_msg(writer.typestore, fixed.stamp_ns, fixed.header.frame_id)))
 
-    for frame in bag_frames(args.inputs, topic_stream, state.skipped):
+    limits = {t: settings.inputs[s].max_pixels for t, s in topic_stream.items()}
+    for frame in bag_frames(args.inputs, topic_stream, state.skipped, limits):
         stop.check()
         if args.copy_inputs:  # decoded: a compressed input is copied as an Image on its base topic
             writer.write_image(settings.inputs[frame.stream].topic, frame.stamp_ns, frame.header.frame_id,
                                frame.array, frame.encoding)
         state.time_jumps += core.add(frame).jump is not None
         for pset in core.take():
-            done = core.register(pset, processors[pset.pair], settings.pair_outputs, fused=settings.fused)
+            stop.check()
+            try:
+                done = core.register(pset, processors[pset.pair], settings.pair_outputs, fused=settings.fused)
+            except PairInputError as err:  # one bad set (wrong encoding, NaN flow) is skipped and counted
+                reason = 'non-finite flow' if isinstance(err, NonFiniteFlowError) else 'unusable input'
+                state.bad_sets[f'{pset.pair}: {reason}'] += 1
+                continue
             fixed, kind = pset.fixed, PAIR_FIXED_KIND[pset.pair]
             if done.source is not None:
                 state.sources[f'{pset.pair} {done.source}'] += 1

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from nmr.domain import BACKEND_CHOICES, DEFAULT_TOPICS, PAIR_FIXED_KIND, PAIRS, STREAMS, TRANSPORTS
+from nmr.domain import BACKEND_CHOICES, DEFAULT_MAX_PIXELS, DEFAULT_TOPICS, PAIR_FIXED_KIND, PAIRS, STREAMS, TRANSPORTS
 from nmr.errors import ConfigError
 from nmr.resources import share_dirs, share_path
 
@@ -96,6 +96,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     *(ParamSpec(f'transport.{s}', 'raw', f"{s} transport: raw (sensor_msgs/Image) or compressed "
                 f"(CompressedImage on <topic>/compressed{', compressedDepth' if s == 'depth' else ''})",
                 _one_of(TRANSPORTS[s])) for s in STREAMS),
+    *(ParamSpec(f'max_pixels.{s}', DEFAULT_MAX_PIXELS, f'largest {s} image accepted (width x height); larger '
+                'ones are refused before decoding (a compressed one from its PNG/JPEG header)', _at_least(1))
+      for s in STREAMS),
     *(ParamSpec(f'qos.{s}.reliability', 'best_available',
                 f'{s} subscription reliability: best_available (what the publishers offer), reliable or '
                 'best_effort', _one_of(RELIABILITY)) for s in STREAMS),
@@ -158,6 +161,7 @@ class InputSettings:
     reliability: str = 'best_available'
     history_depth: int = 10
     transport: str = 'raw'
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     @property
     def subscribed_topic(self) -> str:
@@ -276,7 +280,8 @@ def validate(values: Mapping[str, Any]) -> NodeSettings:
     if (merged['net_height'] == 0) != (merged['net_width'] == 0):
         raise ConfigError("parameters 'net_height' and 'net_width' must both be 0 (model's size) or both > 0")
     inputs = {s: InputSettings(merged[f'topics.{s}'], merged[f'qos.{s}.reliability'],
-                               merged[f'qos.{s}.history_depth'], merged[f'transport.{s}']) for s in STREAMS}
+                               merged[f'qos.{s}.history_depth'], merged[f'transport.{s}'],
+                               merged[f'max_pixels.{s}']) for s in STREAMS}
     used = {'rgb', *(PAIR_FIXED_KIND[p] for p in merged['pairs'])}
     topics = [inputs[s].topic for s in STREAMS if s in used]
     if len(set(topics)) != len(topics):

@@ -26,9 +26,9 @@ def to_image_msg(arr: np.ndarray, encoding: str, header: Header) -> Image:
     return msg
 
 
-def from_image_msg(msg: Any, topic: str = '') -> np.ndarray:
+def from_image_msg(msg: Any, topic: str = '', max_pixels: int | None = None) -> np.ndarray:
     """The message's pixels (a view where possible); ImageDecodeError naming `topic` if malformed."""
-    return image_to_numpy(msg, topic)
+    return image_to_numpy(msg, topic, max_pixels)
 
 
 def copy_header(header: Header) -> Header:

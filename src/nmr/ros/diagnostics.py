@@ -84,6 +84,7 @@ class PairStats:
     stale_dropped: int = 0    # synchronised sets replaced by a newer one before inference took them
     lazy_skipped: int = 0     # sets not computed because nobody subscribes to the pair's outputs
     errors: int = 0           # sets that failed (bad input, model error)
+    nonfinite: int = 0        # of those, sets whose flow had NaN / inf values (not published)
     clock_offset_s: float | None = None  # stamp - node clock of the last set outside CLOCK_MISMATCH_S
     state: str = 'starting'
     level: bytes = OK
@@ -139,7 +140,8 @@ def pair_status(node_name: str, pair: str, stats: PairStats, backend: str, devic
             _kv('processed_rate_hz', stats.processed.rate(now)),
             _kv('synced_sets', stats.synced.count), _kv('processed_sets', stats.processed.count),
             _kv('stale_dropped', stats.stale_dropped), _kv('lazy_skipped', stats.lazy_skipped),
-            _kv('errors', stats.errors), _kv('backend', backend), _kv('device', device), _kv('model', model),
+            _kv('errors', stats.errors), _kv('nonfinite_flows', stats.nonfinite),
+            _kv('backend', backend), _kv('device', device), _kv('model', model),
         ]
         values += [_kv(f'latency_ms.{k}', v) for k, v in latency.items()]
         if stats.clock_offset_s is not None and not latency:

@@ -66,7 +66,7 @@ from nmr.errors import ConfigError, NmrUserError
 from nmr.pipeline.core import Added, Frame, FrameSetCore, PairSet
 from nmr.pipeline.fused import FUSED_TOPICS
 from nmr.pipeline.geometric import core_rig_options
-from nmr.pipeline.outputs import PairProcessor
+from nmr.pipeline.outputs import NonFiniteFlowError, PairProcessor
 from nmr.pipeline.settings import (
     NodeSettings,
     camera_info_topic,
@@ -349,10 +349,11 @@ class RegisterNode(Node):
         st.received.tick()
         topic = st.topic
         try:
+            limit = self.settings.inputs[stream].max_pixels
             if isinstance(msg, CompressedImage):
-                arr, encoding = decode_compressed(msg, topic)
+                arr, encoding = decode_compressed(msg, topic, limit)
             else:
-                arr, encoding = from_image_msg(msg, topic), msg.encoding
+                arr, encoding = from_image_msg(msg, topic, limit), msg.encoding
             if encoding not in STREAM_ENCODINGS[stream]:
                 raise NmrUserError(f'topic {topic}: encoding {encoding!r} cannot be used as {stream} '
                                    f'(expected {", ".join(STREAM_ENCODINGS[stream])}); message ignored')
@@ -512,6 +513,9 @@ class RegisterNode(Node):
         except NmrUserError as err:
             with stats.lock:
                 stats.errors += 1
+                if isinstance(err, NonFiniteFlowError):
+                    stats.nonfinite += 1
+                    stats.state, stats.level = 'model returns non-finite flows (not published)', WARN
             self._warn(f'run:{pair.name}', f'{pair.name}: set at {fixed.stamp_ns / 1e9:.3f} s skipped: {err}')
             return False
         except Exception as err:

@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from nmr import atomic
 from nmr.data.bag_writer import BagWriter
 from nmr.domain import DEFAULT_TOPICS, PAIR_FIXED_KIND
 from nmr.errors import ConfigError
@@ -251,19 +252,19 @@ class _PairExporter:
 
     def add_depth(self, index: int, depth_mm: np.ndarray) -> None:
         if self.depth_stamps is not None:
-            cv2.imwrite(str(self.dir / f'depth/depth_{index:05d}.png'), depth_mm)
+            atomic.write_image(self.dir / f'depth/depth_{index:05d}.png', depth_mm)
 
     def add_moving(self, rgb_index: int, rgb: np.ndarray) -> None:
-        cv2.imwrite(str(self.dir / f'moving/rgb_{rgb_index:05d}.png'), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        atomic.write_image(self.dir / f'moving/rgb_{rgb_index:05d}.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
     def add(self, rec: _Record) -> None:
         assert rec.flow is not None and rec.valid is not None and rec.points is not None
         name = f'{self.dir.name}_{rec.index:05d}'
-        cv2.imwrite(str(self.dir / f'fixed/{name}.png'), rec.image)
-        np.save(self.dir / f'flow/{name}.npy', rec.flow.astype(np.float32))
-        cv2.imwrite(str(self.dir / f'valid/{name}.png'), rec.valid.astype(np.uint8) * 255)
+        atomic.write_image(self.dir / f'fixed/{name}.png', rec.image)
+        atomic.save_npy(self.dir / f'flow/{name}.npy', rec.flow.astype(np.float32))
+        atomic.write_image(self.dir / f'valid/{name}.png', rec.valid.astype(np.uint8) * 255)
         points = np.round(rec.points.astype(np.float64), 3).tolist()
-        (self.dir / f'landmarks/{name}.json').write_text(json.dumps(points))
+        atomic.write_text(self.dir / f'landmarks/{name}.json', json.dumps(points))
         if self.depth_stamps is not None and len(self.depth_stamps):
             depth = f'depth/depth_{nearest_index(self.depth_stamps, rec.stamp):05d}.png'
         else:
@@ -283,7 +284,7 @@ class _PairExporter:
 
     def close(self) -> Path:
         path = self.dir / 'manifest.csv'
-        with path.open('w', newline='') as fh:
+        with atomic.atomic_open(path, 'w', newline='') as fh:
             writer = csv.writer(fh)
             writer.writerow(['name', 'moving', 'fixed', 'flow', 'valid', 'landmarks', 'fixed_kind', 'depth'])
             writer.writerows(self.rows)

@@ -28,9 +28,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from nmr import __version__
+from nmr import __version__, atomic
 from nmr.domain import PAIR_FIXED_KIND
-from nmr.errors import ConfigError
+from nmr.errors import ConfigError, NmrUserError
 from nmr.models.checkpoint import ModelMetadata, read_checkpoint, save_checkpoint
 from nmr.models.resampler import flow_to_native
 from nmr.training.config import TrainConfig, config_to_dict, dump_config
@@ -256,7 +256,7 @@ class Trainer:
         cfg = self.cfg
         if self.info.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / 'config.yaml').write_text(dump_config(cfg))
+            atomic.write_text(self.out / 'config.yaml', dump_config(cfg))
         self._open_writer()
         steps = self.steps_per_epoch
         total_steps = steps * (cfg.optim.epochs - self.start_epoch)
@@ -289,6 +289,7 @@ class Trainer:
                     break
                 data_wait += time.perf_counter() - t_wait
                 logs = self.system.train_batch(batch)
+                self._check_finite(logs, epoch, i)
                 t_wait = time.perf_counter()
                 for k, v in logs.items():
                     running[k] = running.get(k, torch.zeros((), device=v.device)) + v
@@ -331,9 +332,8 @@ class Trainer:
                         self.metadata(),
                         {'epoch': epoch + 1, 'metrics': metrics},
                     )
-                with (self.out / 'metrics.jsonl').open('a') as f:
-                    record = {'epoch': epoch + 1, 'step': self.global_step, **metrics, **train_stats}
-                    f.write(json.dumps({k: _rounded(v) for k, v in record.items()}) + '\n')
+                record = {'epoch': epoch + 1, 'step': self.global_step, **metrics, **train_stats}
+                _append_line(self.out / 'metrics.jsonl', json.dumps({k: _rounded(v) for k, v in record.items()}))
                 if metrics:
                     self._log(
                         f'epoch {epoch + 1} validation: '
@@ -351,6 +351,36 @@ class Trainer:
             'best': self.best,
             'last': last_metrics,
         }
+
+    def _check_finite(self, logs: dict[str, torch.Tensor], epoch: int, step: int) -> None:
+        """Stop at the first non-finite loss term or weight (a non-finite gradient shows in the weights
+        after the update; under fp16 the grad scaler skips such steps, so weights stay finite there).
+
+        Nothing after the last finite epoch is saved: OUT/last.pt and best.pt stay as they were. One
+        device sync per step; without it a NaN run ended `done` with a NaN best.pt.
+        """
+        names = list(logs)
+        flags = [torch.isfinite(logs[k].float()).all() for k in names]
+        nets = self.system.networks()
+        flags += [torch.stack([torch.isfinite(p).all() for p in net.parameters()]).all() for net in nets.values()]
+        ok = torch.stack(flags).cpu().tolist()
+        bad = [float(not v) for v in ok]
+        if self.info.enabled:  # every process stops together (a rank alone would leave the others waiting)
+            bad = all_reduce_sum(bad, self.info)
+        if not any(bad):
+            return
+        terms = [k for k, b in zip(names, bad) if b]
+        weights = [k for k, b in zip(nets, bad[len(names):]) if b]
+        what = (f'loss term(s) {", ".join(terms)}' if terms else
+                f'the {", ".join(weights)} weights after the update (a non-finite gradient)')
+        if self.writer is not None:
+            self.writer.close()
+        last = self.out / 'last.pt'
+        kept = (f'{last} holds epoch {epoch}, the last finite '
+                'state (nothing later was saved)' if last.is_file() else 'no checkpoint was written')
+        raise TrainingDivergedError(
+            f'training stopped at epoch {epoch + 1} step {step + 1} (global step {self.global_step + 1}): {what} '
+            f'went non-finite (NaN/inf); {kept}: check the data (e.g. NaN ground truth) or lower optim.lr')
 
     # -- validation ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -432,6 +462,16 @@ class Trainer:
             rows.append(torch.cat(tiles, dim=2))
         grid = torch.cat(rows, dim=1)
         self.writer.add_image('val/moving_fixed_registered_T_RT_TR_flow', grid, epoch + 1)
+
+
+class TrainingDivergedError(NmrUserError):
+    """A loss term or the weights went NaN / inf: training stopped, the last finite checkpoint kept."""
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append a line by rewriting the (small) file atomically: a full disk cannot leave half a line."""
+    old = path.read_text() if path.is_file() else ''
+    atomic.write_text(path, old + line + '\n')
 
 
 def _rounded(value: Any) -> Any:
