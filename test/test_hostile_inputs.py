@@ -22,6 +22,7 @@ from binascii import crc32
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -54,6 +55,15 @@ def rig(folder: Path) -> Path:
 
     generate(SynthConfig(out=folder / 'rig', duration_s=12 / 30, seed=1, size_scale=0.1))
     return folder / 'rig'
+
+
+@pytest.fixture(scope='module')
+def manifest(folder: Path) -> Path:
+    from nmr.synth.generator import SynthConfig, generate
+
+    generate(SynthConfig(out=folder / 'pairs_rig', duration_s=3 / 30, seed=2, size_scale=0.2,
+                         export_pairs=folder / 'pairs'))
+    return folder / 'pairs' / 'rgb_lwir' / 'manifest.csv'
 
 
 @pytest.fixture(scope='module')
@@ -437,7 +447,7 @@ def _leftovers(root: Path) -> list[str]:
 
 
 def test_every_verb_writing_into_a_read_only_folder_is_one_line(
-        rig: Path, models: dict[str, Path], exported: Path, tmp_path: Path,
+        rig: Path, models: dict[str, Path], manifest: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     with _tmpfs(tmp_path / 'ro', 'ro,size=64k') as ro:
         runs = {
@@ -445,7 +455,11 @@ def test_every_verb_writing_into_a_read_only_folder_is_one_line(
             'recover-bag': ['recover-bag', str(rig), '--out', str(ro / 'out')],
             'train': _train_args(rig, ro / 'run'),
             'synth': ['synth', '--out', str(ro / 'syn'), '--frames', '2', '--size-scale', '0.1'],
-            'export': ['export', str(models['rgb_lwir']), '--out', str(ro / 'm.onnx')],
+            'export': ['export', '--model', str(models['rgb_lwir']), '--out', str(ro / 'm.onnx')],
+            'evaluate': ['evaluate', '--model', 'identity', '--manifest', str(manifest), '--save-flows',
+                         str(ro / 'flows')],
+            'demo': ['demo', '--out', str(ro / 'demo'), '--mode', 'offline', '--duration', '0.2', '--size-scale',
+                     '0.25', *_model_args(models)],
         }
         for verb, argv in runs.items():
             line = _one_line(capsys, main(argv), verb)
@@ -454,7 +468,8 @@ def test_every_verb_writing_into_a_read_only_folder_is_one_line(
 
 
 def test_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing_truncated(
-        rig: Path, models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        rig: Path, models: dict[str, Path], manifest: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     with _tmpfs(tmp_path / 'full', 'size=192k') as full:
         runs = {
             'synth': ['synth', '--out', str(full / 'syn'), '--frames', '4', '--size-scale', '0.1',
@@ -462,6 +477,10 @@ def test_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing_truncated(
             'train': _train_args(rig, full / 'run'),
             'register-bag': ['register-bag', str(rig), '--out', str(full / 'reg'), '--quiet',
                              *_model_args(models)],
+            'evaluate': ['evaluate', '--model', 'identity', '--manifest', str(manifest), '--save-flows',
+                         str(full / 'flows'), '--figures', str(full / 'figs')],
+            'demo': ['demo', '--out', str(full / 'demo'), '--mode', 'offline', '--duration', '0.2',
+                     '--size-scale', '0.25', *_model_args(models)],
         }
         for verb, argv in runs.items():
             line = _one_line(capsys, main(argv), verb)
@@ -471,6 +490,8 @@ def test_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing_truncated(
             assert not list(full.rglob('.*.tmp*')) and not list(full.rglob('.*partial-*')), _leftovers(full)
             for path in full.rglob('*.npy'):
                 np.load(path)
+            for path in [*full.rglob('*.png'), *full.rglob('*.gif')]:
+                assert cv2.imread(str(path)) is not None or cv2.imreadanimation(str(path))[0], path
             for path in full.rglob('*.pt'):
                 from nmr.models.checkpoint import read_checkpoint
 
@@ -606,7 +627,7 @@ def test_sigterm_to_synth_and_train_ends_with_one_line_and_no_bag_that_looks_com
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     text = log.read_text()
-    assert proc.returncode == 130 and 'Traceback' not in text and 'nmr train: interrupted' in text, text
+    assert proc.returncode == 130 and 'Traceback' not in text and 'nmr train: interrupted; ' in text, text
 
 
 # -- 10: FIFOs -------------------------------------------------------------------------------------------------

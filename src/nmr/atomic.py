@@ -31,8 +31,8 @@ class WriteError(NmrUserError, OSError):
 def write_error(path: Path, err: BaseException) -> WriteError:
     """The one line for a failed write of `path`."""
     reason = getattr(err, 'strerror', None) or str(err).splitlines()[0][:120] or type(err).__name__
-    errno = getattr(err, 'errno', None)
-    if errno in DISK_FULL or is_disk_full(err):
+    if is_disk_full(err):
+        reason = reason if getattr(err, 'strerror', None) else f'No space left on device: {reason}'
         todo = 'free disk space (or raise the file-size limit) or write elsewhere'
     else:
         todo = 'choose a writable folder'
@@ -44,9 +44,9 @@ def write_error(path: Path, err: BaseException) -> WriteError:
 def is_disk_full(err: BaseException) -> bool:
     """torch's C++ zip writer reports a full disk as RuntimeError ('enforce fail at inline_container.cc',
     'file write failed'), not as OSError."""
-    if isinstance(err, OSError):
-        return err.errno in DISK_FULL
     text = str(err).lower()
+    if isinstance(err, OSError):  # numpy's tofile: "6528 requested and 6112 written", no errno
+        return err.errno in DISK_FULL or (err.errno is None and 'requested and' in text and 'written' in text)
     return isinstance(err, RuntimeError) and any(
         k in text for k in ('no space left', 'file too large', 'disk quota', 'file write failed',
                             'inline_container'))

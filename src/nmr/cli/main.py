@@ -65,8 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(verb: str, module: Any, args: argparse.Namespace) -> int:
     try:
         return int(module.run(args) or 0)
-    except KeyboardInterrupt:
-        print(f'nmr {verb}: interrupted', file=sys.stderr)
+    except KeyboardInterrupt as err:  # a verb may say what it kept: KeyboardInterrupt('OUT/last.pt holds ...')
+        print(f'nmr {verb}: interrupted' + (f'; {err}' if str(err) else ''), file=sys.stderr)
         return 130
     except NmrUserError as err:
         print(f'nmr {verb}: error: {one_line(err)}', file=sys.stderr)

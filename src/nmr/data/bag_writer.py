@@ -349,7 +349,10 @@ class BagWriter:
         if self._writer is not None:
             writer, self._writer = self._writer, None
             try:
-                writer.close()
+                try:
+                    writer.close()
+                except OSError as err:
+                    raise self._named(err) from None
                 assert self._stage is not None
                 if self.overwrite and (self.path / 'metadata.yaml').is_file():
                     shutil.rmtree(self.path)
@@ -422,8 +425,17 @@ class BagWriter:
 
     def _writer_write(self, conn: Any, record_ns: int, data: bytes | memoryview, topic: str) -> None:
         assert self._writer is not None
-        self._writer.write(conn, int(record_ns), data)
+        try:
+            self._writer.write(conn, int(record_ns), data)
+        except OSError as err:
+            raise self._named(err) from None
         self.counts[topic] = self.counts.get(topic, 0) + 1
+
+    def _named(self, err: OSError) -> OSError:
+        """The same error, naming the bag (the storage writers raise ENOSPC without a file name)."""
+        if err.filename or err.errno is None:
+            return err
+        return type(err)(err.errno, err.strerror, str(self.path))
 
     # -- typed helpers -------------------------------------------------------------------------------
     def write_image(

@@ -189,7 +189,13 @@ def run(args: argparse.Namespace) -> int:
               "epoch's model; pass --val-manifest CSV, or set data.val_fraction (bags are split in blocks of "
               'data.block_s seconds: shorter blocks for a short bag; folders: data.scene_prefix=N splits by '
               'scene, the first N characters of each stem)', file=sys.stderr)
-    result = Trainer(cfg, data, args.out, resume=args.resume, init=args.init).fit()
+    try:
+        result = Trainer(cfg, data, args.out, resume=args.resume, init=args.init).fit()
+    except KeyboardInterrupt:  # SIGINT or SIGTERM (nmr.cli.main): checkpoints are whole (written atomically)
+        last = Path(args.out) / 'last.pt'
+        kept = f'{last} holds the last completed epoch: continue with --resume' if last.is_file() else \
+            'no epoch was completed, nothing was saved'
+        raise KeyboardInterrupt(kept) from None
     best = result.get('best')
     print(
         f'done: {result["steps"]} steps; best validation score {f"{best:.4g}" if best is not None else "n/a"}; '
