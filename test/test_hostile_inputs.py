@@ -619,12 +619,14 @@ def test_sigterm_to_synth_and_train_ends_with_one_line_and_no_bag_that_looks_com
     assert proc.returncode == 130 and 'Traceback' not in text and 'interrupted' in text, text
     assert not out.exists() and not list(tmp_path.glob('.*partial-*')), text
 
+    # train with a DataLoader worker, SIGTERM to the whole process group (as `kill -- -PGID`, or a terminal's
+    # Ctrl-C with SIGINT): the worker leaves it to the main process, which stops cleanly
     run, log = tmp_path / 'run', tmp_path / 'train.txt'
     with log.open('w') as err:
-        proc = subprocess.Popen(_nmr(*_train_args(rig, run), '--set', 'optim.epochs=50'), stdout=err, stderr=err,
-                                env=dict(os.environ))
+        proc = subprocess.Popen(_nmr(*_train_args(rig, run), '--set', 'optim.epochs=50', '--set', 'data.workers=1'),
+                                stdout=err, stderr=err, env=dict(os.environ), start_new_session=True)
         _wait_for_text(proc, log, 'epoch 1/50', 120)
-        proc.send_signal(signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
     text = log.read_text()
     assert proc.returncode == 130 and 'Traceback' not in text and 'nmr train: interrupted; ' in text, text

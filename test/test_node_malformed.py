@@ -69,7 +69,10 @@ MALFORMED: dict[str, dict[str, Any]] = {
     'zero size': {'height': 0, 'width': 0, 'step': 0, 'data': b''},
     'upper-case encoding': {'encoding': 'MONO16'},
     'whitespace in encoding': {'encoding': ' mono16'},
+    # valid, but larger than the input's max_pixels (set to MAX_PIXELS below): refused before any use
+    'over max_pixels': {'height': 80, 'width': 96, 'step': 192, 'data': bytes(80 * 192)},
 }
+MAX_PIXELS = 4096  # the valid frames are 40x48 = 1920 px
 
 
 @pytest.fixture(scope='module')
@@ -83,7 +86,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, RosHar
     model = make_tiny_model(folder / 'rgb_lwir.pt', 'rgb_lwir')
     log = folder / 'node.log'
     params = {'models.rgb_lwir': str(model), 'pairs': ['rgb_lwir'], 'backend': 'torch', 'device': 'cpu',
-              'sync.slop_s': 0.005, 'log_throttle_s': THROTTLE_S, 'diagnostics_period_s': 0.2}
+              'sync.slop_s': 0.005, 'log_throttle_s': THROTTLE_S, 'diagnostics_period_s': 0.2,
+              'max_pixels.lwir': MAX_PIXELS}
     proc = start_node(params, log, extra_args=['-r', f'__ns:={NS}'])
     harness = RosHarness('nmr_malformed_harness')
     from diagnostic_msgs.msg import DiagnosticArray

@@ -132,6 +132,7 @@ class Trainer:
             drop_last=True,
             pin_memory=self.device.type == 'cuda',
             persistent_workers=cfg.data.workers > 0,
+            worker_init_fn=_ignore_stop_signals,
         )
         if len(self.loader) == 0:
             raise ConfigError(
@@ -462,6 +463,16 @@ class Trainer:
             rows.append(torch.cat(tiles, dim=2))
         grid = torch.cat(rows, dim=1)
         self.writer.add_image('val/moving_fixed_registered_T_RT_TR_flow', grid, epoch + 1)
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGINT / SIGTERM to the main process: a Ctrl-C or a SIGTERM to the whole
+    process group used to kill a worker first and end the run with "DataLoader worker (pid N) is killed by
+    signal" instead of the main process's clean stop (the workers exit with it)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class TrainingDivergedError(NmrUserError):
