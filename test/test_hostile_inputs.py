@@ -21,6 +21,7 @@ import time
 from binascii import crc32
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -406,7 +407,7 @@ def test_a_compressed_bomb_in_a_bag_is_skipped_and_counted_by_register_bag(
             if conn.msgtype != 'sensor_msgs/msg/Image':
                 continue
             if conn.topic == LWIR:
-                msg = reader.deserialize(raw, conn.msgtype)
+                msg: Any = reader.deserialize(raw, conn.msgtype)
                 n += 1
                 if n == 2:
                     data = bomb
@@ -669,7 +670,7 @@ def test_one_lwir_frame_in_rgb8_is_skipped_and_counted_by_register_bag_and_train
             if conn.topic == LWIR:
                 n += 1
                 if n == 3:
-                    msg = reader.deserialize(raw, conn.msgtype)
+                    msg: Any = reader.deserialize(raw, conn.msgtype)
                     writer.write_image(LWIR, t, msg.header.frame_id, np.zeros((msg.height, msg.width, 3), np.uint8),
                                        'rgb8')
                     continue
