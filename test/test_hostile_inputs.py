@@ -162,7 +162,7 @@ def _flip_lwir_pixels(bag: Path) -> None:
     """16 bytes of LWIR pixel data flipped inside a chunk (the CDR stays decodable: only a CRC notices)."""
     mcap = next(bag.glob('*.mcap'))
     data = bytearray(mcap.read_bytes())
-    pos, length = _messages_of(data, LWIR)[2]
+    pos, length = _messages_of(data, LWIR)[-1]  # in the last chunk: sets before it are registered
     middle = pos + 9 + length // 2
     data[middle:middle + 16] = bytes(b ^ 0xFF for b in data[middle:middle + 16])
     mcap.write_bytes(bytes(data))
@@ -268,25 +268,25 @@ def test_a_model_with_nan_weights_is_refused_and_nan_flows_are_never_written(
 
 
 def test_the_core_counts_a_non_finite_flow_and_publishes_nothing() -> None:
+    from types import SimpleNamespace
+
+    from nmr.inference.protocol import Registration
     from nmr.pipeline.core import Frame, FrameSetCore
-    from nmr.pipeline.outputs import NonFiniteFlowError
+    from nmr.pipeline.outputs import NonFiniteFlowError, PairProcessor
 
-    class NanProcessor:
+    class NanRegistrar:
+        pair, info = 'rgb_lwir', SimpleNamespace(pair='rgb_lwir')
+
         def register(self, moving, fixed, encoding):
-            class R:
-                flow = np.full((*fixed.shape, 2), np.nan, np.float32)
-                registered = np.zeros((*fixed.shape, 3), np.uint8)
-            return R()
-
-        def outputs(self, *a):
-            raise AssertionError('no outputs for a NaN flow')
+            return Registration(np.full((*fixed.shape, 2), np.nan, np.float32),
+                                np.zeros((*fixed.shape, 3), np.uint8), np.ones(fixed.shape, bool))
 
     core = FrameSetCore(['rgb_lwir'], 10_000_000, 4, keep='all')
     core.add(Frame('rgb', 1000, np.zeros((8, 8, 3), np.uint8), 'rgb8', None))
     core.add(Frame('lwir', 1000, np.zeros((8, 8), np.uint16), 'mono16', None))
     (pset,) = core.take()
     with pytest.raises(NonFiniteFlowError, match='NaN or infinite'):
-        core.register(pset, NanProcessor(), ['flow'])  # type: ignore[arg-type]
+        core.register(pset, PairProcessor(NanRegistrar(), 'rgb_lwir'), ['flow', 'registered'])  # type: ignore[arg-type]
     assert core.counts('rgb_lwir').nonfinite == 1 and core.counts('rgb_lwir').registered == 0
 
 
@@ -509,8 +509,10 @@ def test_damage_in_the_camera_info_chunk_gives_one_line_and_a_partial_bag(
     bag = _copy(rig, tmp_path / 'bad')
     mcap = next(bag.glob('*.mcap'))
     data = bytearray(mcap.read_bytes())
-    records, _size = _chunks(data)[0]
-    struct.pack_into('<I', data, records - 16, 0xDEADBEEF)  # the first chunk fails its CRC
+    chunks = _chunks(data)
+    assert len(chunks) >= 2
+    records, _size = chunks[-1]
+    struct.pack_into('<I', data, records - 16, 0xDEADBEEF)  # the last chunk fails its CRC (camera_info in it)
     mcap.write_bytes(bytes(data))
     out = tmp_path / 'out'
     line = _one_line(capsys, main(['register-bag', str(bag), '--out', str(out), '--quiet', *_model_args(models)]),
