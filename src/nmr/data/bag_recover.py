@@ -189,9 +189,12 @@ def scan_mcap(path: Path, result: ScanResult) -> Iterator[RawMessage]:
         if f.read(8) != MCAP_MAGIC:
             raise BagError(f'{path} is not an mcap file (no mcap magic at its start); nothing to recover')
         scanner = _McapScanner(f, result)
-        for msg in scanner.messages():
-            result.counts[msg.topic] += 1
-            yield msg
+        try:
+            for msg in scanner.messages():
+                result.counts[msg.topic] += 1
+                yield msg
+        except (ValueError, struct.error) as err:  # a damaged record outside any chunk: the scan ends there
+            result.stopped = f'a damaged record ({err})'
 
 
 def scan_sqlite(path: Path, result: ScanResult) -> Iterator[RawMessage]:
