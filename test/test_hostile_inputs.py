@@ -635,6 +635,38 @@ def test_sigterm_to_synth_and_train_ends_with_one_line_and_no_bag_that_looks_com
     assert proc.returncode == 130 and 'Traceback' not in text and 'nmr train: interrupted; ' in text, text
 
 
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGKILL], ids=['SIGTERM', 'SIGKILL'])
+def test_recover_bag_killed_mid_copy_leaves_no_bag_at_its_output(rig: Path, tmp_path: Path, sig: int) -> None:
+    """SIGTERM: the copy is removed; SIGKILL: only the hidden staging folder is left (its name says partial),
+    nothing at --out. The copy is slowed down so that the signal lands in the middle of it."""
+    out = tmp_path / 'recovered'
+    child = ('import sys, time\n'
+             'from nmr.data import bag_writer\n'
+             'real = bag_writer.BagWriter.write_raw\n'
+             'def slow(self, *a, **k):\n'
+             '    time.sleep(0.02)\n'
+             '    return real(self, *a, **k)\n'
+             'bag_writer.BagWriter.write_raw = slow\n'
+             'from nmr.cli.main import main\n'
+             'sys.argv = ["nmr", "recover-bag", sys.argv[1], "--out", sys.argv[2]]\n'
+             'sys.exit(main())\n')
+    proc = subprocess.Popen([sys.executable, '-c', child, str(rig), str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ))
+    end = time.monotonic() + 60
+    while not any(p.stat().st_size > 0 for p in tmp_path.glob('.recovered.partial-*/recovered/*.mcap')):
+        assert proc.poll() is None and time.monotonic() < end, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    _out, err = proc.communicate(timeout=60)
+    assert not out.exists()
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 130 and b'Traceback' not in err and b'interrupted' in err, err
+        assert not list(tmp_path.glob('.recovered.partial-*'))
+    else:
+        assert list(tmp_path.glob('.recovered.partial-*'))
+
+
 # -- 10: FIFOs -------------------------------------------------------------------------------------------------
 
 def test_a_fifo_where_the_mcap_should_be_is_refused_at_once(
