@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -577,10 +578,12 @@ def _burst(proc: subprocess.Popen, sig: int, n: int, gap_s: float) -> None:
         time.sleep(gap_s)
 
 
-def _wait_for_text(proc: subprocess.Popen, path: Path, text: str, timeout: float) -> None:
+def _wait_for_text(proc: subprocess.Popen, path: Path, text: str, timeout: float, at_least: int = 0) -> None:
+    """Until `text` is in the log (with `at_least`: preceded by a number at least that large)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if path.exists() and text in path.read_text(errors='replace'):
+        log = path.read_text(errors='replace') if path.exists() else ''
+        if text in log and (not at_least or any(int(n) >= at_least for n in re.findall(rf'(\d+){text}', log))):
             return
         if proc.poll() is not None:
             raise AssertionError(path.read_text(errors='replace'))
@@ -594,10 +597,10 @@ def test_a_signal_burst_to_register_bag_leaves_a_finished_bag_marked_partial(
     out, log = tmp_path / 'out', tmp_path / 'err.txt'
     with log.open('w') as err:
         proc = subprocess.Popen(_nmr('register-bag', str(rig), '--out', str(out), *_model_args(models),
-                                     '--set', 'net_height=512', '--set', 'net_width=640'),
+                                     '--set', 'net_height=1024', '--set', 'net_width=1280'),
                                 stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ))
         try:
-            _wait_for_text(proc, log, ' sets registered', 120)
+            _wait_for_text(proc, log, ' sets registered', 120, at_least=2)  # an output exists (issue 23)
             _burst(proc, sig, 5, 0.01)
             proc.wait(timeout=60)
         finally:
@@ -614,8 +617,9 @@ def test_sigterm_to_synth_and_train_ends_with_one_line_and_no_bag_that_looks_com
     out, log = tmp_path / 'syn', tmp_path / 'synth.txt'
     with log.open('w') as err:
         proc = subprocess.Popen(_nmr('synth', '--out', str(out), '--frames', '300', '--size-scale', '0.2',
-                                     '--workers', '1'), stdout=err, stderr=err, env=dict(os.environ))
-        time.sleep(3)
+                                     '--workers', '1'), stdout=err, stderr=err,
+                                env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+        _wait_for_text(proc, log, ' frames rendered', 120)  # writing the bag (and past the imports)
         _burst(proc, signal.SIGTERM, 3, 0.05)
         proc.wait(timeout=60)
     text = log.read_text()
