@@ -304,17 +304,19 @@ def read_manifest(
 
 def write_manifest(csv_path: str | Path, rows: Sequence[dict[str, str | Path]]) -> None:
     """Write a manifest; paths are made relative to the CSV's folder where possible. Rows may carry
-    ``fixed_kind`` (then the column is written, and readers can refuse a model of the other kind)."""
+    ``fixed_kind`` (then the column is written, and readers can refuse a model of the other kind) and
+    ``family`` (the misalignment family that made the row's ground truth: `nmr evaluate` summarises per family)."""
     path = Path(csv_path)
     base = path.parent.resolve()
-    columns = [*MANIFEST_COLUMNS, *(['fixed_kind'] if any('fixed_kind' in r for r in rows) else [])]
+    extra = [c for c in ('fixed_kind', 'family') if any(c in r for r in rows)]
+    columns = [*MANIFEST_COLUMNS, *extra]
     with atomic.atomic_open(path, 'w', newline='', encoding='utf-8') as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction='raise')
         writer.writeheader()
         for row in rows:
             out = {}
             for key, value in row.items():
-                if key not in ('name', 'fixed_kind') and value not in ('', None):
+                if key not in ('name', 'fixed_kind', 'family') and value not in ('', None):
                     p = Path(value).resolve()
                     try:
                         value = p.relative_to(base)

@@ -54,14 +54,30 @@ class LwirNormalisation:
 
 @dataclass
 class DepthNormalisation:
-    """Inverse-depth range in metres: ``min_m`` -> 1, ``max_m`` -> -1."""
+    """Inverse depth, scaled by a fixed range or per image.
+
+    ``mode='fixed'``: ``min_m`` -> 1, ``max_m`` (and beyond) -> -1. A scene far from that range is squashed
+    (at 5-20 m everything lies in [-1, -0.9]). ``mode='robust'``: the ``low_percentile`` .. ``high_percentile``
+    of the frame's VALID inverse depths map to -0.9 .. 1 (clamped to [-0.95, 1]), so a 0.3-1 m table top and
+    a 5-20 m street use the whole range alike; holes stay at -1 (the networks' validity threshold is -0.999).
+    """
 
     min_m: float = 0.3
     max_m: float = 20.0
+    mode: str = 'fixed'
+    low_percentile: float = 2.0
+    high_percentile: float = 98.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.min_m < self.max_m:
             raise ConfigError(f'depth range must satisfy 0 < min_m < max_m, got {self.min_m}, {self.max_m}')
+        if self.mode not in ('fixed', 'robust'):
+            raise ConfigError(f"depth normalisation mode {self.mode!r}: use 'fixed' or 'robust'")
+        if not 0.0 <= self.low_percentile < self.high_percentile <= 100.0:
+            raise ConfigError(
+                f'depth percentiles must satisfy 0 <= low < high <= 100, got {self.low_percentile}, '
+                f'{self.high_percentile}'
+            )
 
 
 Normalisation = LwirNormalisation | DepthNormalisation
@@ -190,9 +206,16 @@ def depth_input(
     norm = norm or DepthNormalisation()
     m = depth_metres(img, encoding, device)
     valid = torch.isfinite(m) & (m > 0)
-    inv_far, inv_near = 1.0 / norm.max_m, 1.0 / norm.min_m
     inv = torch.where(valid, m, torch.ones_like(m)).reciprocal_()
-    x = inv.sub_(inv_far).div_((inv_near - inv_far) / 2.0).sub_(1.0).clamp_(-1.0, 1.0)
+    if norm.mode == 'robust':
+        if not bool(valid.any()):
+            return torch.full_like(inv, -1.0)[None], valid
+        lo, hi = _percentiles(inv[valid], norm.low_percentile, norm.high_percentile, 65536)
+        span = max(hi - lo, 1e-6 * max(hi, 1e-6))
+        x = inv.sub_(lo).div_(span / 1.9).sub_(0.9).clamp_(-0.95, 1.0)
+    else:
+        inv_far, inv_near = 1.0 / norm.max_m, 1.0 / norm.min_m
+        x = inv.sub_(inv_far).div_((inv_near - inv_far) / 2.0).sub_(1.0).clamp_(-1.0, 1.0)
     x = torch.where(valid, x, torch.full_like(x, -1.0))
     return x[None], valid
 

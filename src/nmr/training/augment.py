@@ -15,12 +15,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from nmr.models.resampler import warp
 from nmr.training.config import AugmentConfig
+
+
+class Field(Protocol):
+    """A displacement field on an h x w fixed grid, evaluable off-grid (pixels): `Misalignment` and the
+    families of `nmr.training.families`."""
+
+    h: int
+    w: int
+
+    def at(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -70,7 +81,7 @@ def sample_misalignment(h: int, w: int, cfg: AugmentConfig, generator: torch.Gen
     return Misalignment(h=h, w=w, matrix=matrix, shift=shift, control=control)
 
 
-def field_on_grid(mis: Misalignment, h: int | None = None, w: int | None = None) -> torch.Tensor:
+def field_on_grid(mis: Field, h: int | None = None, w: int | None = None) -> torch.Tensor:
     """phi on the pixel grid -> 2xHxW float64 (pixels)."""
     h = mis.h if h is None else h
     w = mis.w if w is None else w
@@ -80,7 +91,7 @@ def field_on_grid(mis: Misalignment, h: int | None = None, w: int | None = None)
     return mis.at(xs, ys).permute(2, 0, 1)
 
 
-def inverse_on_grid(mis: Misalignment, iterations: int = 30, stride: int = 1, tol: float = 1e-4) -> torch.Tensor:
+def inverse_on_grid(mis: Field, iterations: int = 30, stride: int = 1, tol: float = 1e-4) -> torch.Tensor:
     """d on the moving grid with m + d(m) = the fixed position that lands on m: solves d = -phi(m + d).
 
     The fixed-point iteration stops early once no position moves by more than `tol` px (the field's
@@ -111,7 +122,7 @@ def inverse_on_grid(mis: Misalignment, iterations: int = 30, stride: int = 1, to
 
 
 def misalign(
-    moving: torch.Tensor, mis: Misalignment, fill: float = -1.0, stride: int = 1
+    moving: torch.Tensor, mis: Field, fill: float = -1.0, stride: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Misalign an aligned moving image (CxHxW, same grid as the fixed image) -> (M CxHxW, gt flow 2xHxW).
 

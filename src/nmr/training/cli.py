@@ -39,10 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     src.add_argument(
         '--pairs',
-        nargs=2,
-        type=Path,
-        metavar=('MOVING_DIR', 'FIXED_DIR'),
-        help='two folders of images matched by file stem',
+        nargs='+',
+        action='append',
+        metavar='DIR',
+        help='MOVING_DIR FIXED_DIR [SCENE_PREFIX [VAL_FRACTION]]: two folders of images matched by file stem; '
+        'repeat for more sources (the optional values override data.scene_prefix / data.val_fraction for this '
+        'source, e.g. 2 0.3 for llvip: its scene 01 held out)',
     )
     parser.add_argument(
         '--val-manifest',
@@ -83,6 +85,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='override a config value, e.g. --set optim.lr=2e-4 (repeatable)',
     )
     parser.add_argument('--print-config', action='store_true', help='print the resolved config and exit')
+
+
+def pair_sources(
+    values: list[list[str]] | None, scene_prefix: int, val_fraction: float
+) -> list[tuple[Path, Path, int, float]]:
+    """--pairs occurrences -> (moving_dir, fixed_dir, scene_prefix, val_fraction) each; ConfigError on a
+    malformed one."""
+    out = []
+    usage = 'give MOVING_DIR FIXED_DIR [SCENE_PREFIX (an integer) [VAL_FRACTION (0..1)]]'
+    for v in values or []:
+        if len(v) not in (2, 3, 4) or (len(v) >= 3 and not v[2].isdigit()):
+            raise ConfigError(f'--pairs {" ".join(v)}: {usage}')
+        try:
+            fraction = float(v[3]) if len(v) == 4 else val_fraction
+        except ValueError:
+            raise ConfigError(f'--pairs {" ".join(v)}: {usage}') from None
+        if not 0.0 <= fraction < 1.0:
+            raise ConfigError(f'--pairs {" ".join(v)}: VAL_FRACTION must be in [0, 1)')
+        out.append((Path(v[0]), Path(v[1]), int(v[2]) if len(v) >= 3 else scene_prefix, fraction))
+    return out
 
 
 def build_data(args: argparse.Namespace, cfg: Any) -> Any:
@@ -126,21 +148,22 @@ def build_data(args: argparse.Namespace, cfg: Any) -> Any:
             ManifestDataset(args.manifest, kind, 'val', d.val_fraction) if split_val else None,
             {'source': 'manifest', 'manifest': str(args.manifest)},
         ))
-    if args.pairs:
+    for source in pair_sources(args.pairs, d.scene_prefix, d.val_fraction):
         from nmr.data.pairs import FolderPairDataset
 
+        moving_dir, fixed_dir, prefix, fraction = source
         fkw: dict[str, Any] = {
             'moving_suffix': args.moving_suffix,
             'fixed_suffix': args.fixed_suffix,
-            'val_fraction': d.val_fraction,
-            'scene_prefix': d.scene_prefix,
+            'val_fraction': fraction,
+            'scene_prefix': prefix,
         }
         folder_split = 'train' if split_val else 'all'
         parts.append((
-            FolderPairDataset(args.pairs[0], args.pairs[1], kind, split=folder_split, **fkw),
-            FolderPairDataset(args.pairs[0], args.pairs[1], kind, split='val', **fkw) if split_val else None,
-            {'source': 'folders', 'moving_dir': str(args.pairs[0]), 'fixed_dir': str(args.pairs[1]),
-             'scene_prefix': d.scene_prefix},
+            FolderPairDataset(moving_dir, fixed_dir, kind, split=folder_split, **fkw),
+            FolderPairDataset(moving_dir, fixed_dir, kind, split='val', **fkw) if split_val else None,
+            {'source': 'folders', 'moving_dir': str(moving_dir), 'fixed_dir': str(fixed_dir), 'scene_prefix': prefix,
+             'val_fraction': fraction},
         ))
     train = parts[0][0] if len(parts) == 1 else ConcatDataset([p[0] for p in parts])
     vals = [p[1] for p in parts if p[1] is not None and len(p[1]) > 0]
@@ -176,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not (args.bag or args.manifest or args.pairs):
         raise ConfigError('nmr train needs training data: --bag, --manifest and/or --pairs')
-    for p in (args.bag or []) + ([args.manifest] if args.manifest else []) + list(args.pairs or []):
+    folders = [p for src in pair_sources(args.pairs, cfg.data.scene_prefix, cfg.data.val_fraction) for p in src[:2]]
+    for p in (args.bag or []) + ([args.manifest] if args.manifest else []) + folders:
         if not Path(p).exists():
             raise ConfigError(f'training data {p} does not exist; check the path')
     from nmr.training.trainer import Trainer

@@ -70,6 +70,20 @@ class AugmentConfig:
     appearance: bool = True
     invert_fixed: float = 0.15  # LWIR polarity inversion probability
     hflip: float = 0.5
+    # Misalignment families (nmr.training.families): one drawn per pair. Leave one out to hold it back.
+    # 'legacy' = the old affine + 4x4 elastic above (shift_px .. elastic_grid), which carried the border cue.
+    families: list[str] = field(
+        default_factory=lambda: ['affine', 'homography', 'nonrigid', 'distortion', 'composite']
+    )
+    mean_px: list[float] = field(default_factory=lambda: [0.0, 30.0])  # target mean |phi| drawn uniformly
+    peak_px: float = 60.0  # cap on max |phi| (at reference_width; must stay below the canvas margin)
+    max_gradient: float = 0.5  # cap on ||grad phi|| (invertible, det(I + grad phi) >= 0.25)
+    nonrigid_grids: list[int] = field(default_factory=lambda: [3, 8])  # control grid size range (per axis)
+    # No border cue: the field is drawn on a canvas canvas_scale x the visible crop and only the centre of
+    # BOTH images is kept (1.25: a margin of 12.5 % of the width per side, above peak_px at 640 px).
+    canvas_scale: float = 1.25
+    border_prob: float = 0.3  # probability of content-free bands in BOTH images (independent of the field)
+    border_max: float = 0.08  # the largest band, as a fraction of the side
 
 
 @dataclass
@@ -178,6 +192,29 @@ class TrainConfig:
             raise ConfigError(f'data.val_fraction {self.data.val_fraction} must be in [0, 1)')
         if self.optim.batch_size < 1 or self.optim.epochs < 1:
             raise ConfigError('optim.batch_size and optim.epochs must be >= 1')
+        from nmr.training.families import FAMILIES
+
+        a = self.augment
+        if not a.families:
+            raise ConfigError('augment.families is empty: name at least one of ' + ', '.join(FAMILIES))
+        for name in a.families:
+            _choice('augment.families[]', name, FAMILIES)
+        if len(a.mean_px) != 2 or not 0.0 <= a.mean_px[0] <= a.mean_px[1]:
+            raise ConfigError(f'augment.mean_px {a.mean_px} must be [low, high] with 0 <= low <= high')
+        if len(a.nonrigid_grids) != 2 or not 2 <= a.nonrigid_grids[0] <= a.nonrigid_grids[1]:
+            raise ConfigError(f'augment.nonrigid_grids {a.nonrigid_grids} must be [low, high], 2 <= low <= high')
+        if not 0.0 < a.max_gradient < 1.0:
+            raise ConfigError(f'augment.max_gradient {a.max_gradient} must be in (0, 1) (invertible fields)')
+        if a.canvas_scale < 1.0:
+            raise ConfigError(f'augment.canvas_scale {a.canvas_scale} must be >= 1')
+        margin = (1.0 - 1.0 / a.canvas_scale) / 2.0 * a.canvas_scale * a.reference_width
+        if a.peak_px > margin + 1e-6:
+            raise ConfigError(
+                f'augment.peak_px {a.peak_px} exceeds the canvas margin ({margin:.0f} px at '
+                f'{a.reference_width} px): raise augment.canvas_scale or lower augment.peak_px'
+            )
+        if not (0.0 <= a.border_prob <= 1.0 and 0.0 <= a.border_max < 0.5):
+            raise ConfigError('augment.border_prob must be in [0, 1] and augment.border_max in [0, 0.5)')
         if self.augment.warmup_epochs < 0 or not 0.0 <= self.augment.warmup_start <= 1.0:
             raise ConfigError('augment.warmup_epochs must be >= 0 and augment.warmup_start in [0, 1]')
         if self.optim.lr <= 0 or self.optim.lr_registration < 0:

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from nmr.data.preprocess import resize_to
-from nmr.training.augment import misalign, sample_misalignment
 from nmr.training.config import AugmentConfig
+from nmr.training.families import cue_free_pair, random_borders
 
 TRAIN_INVERSE_STRIDE = 4
 
@@ -84,11 +84,12 @@ class TrainingPairs(Dataset):
                 )
             g = torch.Generator().manual_seed(self._item_seed(i, epoch))
             strength = 1.0 if self.deterministic else warmup_strength(self.augment, epoch)
-            mis = sample_misalignment(moving.shape[-2], moving.shape[-1], scaled(self.augment, strength), g)
-            # Training never reads the ground truth, so its inverse field may be solved on a coarse grid
-            # (~0.03 px off, 15x cheaper); validation keeps the exact one for EPE.
-            moving, gt = misalign(moving, mis, stride=1 if self.deterministic else TRAIN_INVERSE_STRIDE)
-            valid = None
+            # Cue-free (nmr.training.families): the field is drawn on the whole image and the centre of BOTH
+            # images is kept. Training never reads this ground truth, so its inverse may be solved on a
+            # coarse grid (~0.03 px off); validation keeps the exact one for EPE.
+            pair = cue_free_pair(moving, fixed, self.augment, g, strength=strength,
+                                 stride=1 if self.deterministic else TRAIN_INVERSE_STRIDE)
+            moving, fixed, gt, valid = pair.moving, pair.fixed, pair.flow, pair.valid[0]
         item: dict[str, Any] = {
             'name': fp.name,
             'moving': resize_to(moving[None], self.net_hw)[0],
@@ -100,8 +101,15 @@ class TrainingPairs(Dataset):
         }
         return item
 
+    def canvas_hw(self) -> tuple[int, int]:
+        """The size pre-aligned pairs are cached at for training: the network size x augment.canvas_scale
+        (the field is drawn there and the network-size centre of both images kept: no border cue)."""
+        scale = self.augment.canvas_scale if self.augment is not None else 1.0
+        return round(self.net_hw[0] * scale), round(self.net_hw[1] * scale)
+
     def _net_pair(self, i: int) -> tuple[torch.Tensor, ...]:
-        """(moving, fixed, gt_net or empty, valid_net or empty) at network size, decoded once."""
+        """(moving, fixed, gt_net or empty, valid_net or empty) at network size (pre-aligned pairs without
+        ground truth: at `canvas_hw`), decoded once."""
         cached = self._net_cache.get(i)
         if cached is not None:
             return cached
@@ -121,7 +129,8 @@ class TrainingPairs(Dataset):
                 valid = F.interpolate(v, size=self.net_hw, mode='nearest')[0] > 0.5
             else:
                 valid = torch.ones(1, *self.net_hw, dtype=torch.bool)
-        cached = (resize_to(moving[None], self.net_hw)[0], resize_to(fixed[None], self.net_hw)[0], gt, valid)
+        hw = self.net_hw if fp.gt_flow is not None else self.canvas_hw()
+        cached = (resize_to(moving[None], hw)[0], resize_to(fixed[None], hw)[0], gt, valid)
         self._net_cache[i] = cached
         return cached
 
@@ -136,9 +145,10 @@ class TrainingPairs(Dataset):
                 )
             g = torch.Generator().manual_seed(self._item_seed(i, epoch))
             strength = warmup_strength(self.augment, epoch)
-            mis = sample_misalignment(self.net_hw[0], self.net_hw[1], scaled(self.augment, strength), g)
-            moving, gt = misalign(moving, mis, stride=TRAIN_INVERSE_STRIDE)
-            valid = truth_inside(gt)
+            pair = cue_free_pair(moving, fixed, self.augment, g, strength=strength, stride=TRAIN_INVERSE_STRIDE,
+                                 out_hw=self.net_hw)
+            moving, fixed, valid = random_borders(pair.moving, pair.fixed, pair.valid, self.augment, g)
+            gt = pair.flow
         return {
             'name': str(i),
             'moving': moving,
@@ -204,6 +214,8 @@ def scaled(cfg: AugmentConfig, strength: float) -> AugmentConfig:
         scale=cfg.scale * strength,
         shear=cfg.shear * strength,
         elastic_px=cfg.elastic_px * strength,
+        mean_px=[v * strength for v in cfg.mean_px],
+        peak_px=cfg.peak_px * strength,
     )
 
 

@@ -172,6 +172,7 @@ class Trainer:
                 'train_pairs': len(self.train_set),
                 'val_pairs': len(self.val_set) if self.val_set is not None else 0,
                 'augment': self.cfg.augment.enabled,
+                'families': list(self.cfg.augment.families) if self.cfg.augment.enabled else [],
                 'epochs': self.cfg.optim.epochs,
                 'loss': {
                     'objective': self.cfg.loss.objective,
