@@ -52,7 +52,8 @@ def main() -> int:
                              split=args.split, val_fraction=args.val_fraction, scene_prefix=args.scene_prefix)
     args.out.mkdir(parents=True, exist_ok=True)
     cfg = AugmentConfig(enabled=True, mean_px=list(args.mean_px))
-    generator, rows = torch.Generator().manual_seed(args.seed), []
+    generator = torch.Generator().manual_seed(args.seed)
+    rows: list[dict[str, str | Path]] = []
     count = len(data) if args.max_pairs <= 0 else min(len(data), args.max_pairs)
     for i in range(count):
         pair = data[i]
@@ -75,7 +76,7 @@ def main() -> int:
                      'flow': f'{stem}_flow.npy', 'valid': f'{stem}_valid.png', 'fixed_kind': pair.fixed_kind,
                      'family': cut.family})
     write_manifest(args.out / 'manifest.csv', rows)
-    mags = [np.linalg.norm(np.load(r['flow']), axis=2).mean() for r in rows]
+    mags = [np.linalg.norm(np.load(str(r['flow'])), axis=2).mean() for r in rows]
     what = {'val': 'held-out', 'train': 'training-scene', 'all': ''}[args.split]
     print(f'{len(rows)} {what} pairs -> {args.out / "manifest.csv"} ({args.family}, mean misalignment '
           f'{np.mean(mags):.1f} px, cue-free centre crops)')

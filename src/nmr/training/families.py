@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -198,8 +199,8 @@ def _shape(name: str, h: int, w: int, g: torch.Generator, cfg: AugmentConfig) ->
         k = 2 + int(torch.randint(0, 2, (1,), generator=g))
         order = torch.randperm(len(BASE_FAMILIES), generator=g)[:k].tolist()
         shapes = [_shape(BASE_FAMILIES[i], h, w, g, cfg) for i in order]
-        weights = torch.rand(k, generator=g, dtype=torch.float64) + 0.3
-        weights = (weights / weights.sum()).tolist()
+        raw = torch.rand(k, generator=g, dtype=torch.float64) + 0.3
+        weights = (raw / raw.sum()).tolist()
         return lambda gain: Composed(h, w, [s(gain * wt) for s, wt in zip(shapes, weights)])
     raise ValueError(f'unknown misalignment family {name!r}: use one of {", ".join(FAMILIES)}')
 
@@ -395,7 +396,7 @@ def random_borders(
     for side in range(4):
         if _u(generator, 0.0, 1.0) < 0.5:
             continue
-        n = int(round(_u(generator, 0.0, cfg.border_max) * (h if side < 2 else w)))
+        n = round(_u(generator, 0.0, cfg.border_max) * (h if side < 2 else w))
         if n <= 0:
             continue
         if side == 0:
