@@ -110,6 +110,9 @@ def test_fixed_input_dispatch_and_normalisation_dicts():
     assert normalisation_dict(normalisation_for('depth', {'depth': {'max_m': 5}})) == {
         'min_m': 0.3,
         'max_m': 5,
+        'mode': 'fixed',
+        'low_percentile': 2.0,
+        'high_percentile': 98.0,
     }
     with pytest.raises(ConfigError, match='thermal'):
         normalisation_for('thermal')
@@ -165,3 +168,45 @@ def test_one_resize_for_training_and_inference() -> None:
     board = (torch.arange(64).reshape(8, 8) % 2 + torch.arange(64).reshape(8, 8) // 8 % 2) % 2
     small = pp.resize_to(board.float()[None, None], (2, 2))
     assert torch.allclose(small, torch.full_like(small, 0.5), atol=0.05)
+
+
+def _depth_mm(lo_m: float, hi_m: float, seed: int, holes: float = 0.1) -> np.ndarray:
+    """A 48x64 uint16 depth map (mm): a slanted plane from lo_m to hi_m plus noise, with zero holes."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(lo_m, hi_m, 64)[None].repeat(48, 0) * rng.uniform(0.97, 1.03, (48, 64))
+    mm = (ramp * 1000).astype(np.uint16)
+    mm[rng.random((48, 64)) < holes] = 0
+    return mm
+
+
+def test_robust_depth_normalisation_uses_the_range_whatever_the_scene_depth():
+    """Issue 19 item 5: cameras publish 0.3 m table tops and 20 m streets. The fixed range squashes a far scene
+    into [-1, -0.9] (and a 10-20 m scene to within 0.001 of the hole value -1, where the networks' validity
+    channel reads it as a hole); the robust mode spreads every scene over the range, holes stay -1 and valid
+    pixels stay above the validity threshold."""
+    from nmr.models.correlation import DEPTH_VALID_THRESHOLD
+
+    robust = DepthNormalisation(mode='robust')
+    fixed_far, _ = depth_input(_depth_mm(10.0, 20.0, 0), '16UC1')
+    _, v = depth_input(_depth_mm(10.0, 20.0, 0), '16UC1')
+    assert float(fixed_far[0][v].max()) < -0.95  # the old mode: a far scene is nearly flat
+    for lo, hi in ((0.3, 1.0), (0.8, 4.0), (5.0, 20.0), (10.0, 20.0)):
+        mm = _depth_mm(lo, hi, 1)
+        x, valid = depth_input(mm, '16UC1', robust)
+        xv = x[0][valid]
+        assert float(xv.min()) > DEPTH_VALID_THRESHOLD and float(xv.max()) == 1.0
+        assert float(xv.max() - xv.min()) > 1.8  # the whole range used
+        assert torch.all(x[0][~valid] == -1) and (~valid).any()
+        # nearer is brighter, and the map is the same for the scene in metres (32FC1)
+        assert float(x[0, :, :8][valid[:, :8]].mean()) > float(x[0, :, -8:][valid[:, -8:]].mean())
+        xm, _ = depth_input(mm.astype(np.float32) / 1000, '32FC1', robust)
+        assert torch.allclose(x, xm, atol=1e-4)
+    # scale invariance: the same scene 10x farther normalises the same (inverse depth scales uniformly)
+    near, _ = depth_input(_depth_mm(0.5, 2.0, 2, holes=0), '16UC1', robust)
+    far, _ = depth_input(_depth_mm(0.5, 2.0, 2, holes=0) * 10, '16UC1', robust)
+    assert torch.allclose(near, far, atol=2e-3)
+    # no valid pixel at all: everything is a hole
+    empty, valid = depth_input(np.zeros((4, 4), np.uint16), '16UC1', robust)
+    assert not valid.any() and torch.all(empty == -1)
+    with pytest.raises(ConfigError, match='mode'):
+        DepthNormalisation(mode='auto')
