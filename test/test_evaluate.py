@@ -202,3 +202,30 @@ def test_a_model_of_the_other_pair_is_refused_with_one_line(
     assert main([*argv[:-2], '--fixed-kind', 'depth']) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and 'is for rgb_lwir (lwir fixed images), not --fixed-kind depth' in err
+
+
+def test_summary_has_a_line_per_family(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 19: manifests carry a `family` column; the summary (JSON and table) reports each family, with its
+    own ratio from its own pairs, and the mean line stays last."""
+    manifest = write_manifest(tmp_path, n=3)
+    text = manifest.read_text().splitlines()
+    families = ['homography', 'nonrigid', 'homography']
+    rows = [text[0] + ',family'] + [f'{line},{fam}' for line, fam in zip(text[1:], families)]
+    manifest.write_text('\n'.join(rows) + '\n')
+    flow = np.load(tmp_path / 'flow1.npy')
+    np.save(tmp_path / 'flow1.npy', flow * 3)  # the nonrigid pair is misaligned 3x as much
+    out = tmp_path / 'r.json'
+    model = constant_flow_model(tmp_path / 'const.pt', (GT_SHIFT[0] * 1.25 * 0.8, GT_SHIFT[1] * 0.8 * 0.8))
+    assert main(['evaluate', '--model', str(model), '--manifest', str(manifest), '--out', str(out),
+                 '--backend', 'torch']) == 0
+    s = json.loads(out.read_text())['summary']
+    assert sorted(s['families']) == ['homography', 'nonrigid']
+    assert s['families']['homography']['pairs'] == 2 and s['families']['nonrigid']['pairs'] == 1
+    h, n = s['families']['homography'], s['families']['nonrigid']
+    assert n['epe_identity'] == pytest.approx(3 * h['epe_identity'], rel=1e-4)
+    assert n['epe_ratio'] > h['epe_ratio']  # the same constant flow leaves more of the larger field
+    assert s['epe'] == pytest.approx((2 * h['epe'] + n['epe']) / 3, rel=1e-4)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith('mean (3 pairs)')
+    assert any(line.startswith('family homography (2)') for line in lines)
+    assert any(line.startswith('family nonrigid (1)') for line in lines)

@@ -202,6 +202,7 @@ class _Row:
     landmarks: Path | None
     fixed_kind: str | None
     depth: Path | None = None
+    family: str = ''
 
 
 class ManifestDataset:
@@ -279,11 +280,15 @@ class ManifestDataset:
                     )
                 kind = stated or self.fixed_kind
                 rows.append(_Row(name, moving, fixed, file('flow'), file('valid'), file('landmarks'), kind,
-                                 file('depth')))
+                                 file('depth'), rec.get('family', '')))
         return rows
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def family(self, i: int) -> str:
+        """Row i's misalignment family (the optional ``family`` column; '' when absent)."""
+        return self.rows[i].family
 
     def __getitem__(self, i: int) -> FramePair:
         row = self.rows[i]

@@ -167,6 +167,7 @@ def evaluate(
             runtime_ms,
             reg.timings_ms,
         )
+        res.family = rows.family(i)
         results.append(res)
         if geometric is not None and fp.gt_flow is not None:  # where the geometry says the flow is trusted
             gt_valid = np.ones(fixed_hw, bool) if valid is None else valid

@@ -99,6 +99,7 @@ class PairResult:
     landmark_ratio: float = math.nan
     landmark_count: int = 0
     landmark_source: str = ''  # 'manifest' | 'grid' | ''
+    family: str = ''  # the manifest's misalignment family ('' = none given)
     valid_fraction: float = math.nan
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -155,6 +156,12 @@ def summarise(results: Sequence[PairResult]) -> dict[str, Any]:
     runtimes = np.array([r.runtime_ms for r in results], dtype=np.float64)
     epe, epe_id = mean(r.epe for r in results), mean(r.epe_identity for r in results)
     lm, lm_id = mean(r.landmark for r in results), mean(r.landmark_identity for r in results)
+    families = sorted({r.family for r in results if r.family})
+    per_family = {}
+    for fam in families:
+        rs = [r for r in results if r.family == fam]
+        e, e_id = mean(r.epe for r in rs), mean(r.epe_identity for r in rs)
+        per_family[fam] = {'pairs': len(rs), 'epe': e, 'epe_identity': e_id, 'epe_ratio': ratio_percent(e, e_id)}
     summary = {
         'pairs': len(results),
         'pairs_with_ground_truth': sum(1 for r in results if math.isfinite(r.epe)),
@@ -168,6 +175,8 @@ def summarise(results: Sequence[PairResult]) -> dict[str, Any]:
         'runtime_ms_mean': float(runtimes.mean()) if len(runtimes) else math.nan,
         'runtime_ms_p99': float(np.percentile(runtimes, 99)) if len(runtimes) else math.nan,
     }
+    if per_family:
+        summary['families'] = per_family
     return {k: _json_number(v) for k, v in summary.items()}
 
 
@@ -203,6 +212,14 @@ def format_table(results: Sequence[PairResult], summary: dict[str, Any]) -> str:
             f'{f(r.runtime_ms, 1):>8s}'
         )
     s = summary
+    families = s.get('families') or {}
+    if families:  # one line per misalignment family (the manifest's `family` column), then the mean
+        lines.append('-' * len(head))
+    for fam, fs in families.items():
+        lines.append(
+            f'{"family " + fam + " (" + str(fs["pairs"]) + ")":24s} {"":>9s} {f(fs["epe"]):>7s} '
+            f'{f(fs["epe_identity"]):>7s} {f(fs["epe_ratio"], 1):>6s}'
+        )
     lines.append('-' * len(head))
     lines.append(
         f'{"mean (" + str(s["pairs"]) + " pairs)":24s} {"":>9s} {f(s["epe"]):>7s} {f(s["epe_identity"]):>7s} '
