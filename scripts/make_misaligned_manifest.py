@@ -37,8 +37,10 @@ def main() -> int:
     parser.add_argument('--scene-prefix', type=int, default=0, help='as data.scene_prefix in training')
     parser.add_argument('--val-fraction', type=float, default=0.2, help='as data.val_fraction in training')
     parser.add_argument('--seed', type=int, default=2026, help='misalignment seed')
-    parser.add_argument('--family', default='mixed', choices=('mixed', *FAMILIES),
-                        help='misalignment family (mixed: one of the default training families per pair)')
+    parser.add_argument('--family', default='mixed', choices=('mixed', *FAMILIES, 'parallax'),
+                        help='misalignment family (mixed: one of the default training families per pair; '
+                             'parallax: a second camera through the depth map, nmr.training.parallax: '
+                             "depth pairs' own depth, a random layered depth for LWIR pairs)")
     parser.add_argument('--mean-px', type=float, nargs=2, default=(5.0, 30.0), metavar=('LOW', 'HIGH'),
                         help='mean |phi| drawn uniformly from this range, px at 640 px width')
     parser.add_argument('--split', choices=('val', 'train', 'all'), default='val',
@@ -61,8 +63,14 @@ def main() -> int:
         moving = cv2.resize(pair.moving, (w, h), interpolation=cv2.INTER_AREA) \
             if pair.moving.shape[:2] != (h, w) else pair.moving
         fixed = torch.from_numpy(pair.fixed.astype(np.float32))[None]
-        cut = cue_free_pair(torch.from_numpy(moving).permute(2, 0, 1).float(), fixed, cfg, generator,
-                            family=None if args.family == 'mixed' else args.family)
+        moving_t = torch.from_numpy(moving).permute(2, 0, 1).float()
+        if args.family == 'parallax':
+            from nmr.training.parallax import layered_depth, parallax_pair
+
+            depth = pair.fixed.astype(np.float32) / 1000.0 if args.kind == 'depth' else layered_depth(h, w, generator)
+            cut = parallax_pair(moving_t, fixed, depth, cfg, generator)
+        else:
+            cut = cue_free_pair(moving_t, fixed, cfg, generator, family=None if args.family == 'mixed' else args.family)
         moving_out = cut.moving.round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
         fixed_out = cut.fixed[0].numpy().astype(pair.fixed.dtype)
         flow_np = cut.flow.permute(1, 2, 0).numpy().astype(np.float32)
