@@ -10,6 +10,7 @@
 #   NMR_RIG_SEEDS="101 102 .."          synthetic rig recordings to render and train on ("" = none)
 #   NMR_INIT=DIR|none                   warm start: DIR/<pair>.pt; default: the models shipped before issue 19
 #                                       (git show $INIT_COMMIT:models/<pair>.pt); none = from scratch
+#   NMR_PAIRS="rgb_lwir rgb_depth"      which pairs to train (and export)
 # The recipe (issues 11, 19): R_Phi = `corr` (feature pyramids + cosine cost volumes), trained SUPERVISED on
 # the exact ground truth of synthetic misalignments of pre-aligned real pairs, pooled with the synthetic
 # rig's recorded ground truth; dense contrastive loss as an auxiliary term; appearance randomisation and
@@ -114,12 +115,19 @@ train_depth() {
     $(resume rgb_depth) "$@"
 }
 done_file() { printf '%s/%s/epoch_%03d.pt' "$runs" "$1" "$epochs"; }
+pairs="${NMR_PAIRS:-rgb_lwir rgb_depth}"
 pids=()
-if [ ! -f "$(done_file rgb_lwir)" ]; then train_lwir "$@" >> "$runs/rgb_lwir.log" 2>&1 & pids+=($!); fi
-if [ ! -f "$(done_file rgb_depth)" ]; then train_depth "$@" >> "$runs/rgb_depth.log" 2>&1 & pids+=($!); fi
+for pair in $pairs; do
+  [ -f "$(done_file "$pair")" ] && continue
+  case "$pair" in
+    rgb_lwir) train_lwir "$@" >> "$runs/rgb_lwir.log" 2>&1 & pids+=($!) ;;
+    rgb_depth) train_depth "$@" >> "$runs/rgb_depth.log" 2>&1 & pids+=($!) ;;
+    *) echo "NMR_PAIRS: unknown pair $pair (rgb_lwir, rgb_depth)" >&2; exit 2 ;;
+  esac
+done
 for pid in "${pids[@]}"; do wait "$pid"; done   # set -e: a failed run stops here (see its log)
 
-for pair in rgb_lwir rgb_depth; do
+for pair in $pairs; do
   last="$(ls "$runs/$pair"/epoch_*.pt | sort | tail -n 1)"   # the last epoch (R_Phi only), not best.pt
   cp "$last" "$models_out/$pair.pt.tmp" && mv "$models_out/$pair.pt.tmp" "$models_out/$pair.pt"
   $nmr export --model "$models_out/$pair.pt" --out "$models_out/$pair.onnx"
