@@ -26,7 +26,15 @@ def main() -> int:
     args = parser.parse_args()
     labels = sorted(p.name for p in args.eval_dir.iterdir()
                     if p.is_dir() and p.name not in ('sets', 'oracle') and any(p.glob('*.json')))
-    sets = sorted({j.stem for label in labels for j in (args.eval_dir / label).glob('*.json')})
+    order = ['affine', 'homography', 'nonrigid', 'distortion', 'composite', 'legacy', 'mixed', 'parallax', 'lwir',
+             'depth']
+
+    def key(name: str) -> tuple[int, int, str]:
+        pair = 0 if name.startswith(('roadscene', 'llvip')) or name.endswith('lwir') else 1
+        tail = name.split('_', 1)[-1]
+        return pair, order.index(tail) if tail in order else len(order), name
+
+    sets = sorted({j.stem for label in labels for j in (args.eval_dir / label).glob('*.json')}, key=key)
     head = ['set', 'pair', 'family', 'held back', 'pairs', 'unregistered px',
             *[f'{label} %' for label in labels], 'homography oracle %']
     print('| ' + ' | '.join(head) + ' |')
