@@ -27,8 +27,8 @@
 #   Stage 2, both pairs in parallel: rgb_lwir again from stage 1 (one-cycle peak 2e-4); rgb_depth from stage
 #            1's rgb_lwir weights transplanted (scripts/transplant_registration.py: the depth validity
 #            channel's weights start at zero) with the same schedule on depth data. Why: fine-tuning the
-#            pre-issue-19 rgb_depth cue-free collapsed to zero flow (99.8 % of unregistered after 500 steps),
-#            from scratch it was still at 99.7 % after 400 contrastive + ~900 flow steps, while the
+#            pre-issue-19 rgb_depth cue-free collapsed to zero flow (99.1-99.8 % of unregistered at 150-350 steps),
+#            from scratch it was still at 99.7 % after 400 contrastive + 400 flow steps, while the
 #            transplanted rgb_lwir starts at 81.6 % on the depth validation pairs.
 #   NMR_PROFILE=cpu: 2-core CPU, one torch thread per run, net 128x160, batch 8, 40 x 25 = 1,000 steps
 #                    (stage 1) and 32 x 25 = 800 steps per pair (stage 2).

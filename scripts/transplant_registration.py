@@ -3,7 +3,7 @@
 
 Why: the RGB encoder, the cost volumes' decoders and much of the fixed encoder (edges against edges) carry
 over between thermal and depth, and a cue-free depth model trained from scratch on 2 CPU cores had not left
-zero flow after ~900 flow steps (issue 19). Every tensor is copied as it is, except the fixed encoder's
+zero flow after 400 contrastive + 400 flow steps (issue 19). Every tensor is copied as it is, except the fixed encoder's
 first convolution when the target has the depth validity channel: the extra input channel starts at zero
 (so the transplanted network is exactly the source on valid depth). The metadata (pair, normalisation,
 network size) is the target's, from `--like` (a checkpoint of the target pair) or the defaults.
