@@ -24,8 +24,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('eval_dir', type=Path)
     args = parser.parse_args()
-    labels = sorted(p.name for p in args.eval_dir.iterdir()
-                    if p.is_dir() and p.name not in ('sets', 'oracle') and any(p.glob('*.json')))
+    labels = sorted((p.name for p in args.eval_dir.iterdir()
+                     if p.is_dir() and p.name not in ('sets', 'oracle') and any(p.glob('*.json'))),
+                    key=lambda name: (name != 'old', name))  # the old models first
     order = ['affine', 'homography', 'nonrigid', 'distortion', 'composite', 'legacy', 'mixed', 'parallax', 'lwir',
              'depth']
 
