@@ -157,12 +157,12 @@ def summarise(results: Sequence[PairResult]) -> dict[str, Any]:
     epe, epe_id = mean(r.epe for r in results), mean(r.epe_identity for r in results)
     lm, lm_id = mean(r.landmark for r in results), mean(r.landmark_identity for r in results)
     families = sorted({r.family for r in results if r.family})
-    per_family = {}
+    per_family: dict[str, dict[str, float]] = {}
     for fam in families:
         rs = [r for r in results if r.family == fam]
         e, e_id = mean(r.epe for r in rs), mean(r.epe_identity for r in rs)
         per_family[fam] = {'pairs': len(rs), 'epe': e, 'epe_identity': e_id, 'epe_ratio': ratio_percent(e, e_id)}
-    summary = {
+    summary: dict[str, Any] = {
         'pairs': len(results),
         'pairs_with_ground_truth': sum(1 for r in results if math.isfinite(r.epe)),
         'epe': epe,
