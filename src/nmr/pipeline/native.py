@@ -16,9 +16,14 @@ as it is. `remap` quantises sub-pixel positions to 1/32 pixel (OpenCV's INTER_RE
 registered image can differ from the float64 reference by a grey level on smooth images and by up to
 about (local gradient)/32 at sharp edges; the flow itself is float32 and equal within float rounding.
 
-Buffers: the grids (offsets, identity) are cached per (fixed size, moving size, net size) and reused for
-every set; the arrays handed out (flow, registered) are new per set, because they outlive the call (they
-are published, written, or kept for the fused output while the next set is already being registered).
+Buffers: the grids (offsets, identity) are cached for the current (fixed size, moving size) only and reused
+for every set of that size; a set of another size replaces them. They are 16 bytes per fixed pixel (200 MB
+at 4096x3072): a cache of several sizes kept a burst of large frames' grids for the rest of the run (issue
+22, item 4: RSS 342 -> 538 MB after three 4096x3072 sets, and still 538 MB after the size dropped back to
+640x512; 344 MB with one size held; docs/robustness.md). The arrays handed out (flow, registered) are new
+per set, because they outlive the call (they are published, written, or kept for the fused output while
+the next set is already being registered); what they leave on the heap after a size change is given back
+by nmr.pipeline.memory.
 """
 
 from __future__ import annotations
@@ -36,16 +41,18 @@ class NativeGrid:
     """Maps network-grid flows to native flows and warps moving images, for one pair (one instance per
     pair worker; the caches are not locked)."""
 
-    def __init__(self, max_cached: int = 4) -> None:
+    def __init__(self, max_cached: int = 1) -> None:
+        """`max_cached`: sizes kept per grid; 1 (the current size) unless a caller alternates sizes on
+        purpose, since every size kept costs 16 bytes per pixel for as long as the node runs."""
         self._offsets: dict[tuple[int, ...], np.ndarray] = {}
         self._identities: dict[tuple[int, int], np.ndarray] = {}
-        self._max_cached = max_cached
+        self._max_cached = max(1, int(max_cached))
 
     def _cache(self, cache: dict, key: tuple, make: Callable[[], np.ndarray]) -> np.ndarray:  # type: ignore[type-arg]
         grid = cache.get(key)
         if grid is None:
-            if len(cache) >= self._max_cached:  # the sizes changed: forget the oldest
-                cache.pop(next(iter(cache)))
+            while len(cache) >= self._max_cached:  # the sizes changed: forget the oldest before making
+                cache.pop(next(iter(cache)))     # the new one (the peak holds one size, not two)
             grid = cache[key] = make()
         return grid
 

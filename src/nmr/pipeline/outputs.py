@@ -47,6 +47,7 @@ from nmr.domain import PAIR_FIXED_KIND, PAIRS, STREAM_ENCODINGS
 from nmr.errors import NmrUserError
 from nmr.geometry.registration import GeometricStage
 from nmr.inference.protocol import RegistrarProtocol, Registration
+from nmr.pipeline.memory import SizeChangeTrimmer
 from nmr.pipeline.native import NativeGrid
 from nmr.pipeline.settings import PAIR_OUTPUTS
 
@@ -144,7 +145,8 @@ class PairProcessor:
         self.geometry = geometry
         self.residual = bool(residual)
         self.last_timings_ms: dict[str, float] = {}
-        self._grid = NativeGrid()
+        self._grid = NativeGrid()  # the grids of the current size only
+        self._trimmer = SizeChangeTrimmer()  # memory back to the system after the size changes
         self._last_viz_ns: int | None = None
         device = getattr(registrar, 'device', None)
         # the OpenCV path: CPU registrars that can stop at the network grid
@@ -189,6 +191,7 @@ class PairProcessor:
         clock = _Clock()
         check_moving(moving_rgb)
         fixed_raw = check_fixed(self.fixed_kind, fixed_raw, fixed_encoding)
+        self._trimmer.observe((moving_rgb.shape, fixed_raw.shape))
         clock.lap('check')
         if wanted & VIZ_OUTPUTS and not self._viz_due(stamp_ns):
             wanted -= VIZ_OUTPUTS
