@@ -67,7 +67,7 @@ def test_param_gets_sets_and_reports_what_the_node_refuses(node: Path) -> None:
     listed = _nmr('param', 'list', NODE).stdout.split()
     assert {'overlay_alpha', 'models.rgb_lwir', 'input_wait_s', 'use_sim_time'} <= set(listed)
     assert 'read-only: yes' in _nmr('param', 'describe', NODE, 'topics.rgb').stdout
-    missing = _error(_nmr('param', 'get', '/no/such_node', 'x', '--timeout', '2'), 'param')
+    missing = _error(_nmr('param', 'get', '/no/such_node', 'x', '--timeout', '8'), 'param')
     assert NODE in missing  # names the nodes that do exist
 
 
