@@ -762,3 +762,17 @@ def test_recover_bag_on_randomly_damaged_files_recovers_or_says_one_line(
                 sum(1 for _ in reader.messages())
         else:
             assert code == 2 and len(captured.err.strip().splitlines()) == 1, captured.err
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_would_give(tmp_path: Path) -> None:
+    """mkstemp creates 0600 files: without a chmod every output (models, flows, rig files) would be private."""
+    from nmr.atomic import write_text
+
+    old = os.umask(0o022)
+    try:
+        plain = tmp_path / 'plain.txt'
+        plain.write_text('x')
+        staged = write_text(tmp_path / 'staged.txt', 'x')
+    finally:
+        os.umask(old)
+    assert staged.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o644

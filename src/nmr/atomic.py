@@ -28,6 +28,16 @@ class WriteError(NmrUserError, OSError):
     reason = ''
 
 
+
+def _default_file_mode() -> int:
+    """0666 less the process umask: the mode `open()` would have given the file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_DEFAULT_FILE_MODE = _default_file_mode()
+
 def write_error(path: Path, err: BaseException) -> WriteError:
     """The one line for a failed write of `path`."""
     reason = getattr(err, 'strerror', None) or str(err).splitlines()[0][:120] or type(err).__name__
@@ -72,6 +82,7 @@ def staged_path(path: str | os.PathLike[str], durable: bool = False, keep_suffix
         suffix = f'.tmp{path.suffix}' if keep_suffix else '.tmp'
         fd, name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix=suffix, dir=path.parent)
         os.close(fd)
+        os.chmod(name, _DEFAULT_FILE_MODE)  # mkstemp's 0600 would make every output private to its writer
     except OSError as err:
         raise write_error(path, err) from None
     tmp = Path(name)

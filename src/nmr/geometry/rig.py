@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from nmr.atomic import write_text
 from nmr.errors import ConfigError
 from nmr.geometry.camera import CameraModel
 from nmr.geometry.pose import Pose, matrix_to_rotvec
@@ -164,16 +164,7 @@ class Rig:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically (temp file in the same folder, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
-        try:
-            with os.fdopen(fd, 'w') as f:
-                f.write(self.dumps())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text(path, self.dumps())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Rig:
