@@ -20,6 +20,7 @@ from nmr.errors import DISK_FULL, NmrUserError
 VERBS: dict[str, tuple[str, str]] = {
     'demo': ('nmr.demo', 'the main job: synthetic rig -> registration pipeline -> outputs, in one folder'),
     'synth': ('nmr.synth.cli', 'render a synthetic RGB + LWIR + depth rig into a rosbag2 bag (with ground truth)'),
+    'calibrate': ('nmr.calibration.cli', 'estimate the rig (poses, LWIR focal and time offset) from unlabelled bags'),
     'train': ('nmr.training.cli', 'train R (and T, D) from rosbag2 bags or an image-pair manifest'),
     'export': ('nmr.inference.export_cli', 'export R_Phi to ONNX (and a TensorRT engine where available)'),
     'evaluate': ('nmr.evaluation.cli', 'EPE and landmark error of a model on a manifest of image pairs'),

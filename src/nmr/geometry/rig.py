@@ -115,7 +115,8 @@ class Rig:
     @classmethod
     def from_synth(cls, synth_rig: Any, time_offsets: Mapping[str, float] | None = None) -> Rig:
         """The true rig of a synthetic rig (:class:`nmr.synth.cameras.Rig`): its cameras' intrinsics,
-        ``R_ref_cam`` / ``t_ref_cam`` (the same direction as ``T_rgb_cam``) and frame ids; no distortion."""
+        ``R_ref_cam`` / ``t_ref_cam`` (the same direction as ``T_rgb_cam``), distortion (``dist``, none if
+        the camera has no such field) and frame ids."""
         offsets = dict(time_offsets or {})
         cams: dict[str, RigCamera] = {}
         for name, cam in synth_rig.cameras().items():
@@ -123,7 +124,8 @@ class Rig:
             trans = (0.0, 0.0, 0.0) if name == REFERENCE else tuple(float(v) for v in cam.t_ref_cam)
             cams[name] = RigCamera(
                 name=name,
-                model=CameraModel(cam.width, cam.height, cam.fx, cam.fy, cam.cx, cam.cy),
+                model=CameraModel(cam.width, cam.height, cam.fx, cam.fy, cam.cx, cam.cy,
+                                  tuple(getattr(cam, 'dist', (0.0,) * 5))),
                 rotation=rot,  # type: ignore[arg-type]
                 translation=trans,  # type: ignore[arg-type]
                 time_offset_s=0.0 if name == REFERENCE else float(offsets.get(name, 0.0)),

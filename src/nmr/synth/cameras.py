@@ -13,12 +13,14 @@ reference frame, metres). Pixel ``(x, y)`` is the centre of column x, row y, as 
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from nmr.geometry.camera import CameraModel
-from nmr.geometry.pose import Pose, rpy_deg_to_matrix
+from nmr.geometry.camera import CameraModel, cached_rays
+from nmr.geometry.pose import Pose, rotvec_to_matrix, rpy_deg_to_matrix
 
 
 def rotation_xyz(roll_deg: float, pitch_deg: float, yaw_deg: float) -> np.ndarray:
@@ -28,7 +30,7 @@ def rotation_xyz(roll_deg: float, pitch_deg: float, yaw_deg: float) -> np.ndarra
 
 @dataclass(frozen=True)
 class Camera:
-    """A distortion-free pinhole camera mounted on the rig."""
+    """A pinhole camera with plumb-bob distortion (``dist``, default none) mounted on the rig."""
 
     name: str
     width: int
@@ -40,6 +42,7 @@ class Camera:
     frame_id: str
     R_ref_cam: np.ndarray = field(default_factory=lambda: np.eye(3))
     t_ref_cam: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    dist: tuple[float, float, float, float, float] = (0.0, 0.0, 0.0, 0.0, 0.0)  # plumb_bob k1 k2 p1 p2 k3
 
     @property
     def K(self) -> np.ndarray:  # noqa: N802 (the standard name)
@@ -69,8 +72,8 @@ class Camera:
 
     @property
     def model(self) -> CameraModel:
-        """The camera as the geometry layer sees it (no distortion: the synthetic lenses are ideal)."""
-        return CameraModel(self.width, self.height, self.fx, self.fy, self.cx, self.cy)
+        """The camera as the geometry layer sees it (intrinsics, distortion, size)."""
+        return CameraModel(self.width, self.height, self.fx, self.fy, self.cx, self.cy, self.dist)
 
     @property
     def pose(self) -> Pose:
@@ -82,12 +85,49 @@ class Camera:
         return self.model.pixel_rays()
 
     def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(u, v, z)`` of camera-frame points ``...x3`` (u, v undefined where z <= 0)."""
+        """``(u, v, z)`` of camera-frame points ``...x3`` (u, v undefined where z <= 0).
+
+        With distortion, points beyond the radius where the plumb-bob polynomial stops growing get NaN:
+        past it the polynomial folds far-off points back into the image, which the lens never does.
+        """
         z = points[..., 2]
         with np.errstate(divide='ignore', invalid='ignore'):
-            u = self.fx * points[..., 0] / z + self.cx
-            v = self.fy * points[..., 1] / z + self.cy
+            x = points[..., 0] / z
+            y = points[..., 1] / z
+            if any(self.dist):
+                far = x * x + y * y > fold_radius(self.dist) ** 2
+                x, y = self.model.distort_normalized(x, y)
+                x = np.where(far, np.nan, x)
+            u = self.fx * x + self.cx
+            v = self.fy * y + self.cy
         return u, v, z
+
+    def ray_bounds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per column the min/max undistorted ray x, per row the min/max ray y (for conservative
+        screen rectangles of a distorted camera, :func:`nmr.synth.render.screen_rect`)."""
+        return _ray_bounds(self.model)
+
+
+@functools.lru_cache(maxsize=32)
+def fold_radius(dist: tuple[float, ...]) -> float:
+    """The undistorted radius where ``r (1 + k1 r^2 + k2 r^4 + k3 r^6)`` stops increasing (inf: never)."""
+    k1, k2, _, _, k3 = dist
+    r = np.linspace(0.0, 4.0, 40001)
+    r2 = r * r
+    slope = 1.0 + 3.0 * k1 * r2 + 5.0 * k2 * r2 * r2 + 7.0 * k3 * r2 * r2 * r2
+    bad = np.flatnonzero(slope <= 0.0)
+    return float(r[bad[0]]) if bad.size else math.inf
+
+
+@functools.lru_cache(maxsize=16)
+def _ray_bounds(model: CameraModel) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rays = cached_rays(model)
+    return (
+        np.nanmin(rays[..., 0], axis=0),
+        np.nanmax(rays[..., 0], axis=0),
+        np.nanmin(rays[..., 1], axis=1),
+        np.nanmax(rays[..., 1], axis=1),
+    )
 
 
 @dataclass(frozen=True)
@@ -103,6 +143,84 @@ class Rig:
 
     def scaled(self, factor: float) -> Rig:
         return Rig(self.rgb.scaled(factor), self.lwir.scaled(factor), self.depth.scaled(factor))
+
+
+@dataclass(frozen=True)
+class DrawnRig:
+    """A rig drawn by :func:`random_rig`: its true geometry plus what the drivers would publish.
+
+    ``lwir_time_offset_s``: an LWIR frame stamped ``s`` was exposed at ``s + lwir_time_offset_s`` (the rig
+    file's convention). ``info``: per camera the model its ``camera_info`` carries. RGB and depth publish
+    their true intrinsics (RealSense factory calibration); the LWIR camera_info has the true distortion and
+    principal point but a focal length off by ``lwir_info_focal_factor`` (a lab calibration made at
+    another focus setting, or the datasheet's focal length): ``nmr calibrate --refine-intrinsics``
+    recovers it.
+    """
+
+    rig: Rig
+    lwir_time_offset_s: float
+    lwir_info_focal_factor: float
+
+    def info(self, name: str) -> CameraModel:
+        cam = self.rig.cameras()[name]
+        m = cam.model
+        if name != 'lwir':
+            return m
+        f = self.lwir_info_focal_factor
+        return CameraModel(m.width, m.height, m.fx * f, m.fy * f, m.cx, m.cy, m.dist)
+
+
+def _random_pose(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A baseline of 2-15 cm in a random direction (mostly sideways / vertical, as cameras are mounted
+    side by side) and a rotation of 0.2-3 degrees about a random axis."""
+    d = rng.normal(0.0, 1.0, 3) * np.array([1.0, 0.7, 0.3])
+    t = d / np.linalg.norm(d) * rng.uniform(0.02, 0.15)
+    axis = rng.normal(0.0, 1.0, 3)
+    angle = math.radians(rng.uniform(0.2, 3.0))
+    return rotvec_to_matrix(axis / np.linalg.norm(axis) * angle), t
+
+
+def _random_camera(
+    rng: np.random.Generator, name: str, frame_id: str, size: tuple[int, int], hfov_deg: tuple[float, float],
+    k1: tuple[float, float], k2: tuple[float, float], p: float, pp_px: float,
+) -> Camera:
+    """A camera of the given size with a drawn field of view, principal point and distortion whose
+    polynomial stays monotonic well past the image corners (redrawn until it does)."""
+    w, h = size
+    while True:
+        fx = (w / 2) / math.tan(math.radians(rng.uniform(*hfov_deg)) / 2)
+        fy = fx * rng.uniform(0.995, 1.005)
+        cx = (w - 1) / 2 + rng.uniform(-pp_px, pp_px)
+        cy = (h - 1) / 2 + rng.uniform(-pp_px, pp_px)
+        dist = (float(rng.uniform(*k1)), float(rng.uniform(*k2)), float(rng.uniform(-p, p)),
+                float(rng.uniform(-p, p)), 0.0)
+        cam = Camera(name, w, h, fx, fy, cx, cy, frame_id, dist=dist)
+        corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], dtype=np.float64)
+        und = cam.model.undistort_points(corners)
+        if np.all(np.isfinite(und)) and float(np.max(np.hypot(und[:, 0], und[:, 1]))) * 1.3 < fold_radius(dist):
+            return cam
+
+
+def random_rig(rig_seed: int, size_scale: float = 1.0) -> DrawnRig:
+    """A rig drawn from ``rig_seed`` (``nmr synth --rig-seed``): the same sensors as :func:`default_rig`
+    with drawn lenses (RGB 60-75 deg, LWIR 50-70 deg, depth 75-90 deg horizontal field of view, principal
+    points off centre, distortion: LWIR barrel k1 -0.25..-0.02, RGB and depth mild), poses (baselines
+    2-15 cm, rotations 0.2-3 deg), an LWIR time offset of -30..+30 ms and an LWIR camera_info focal length
+    off by -3..+3 %. A pure function of ``rig_seed`` (not of the scene seed)."""
+    rng = np.random.default_rng([int(rig_seed), 20_005])
+    rgb = _random_camera(rng, 'rgb', 'camera_color_optical_frame', (640, 480), (60.0, 75.0),
+                         (-0.08, 0.08), (-0.04, 0.04), 5e-4, 8.0)
+    lwir = _random_camera(rng, 'lwir', 'flir_boson_optical_frame', (640, 512), (50.0, 70.0),
+                          (-0.25, -0.02), (0.0, 0.08), 1e-3, 12.0)
+    depth = _random_camera(rng, 'depth', 'camera_depth_optical_frame', (848, 480), (75.0, 90.0),
+                           (-0.04, 0.04), (-0.02, 0.02), 3e-4, 6.0)
+    R, t = _random_pose(rng)
+    lwir = replace(lwir, R_ref_cam=R, t_ref_cam=t)
+    R, t = _random_pose(rng)
+    depth = replace(depth, R_ref_cam=R, t_ref_cam=t)
+    offset = float(rng.uniform(-0.03, 0.03))
+    focal = float(rng.uniform(0.97, 1.03))
+    return DrawnRig(Rig(rgb, lwir, depth).scaled(size_scale), offset, focal)
 
 
 def default_rig(size_scale: float = 1.0) -> Rig:

@@ -8,7 +8,7 @@ from pathlib import Path
 from nmr.data.bag_writer import bag_folder
 from nmr.domain import DEFAULT_TOPICS, PAIRS
 from nmr.errors import ConfigError
-from nmr.synth.generator import SynthConfig, generate, gt_topics
+from nmr.synth.generator import RIG_TRUE_FILE, SynthConfig, generate, gt_topics
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     length.add_argument('--frames', type=int, help='number of RGB frames (duration = frames / RGB rate)')
     length.add_argument('--duration', type=float, help='seconds of recording (default 3)')
     parser.add_argument('--seed', type=int, default=0, help='scene and noise seed; same seed, same bag')
+    parser.add_argument(
+        '--rig-seed', type=int, default=None, metavar='S',
+        help='draw the rig itself from S (lenses, distortion, poses 2-15 cm / up to 3 deg apart, an LWIR '
+             'time offset); without it, the default rig. The true rig is written to BAG/rig_true.yaml',
+    )
     parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap', help='rosbag2 storage')
     parser.add_argument(
         '--size-scale',
@@ -76,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         export_pairs=args.export_pairs,
         overwrite=args.overwrite,
         workers=args.workers,
+        rig_seed=args.rig_seed,
     )
     result = generate(cfg, log=print)
     storage_file = result.path / f'{result.path.name}.{"mcap" if cfg.storage == "mcap" else "db3"}'
@@ -83,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         f'nmr synth: wrote bag folder {result.path} ({storage_file} inside; seed {cfg.seed}, {duration:.2f} s, '
         f'{result.scene_objects} scene objects) in {result.elapsed_s:.1f} s with {result.workers} worker(s)'
     )
+    rig_note = 'default rig' if cfg.rig_seed is None else f'rig drawn from --rig-seed {cfg.rig_seed}'
+    print(f'  true rig ({rig_note}): {result.path / RIG_TRUE_FILE}')
     for name, cam in result.rig.cameras().items():
         topic = DEFAULT_TOPICS[name]
         print(

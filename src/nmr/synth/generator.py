@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -26,7 +26,9 @@ from nmr import atomic
 from nmr.data.bag_writer import BagWriter
 from nmr.domain import DEFAULT_TOPICS, PAIR_FIXED_KIND
 from nmr.errors import ConfigError
-from nmr.synth.cameras import Camera, Rig, default_rig
+from nmr.geometry.camera import CameraModel
+from nmr.geometry.rig import Rig as RigModel
+from nmr.synth.cameras import Rig, default_rig, random_rig
 from nmr.synth.depthsensor import render_depth
 from nmr.synth.groundtruth import gt_flow, landmarks, nearest_index, resize_flow_field
 from nmr.synth.render import Geometry, render_geometry
@@ -65,6 +67,7 @@ class SynthConfig:
     export_pairs: Path | None = None
     overwrite: bool = False
     workers: int = 1  # processes rendering in parallel; 0 = one per CPU core (at most 4)
+    rig_seed: int | None = None  # None: the default rig; else a rig drawn from this seed (random_rig)
 
     def validate(self) -> None:
         if not self.duration_s > 0:
@@ -129,9 +132,14 @@ class SynthResult:
     workers: int = 1
 
 
-def _write_frame(bw: BagWriter, cam: Camera, topic: str, stamp: int, img: np.ndarray, encoding: str) -> None:
-    bw.write_image(topic, stamp, cam.frame_id, img, encoding)
-    bw.write_camera_info(info_topic(topic), stamp, cam.frame_id, cam.K, (cam.width, cam.height))
+#: the true rig, written into every synthetic bag folder (for tests and evaluation; calibrate never reads it)
+RIG_TRUE_FILE = 'rig_true.yaml'
+
+
+def _write_frame(bw: BagWriter, info: CameraModel, frame_id: str, topic: str, stamp: int, img: np.ndarray,
+                 encoding: str) -> None:
+    bw.write_image(topic, stamp, frame_id, img, encoding)
+    bw.write_camera_info(info_topic(topic), stamp, frame_id, info.K, (info.width, info.height), D=info.dist)
 
 
 Event = tuple[int, int, str, int]  # (stamp, stream code, stream name, frame index)
@@ -179,17 +187,40 @@ def plan(cfg: SynthConfig) -> tuple[_Plan, list[Event]]:
     return _Plan(cfg, stamps), events
 
 
-_SETUP_CACHE: dict[tuple[int, float, float], tuple[Scene, Rig, dict[str, np.ndarray]]] = {}
+@dataclass
+class _Setup:
+    scene: Scene
+    rig: Rig
+    rays: dict[str, np.ndarray]
+    offsets: dict[str, float]  # exposure = stamp + offset (the rig file's time_offset_s)
+    info: dict[str, CameraModel]  # what each camera_info carries
+
+    def true_rig(self) -> RigModel:
+        return RigModel.from_synth(self.rig, self.offsets)
 
 
-def _setup(cfg: SynthConfig) -> tuple[Scene, Rig, dict[str, np.ndarray]]:
+_SETUP_CACHE: dict[tuple[int, float, float, int | None], _Setup] = {}
+
+
+def _setup(cfg: SynthConfig) -> _Setup:
     """Scene, rig and ray tables for ``cfg`` (cached: a worker renders many runs of the same scene)."""
-    key = (cfg.seed, cfg.duration_s, cfg.size_scale)
+    key = (cfg.seed, cfg.duration_s, cfg.size_scale, cfg.rig_seed)
     if key not in _SETUP_CACHE:
         _SETUP_CACHE.clear()
-        rig = default_rig(cfg.size_scale)
+        if cfg.rig_seed is None:
+            rig = default_rig(cfg.size_scale)
+            offsets = {name: 0.0 for name in _STREAM_CODE}
+            info = {name: cam.model for name, cam in rig.cameras().items()}
+        else:
+            drawn = random_rig(cfg.rig_seed, cfg.size_scale)
+            rig = drawn.rig
+            offsets = {'rgb': 0.0, 'lwir': drawn.lwir_time_offset_s, 'depth': 0.0}
+            info = {name: drawn.info(name) for name in _STREAM_CODE}
         rays = {name: cam.rays() for name, cam in rig.cameras().items()}
-        _SETUP_CACHE[key] = (generate_scene(cfg.seed, cfg.duration_s), rig, rays)
+        scene = generate_scene(cfg.seed, cfg.duration_s)
+        if cfg.rig_seed is not None:  # a varying speed makes the LWIR time offset observable
+            scene.motion = replace(scene.motion, speed_amp=0.6, speed_period=6.0)
+        _SETUP_CACHE[key] = _Setup(scene, rig, rays, offsets, info)
     return _SETUP_CACHE[key]
 
 
@@ -197,7 +228,8 @@ def render_events(job: tuple[_Plan, list[Event]]) -> list[_Record]:
     """Render a run of consecutive frames (and the GT of the fixed ones); a pure function of ``job``."""
     pl, events = job
     cfg = pl.cfg
-    scene, rig, rays = _setup(cfg)
+    setup = _setup(cfg)
+    scene, rig, rays = setup.scene, setup.rig, setup.rays
     cams = rig.cameras()
     rgb_views: dict[int, Geometry] = {}
 
@@ -219,7 +251,8 @@ def render_events(job: tuple[_Plan, list[Event]]) -> list[_Record]:
             img = render_rgb(scene, geom, surface(scene, geom), frame_rng('rgb', i))
             out.append(_Record(stamp, name, i, img, time.perf_counter() - t0))
             continue
-        geom = render_geometry(scene, cams[name], seconds(stamp), rays[name])
+        # exposed at stamp + offset (the LWIR of a drawn rig is stamped late or early)
+        geom = render_geometry(scene, cams[name], seconds(stamp) + setup.offsets[name], rays[name])
         surf = surface(scene, geom)
         rng = frame_rng(name, i)
         img = render_lwir(scene, geom, surf, rng) if name == 'lwir' else render_depth(geom, surf, rng)
@@ -300,7 +333,8 @@ def generate(cfg: SynthConfig, log: Callable[[str], None] | None = None) -> Synt
     cfg.validate()
     started = time.perf_counter()
     pl, events = plan(cfg)
-    scene, rig, _ = _setup(cfg)
+    setup = _setup(cfg)
+    scene, rig = setup.scene, setup.rig
     cams = rig.cameras()
     chunk = 24
     jobs = [(pl, events[k : k + chunk]) for k in range(0, len(events), chunk)]
@@ -324,7 +358,8 @@ def generate(cfg: SynthConfig, log: Callable[[str], None] | None = None) -> Synt
             for records in results:
                 for rec in records:
                     cam = cams[rec.name]
-                    _write_frame(bw, cam, DEFAULT_TOPICS[rec.name], rec.stamp, rec.image, ENCODINGS[rec.name])
+                    _write_frame(bw, setup.info[rec.name], cam.frame_id, DEFAULT_TOPICS[rec.name], rec.stamp,
+                                 rec.image, ENCODINGS[rec.name])
                     render_s[rec.name] += rec.render_s
                     render_n[rec.name] += 1
                     render_s['rgb'] += rec.extra_rgb_s
@@ -350,9 +385,11 @@ def generate(cfg: SynthConfig, log: Callable[[str], None] | None = None) -> Synt
                 if log is not None and len(jobs) > 1:
                     log(f'  {done}/{len(events)} frames rendered')
             counts = dict(bw.counts)
+            bw.set_custom_data('nmr.rig_true', setup.true_rig().dumps())
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+    setup.true_rig().save(cfg.out / RIG_TRUE_FILE)
     for exporter in exporters.values():
         exporter.close()
     if cfg.export_pairs is not None:  # the true geometry, for `nmr evaluate --rig` (calibration never reads it)

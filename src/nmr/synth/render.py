@@ -123,6 +123,18 @@ def screen_rect(camera: Camera, corners_cam: np.ndarray) -> tuple[int, int, int,
         s = (NEAR - za[cross]) / (zb[cross] - za[cross])
         pts.append(corners_cam[a[cross]] + s[:, None] * (corners_cam[b[cross]] - corners_cam[a[cross]]))
     p = np.concatenate(pts)
+    if any(camera.dist):
+        # distorted: the pixels whose undistorted rays can fall in the box's normalised bounding box
+        # (per column / row ray bounds; conservative, as the box's projection lies inside those bounds)
+        xn, yn = p[:, 0] / p[:, 2], p[:, 1] / p[:, 2]
+        col_lo, col_hi, row_lo, row_hi = camera.ray_bounds()
+        cols = np.flatnonzero((col_hi >= xn.min()) & (col_lo <= xn.max()))
+        rows = np.flatnonzero((row_hi >= yn.min()) & (row_lo <= yn.max()))
+        if cols.size == 0 or rows.size == 0:
+            return None
+        x0, x1 = max(0, int(cols[0]) - 1), min(camera.width, int(cols[-1]) + 2)
+        y0, y1 = max(0, int(rows[0]) - 1), min(camera.height, int(rows[-1]) + 2)
+        return y0, y1, x0, x1
     u = camera.fx * p[:, 0] / p[:, 2] + camera.cx
     v = camera.fy * p[:, 1] / p[:, 2] + camera.cy
     x0 = max(0, int(np.floor(u.min())) - 1)

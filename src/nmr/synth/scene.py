@@ -121,16 +121,25 @@ class RigMotion:
     pitch_amp_deg: float = 0.3
     pitch_period: float = 1.1
     phase: float = 0.0
+    # the speed varies by this fraction of ``speed`` (0: constant) with this period: without it a camera's
+    # time offset is indistinguishable from a shift of that camera along the motion (nmr calibrate)
+    speed_amp: float = 0.0
+    speed_period: float = 6.0
 
     def base_pose(self, t: float) -> tuple[np.ndarray, np.ndarray]:
         """``(R_world_base, p_world_base)`` of the rig base at the reference camera's centre."""
         w = 2 * math.pi / self.sway_period
         y = self.lane_y + self.sway_amp * math.sin(w * t + self.phase)
         dy = self.sway_amp * w * math.cos(w * t + self.phase)
-        yaw = math.atan2(dy, self.speed)
+        x, vx = self.speed * t, self.speed
+        if self.speed_amp:
+            ws = 2 * math.pi / self.speed_period
+            x += self.speed * self.speed_amp / ws * math.sin(ws * t)
+            vx += self.speed * self.speed_amp * math.cos(ws * t)
+        yaw = math.atan2(dy, vx)
         pitch = math.radians(self.pitch_amp_deg) * math.sin(2 * math.pi * t / self.pitch_period + self.phase)
         z = self.height + 0.01 * math.sin(2 * math.pi * t / self.pitch_period)
-        return rot_z(yaw) @ rot_y(pitch), np.array([self.speed * t, y, z])
+        return rot_z(yaw) @ rot_y(pitch), np.array([x, y, z])
 
     def camera_pose(
         self, R_ref_cam: np.ndarray, t_ref_cam: np.ndarray, t: float

@@ -1,0 +1,1 @@
+"""`nmr calibrate`: the rig (poses, LWIR focal length and time offset) from unlabelled bags."""
