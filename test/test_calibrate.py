@@ -96,13 +96,13 @@ def quick_solver(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _true_params(truth: Rig, lwir_info_fx: float) -> dict[str, list[float]]:
+    from nmr.calibration.objective import params_from_pose
     from nmr.calibration.solver import initial_params
 
     p = initial_params()
     for cam in ('depth', 'lwir'):
         rc = truth.rig_camera(cam)
-        p[f'{cam}_rot'] = [v / 0.01 for v in rc.rotation]
-        p[f'{cam}_trans'] = [v / 0.01 for v in rc.translation]
+        p[f'{cam}_rot'], p[f'{cam}_trans'] = params_from_pose(rc.rotation, rc.translation)
     p['lwir_dt'] = [truth.time_offset_s('lwir') / 0.01]
     p['lwir_logf'] = [float(np.log(truth.camera('lwir').fx / lwir_info_fx) / 0.01)]
     return p

@@ -37,6 +37,7 @@ from nmr.geometry.camera import CameraModel, cached_rays
 #: parameter -> the size of one unit: rotations 0.01 rad, translations 1 cm, log focal 1 %, time 10 ms
 UNITS = {'rot': 0.01, 'trans': 0.01, 'logf': 0.01, 'dt': 0.01}
 PLANE_DEPTH_M = 20.0
+PIVOT_DEPTH_M = 6.0  # the rotation parameters pivot about a point this far in front (rotvec_of)
 #: NGF eps of the inverse depth: this quantile of its gradient magnitude (only edges count)
 EDGE_QUANTILE = 0.9
 
@@ -255,9 +256,30 @@ def ngf(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tenso
     return (s * ok).sum(), (aok | bok).sum()
 
 
+def rotvec_of(r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The rotation vector (rad) of ``T_rgb_cam`` from the scaled rotation and translation parameters.
+
+    Why coupled: a camera moved sideways by ``t`` and turned by ``t / Z`` sees a point at depth ``Z`` where
+    it was. With the rotation parameter measured as if pivoting about a point ``PIVOT_DEPTH_M`` in front,
+    a change of the translation parameter leaves the scene at that depth in place and moves only the
+    parallax; with the plain parametrisation the fit turns the camera to hide the parallax and the
+    baseline stays where it started (measured: zero baseline kept, rotation off by 0.35 deg)."""
+    tm = t * UNITS['trans']
+    pivot = torch.stack([tm[1], -tm[0], torch.zeros_like(tm[0])]) / PIVOT_DEPTH_M
+    return r * UNITS['rot'] + pivot
+
+
+def params_from_pose(rotvec: Sequence[float], trans: Sequence[float]) -> tuple[list[float], list[float]]:
+    """The scaled parameters of a pose (the inverse of :func:`rotvec_of`)."""
+    t = [float(v) / UNITS['trans'] for v in trans]
+    pivot = np.array([trans[1], -trans[0], 0.0]) / PIVOT_DEPTH_M
+    return [float(v) / UNITS['rot'] for v in np.asarray(rotvec, dtype=np.float64) - pivot], t
+
+
 def pose_of(p: Mapping[str, torch.Tensor], cam: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(R, t)`` of ``T_rgb_cam`` from the scaled parameters."""
-    return rotvec_matrix(p[f'{cam}_rot'] * UNITS['rot']), p[f'{cam}_trans'] * UNITS['trans']
+    r, t = p[f'{cam}_rot'], p[f'{cam}_trans']
+    return rotvec_matrix(rotvec_of(r, t)), t * UNITS['trans']
 
 
 Grid = tuple[torch.Tensor, torch.Tensor]  # (image, mask) on the grid

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import torch
 
-from nmr.calibration.objective import UNITS, Cameras, grids
+from nmr.calibration.objective import UNITS, Cameras, grids, rotvec_of
 from nmr.geometry.camera import CameraModel
 from nmr.geometry.pose import matrix_to_rotvec, rotvec_to_matrix
 from nmr.geometry.rig import Rig, RigCamera
@@ -21,16 +21,22 @@ def rig_from_params(cams: Cameras, params: Mapping[str, Sequence[float]], stream
     """The rig file's content: camera_info intrinsics (LWIR focal scaled), poses, LWIR time offset."""
     out = {'rgb': RigCamera('rgb', cams.rgb)}
     if cams.depth is not None:
-        out['depth'] = RigCamera('depth', cams.depth, _vec(params['depth_rot'], UNITS['rot']),
+        out['depth'] = RigCamera('depth', cams.depth, _rot(params, 'depth'),
                                  _vec(params['depth_trans'], UNITS['trans']), 0.0)
     if cams.lwir is not None:
         m = cams.lwir
         s = math.exp(params['lwir_logf'][0] * UNITS['logf'])
         lwir = CameraModel(m.width, m.height, m.fx * s, m.fy * s, m.cx, m.cy, m.dist)
-        out['lwir'] = RigCamera('lwir', lwir, _vec(params['lwir_rot'], UNITS['rot']),
+        out['lwir'] = RigCamera('lwir', lwir, _rot(params, 'lwir'),
                                 _vec(params['lwir_trans'], UNITS['trans']), params['lwir_dt'][0] * UNITS['dt'])
     return Rig(out, description='estimated by nmr calibrate from ' + ', '.join(
         f'{k}: {v.topic}' for k, v in streams.items()))
+
+
+def _rot(params: Mapping[str, Sequence[float]], cam: str) -> tuple[float, float, float]:
+    r = rotvec_of(torch.tensor(params[f'{cam}_rot'], dtype=torch.float64),
+                  torch.tensor(params[f'{cam}_trans'], dtype=torch.float64))
+    return _vec(r.tolist(), 1.0)
 
 
 def _vec(v: Sequence[float], unit: float) -> tuple[float, float, float]:
@@ -44,7 +50,7 @@ def spread(blocks: Sequence[Mapping[str, Sequence[float]]], cams: Cameras) -> di
     for cam in ('depth', 'lwir'):
         if getattr(cams, cam) is None or len(blocks) < 2:
             continue
-        Rs = [rotvec_to_matrix(np.asarray(b[f'{cam}_rot']) * UNITS['rot']) for b in blocks]
+        Rs = [rotvec_to_matrix(np.asarray(_rot(b, cam))) for b in blocks]
         mean_rv = np.mean([matrix_to_rotvec(R) for R in Rs], axis=0)
         Rm = rotvec_to_matrix(mean_rv)
         ang = [np.degrees(np.linalg.norm(matrix_to_rotvec(Rm.T @ R))) for R in Rs]

@@ -37,7 +37,7 @@ from nmr.calibration.objective import Cameras, LevelMoment, moment_scores, prepa
 from nmr.geometry.pose import matrix_to_rotvec, rotvec_to_matrix
 
 LEVELS = (8.0, 4.0, 2.0, 1.0)
-ITERS = (40, 40, 40, 40)
+ITERS = (40, 40, 60, 80)
 LR = (0.3, 0.15, 0.07, 0.03)
 ROT_GRID_DEG = np.arange(-5.0, 5.01, 0.5)
 TIME_GRID_S = np.arange(-0.05, 0.0501, 0.005)
