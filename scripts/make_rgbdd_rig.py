@@ -53,7 +53,7 @@ def virtual_depth(depth_png: Path) -> np.ndarray:
         raise SystemExit(f'cannot read {depth_png}')
     d = raw.astype(np.float32) / 1000.0
     if d.shape != RGB.hw:
-        d = cv2.resize(d, (RGB.width, RGB.height), interpolation=cv2.INTER_NEAREST)
+        d = np.asarray(cv2.resize(d, (RGB.width, RGB.height), interpolation=cv2.INTER_NEAREST), dtype=np.float32)
     return reproject_depth(RGB, DEPTH, T_RGB_DEPTH.inverse(), d)
 
 
