@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import torch
 
+from nmr.atomic import write_bytes
 from nmr.calibration.objective import UNITS, Cameras, grids, rotvec_of
 from nmr.geometry.camera import CameraModel
 from nmr.geometry.pose import matrix_to_rotvec, rotvec_to_matrix
@@ -120,6 +121,6 @@ def overlay_figure(solver: Any, before: Mapping[str, Sequence[float]], after: Ma
         lines.append(np.concatenate(panels, axis=1))
     fig = np.concatenate(lines, axis=0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + '.tmp.png')
-    cv2.imwrite(str(tmp), cv2.cvtColor(fig, cv2.COLOR_RGB2BGR))
-    tmp.replace(path)
+    ok, png = cv2.imencode('.png', cv2.cvtColor(fig, cv2.COLOR_RGB2BGR))
+    if ok:
+        write_bytes(path, png.tobytes())

@@ -20,9 +20,7 @@ view, a bad depth frame) are dropped for the following levels.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nmr.atomic import write_text
 from nmr.calibration.bagdata import Moment
 from nmr.calibration.objective import Cameras, LevelMoment, moment_scores, prepare
 from nmr.geometry.pose import matrix_to_rotvec, rotvec_to_matrix
@@ -99,15 +98,9 @@ class Problem:
 
 
 def write_json_atomic(path: Path, doc: Any) -> None:
+    """State and report files: written to a temporary name, then renamed (nmr.atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(doc, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, json.dumps(doc, indent=1))
 
 
 def initial_params() -> dict[str, list[float]]:
