@@ -18,6 +18,7 @@ LAYERS: list[set[str]] = [
     {'nmr.synth'},
     {'nmr.models'},
     {'nmr.training'},
+    {'nmr.calibration'},
     {'nmr.inference'},
     {'nmr.evaluation'},
     {'nmr.pipeline'},
