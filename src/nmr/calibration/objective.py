@@ -21,7 +21,6 @@ Parameters are scaled to O(1) units (:data:`UNITS`) so that one Adam step size s
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from nmr.calibration.bagdata import Moment
-from nmr.geometry.camera import CameraModel, cached_rays
+from nmr.geometry.camera import CameraModel, cached_rays, fold_radius
 
 #: parameter -> the size of one unit: rotations 0.01 rad, translations 1 cm, log focal 1 %, time 10 ms
 UNITS = {'rot': 0.01, 'trans': 0.01, 'logf': 0.01, 'dt': 0.01}
@@ -44,17 +43,6 @@ EDGE_QUANTILE = 0.9
 
 def param_unit(name: str) -> float:
     return UNITS[name.split('_', 1)[1]]
-
-
-@functools.lru_cache(maxsize=32)
-def fold_radius2(dist: tuple[float, ...]) -> float:
-    """Squared undistorted radius beyond which the plumb-bob polynomial folds back (inf: never)."""
-    k1, k2, _, _, k3 = dist
-    r = np.linspace(0.0, 4.0, 40001)
-    r2 = r * r
-    slope = 1.0 + 3.0 * k1 * r2 + 5.0 * k2 * r2 * r2 + 7.0 * k3 * r2 * r2 * r2
-    bad = np.flatnonzero(slope <= 0.0)
-    return float(r[bad[0]] ** 2) if bad.size else math.inf
 
 
 def rotvec_matrix(r: torch.Tensor) -> torch.Tensor:
@@ -80,7 +68,7 @@ def project(cam: CameraModel, X: torch.Tensor, logf: torch.Tensor | None = None)
     zi = 1.0 / torch.where(ok, z, torch.ones_like(z))
     x, y = X[:, 0] * zi, X[:, 1] * zi
     r2 = x * x + y * y
-    ok = ok & (r2 < fold_radius2(cam.dist))
+    ok = ok & (r2 < fold_radius(cam.dist) ** 2)
     k1, k2, p1, p2, k3 = cam.dist
     if any(cam.dist):
         radial = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))

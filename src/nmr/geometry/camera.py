@@ -275,3 +275,14 @@ def _rays(cam: CameraModel) -> np.ndarray:
 def cached_rays(cam: CameraModel) -> np.ndarray:
     """The read-only cached rays (no copy): for hot paths that only read them."""
     return _rays(cam)
+
+
+@functools.lru_cache(maxsize=32)
+def fold_radius(dist: tuple[float, ...]) -> float:
+    """The undistorted radius where ``r (1 + k1 r^2 + k2 r^4 + k3 r^6)`` stops increasing (inf: never)."""
+    k1, k2, _, _, k3 = dist
+    r = np.linspace(0.0, 4.0, 40001)
+    r2 = r * r
+    slope = 1.0 + 3.0 * k1 * r2 + 5.0 * k2 * r2 * r2 + 7.0 * k3 * r2 * r2 * r2
+    bad = np.flatnonzero(slope <= 0.0)
+    return float(r[bad[0]]) if bad.size else math.inf

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from nmr.geometry.camera import CameraModel, cached_rays
+from nmr.geometry.camera import CameraModel, cached_rays, fold_radius
 from nmr.geometry.pose import Pose, rotvec_to_matrix, rpy_deg_to_matrix
 
 
@@ -106,17 +106,6 @@ class Camera:
         """Per column the min/max undistorted ray x, per row the min/max ray y (for conservative
         screen rectangles of a distorted camera, :func:`nmr.synth.render.screen_rect`)."""
         return _ray_bounds(self.model)
-
-
-@functools.lru_cache(maxsize=32)
-def fold_radius(dist: tuple[float, ...]) -> float:
-    """The undistorted radius where ``r (1 + k1 r^2 + k2 r^4 + k3 r^6)`` stops increasing (inf: never)."""
-    k1, k2, _, _, k3 = dist
-    r = np.linspace(0.0, 4.0, 40001)
-    r2 = r * r
-    slope = 1.0 + 3.0 * k1 * r2 + 5.0 * k2 * r2 * r2 + 7.0 * k3 * r2 * r2 * r2
-    bad = np.flatnonzero(slope <= 0.0)
-    return float(r[bad[0]]) if bad.size else math.inf
 
 
 @functools.lru_cache(maxsize=16)
