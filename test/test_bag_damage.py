@@ -27,12 +27,7 @@ import yaml
 from nmr.cli.main import main
 from nmr.data.bag_writer import BagWriter
 from nmr.domain import PAIRS
-from nmr.ros.testing import INPUT_TOPICS, make_tiny_model
-
-TINY_TRAIN = ['model.registration={arch: fast, encoder_channels: [8, 16, 16], stem_channels: [8]}',
-              'model.translation_ngf=8', 'model.translation_blocks=1', 'model.discriminator_ndf=8',
-              'model.discriminator_layers=2', 'optim.epochs=1', 'optim.batch_size=1', 'data.net_hw=[32,48]',
-              'data.workers=0', 'data.val_fraction=0', 'run.keep_every=0']
+from nmr.ros.testing import INPUT_TOPICS, TINY_TRAIN, make_tiny_model
 
 
 @pytest.fixture(scope='module')

@@ -35,13 +35,9 @@ from nmr.data.bag_recover import MCAP_MAGIC, OP_CHUNK, OP_DATA_END, OP_MESSAGE
 from nmr.data.bag_writer import BagWriter
 from nmr.domain import PAIRS
 from nmr.errors import ModelFileError
-from nmr.ros.testing import INPUT_TOPICS, make_tiny_model
+from nmr.ros.testing import INPUT_TOPICS, TINY_TRAIN, make_tiny_model
 
 LWIR = INPUT_TOPICS['lwir']
-TINY_TRAIN = ['model.registration={arch: fast, encoder_channels: [8, 16, 16], stem_channels: [8]}',
-              'model.translation_ngf=8', 'model.translation_blocks=1', 'model.discriminator_ndf=8',
-              'model.discriminator_layers=2', 'optim.epochs=1', 'optim.batch_size=1', 'data.net_hw=[32,48]',
-              'data.workers=0', 'data.val_fraction=0', 'run.keep_every=0']
 
 
 # -- data ---------------------------------------------------------------------------------------------------

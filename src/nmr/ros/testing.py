@@ -31,6 +31,13 @@ from nmr.resources import share_path
 FASTDDS_PROFILE = share_path('config', 'fastdds_large_images.xml')
 #: The harness publishes on the node's default input topics.
 INPUT_TOPICS: dict[str, str] = DEFAULT_TOPICS
+#: `nmr train --set` overrides for a seconds-long run on a tiny network (the robustness tests' trainer runs).
+TINY_TRAIN: list[str] = [
+    'model.registration={arch: fast, encoder_channels: [8, 16, 16], stem_channels: [8]}',
+    'model.translation_ngf=8', 'model.translation_blocks=1', 'model.discriminator_ndf=8',
+    'model.discriminator_layers=2', 'optim.epochs=1', 'optim.batch_size=1', 'data.net_hw=[32,48]',
+    'data.workers=0', 'data.val_fraction=0', 'run.keep_every=0',
+]
 
 
 def ros_env(domain_id: int | None = None) -> dict[str, str]:

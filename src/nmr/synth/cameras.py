@@ -47,7 +47,7 @@ class Camera:
     @property
     def K(self) -> np.ndarray:  # noqa: N802 (the standard name)
         """3x3 intrinsic matrix (OpenCV / ROS convention)."""
-        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+        return self.model.K
 
     @property
     def hw(self) -> tuple[int, int]:
