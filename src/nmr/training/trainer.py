@@ -474,6 +474,16 @@ def _ignore_stop_signals(_worker_id: int) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.excepthook = _quiet_when_parent_left
+
+
+def _quiet_when_parent_left(kind: type[BaseException], err: BaseException, tb: Any) -> None:
+    """A worker's tensor hand-over (multiprocessing's resource sharer thread, which reports through
+    sys.excepthook) fails with a broken connection when the main process stops mid-transfer; that is the
+    main process's clean stop, not an error to print as a traceback. Anything else is reported as usual."""
+    if issubclass(kind, (ConnectionError, EOFError)):
+        return
+    sys.__excepthook__(kind, err, tb)
 
 
 class TrainingDivergedError(NmrUserError):
