@@ -74,6 +74,21 @@ def test_family_inverse_is_exact_smooth_and_invertible(family: str) -> None:
         assert float((phi[:, :, 2:] - 2 * phi[:, :, 1:-1] + phi[:, :, :-2]).abs().max()) < 0.1
 
 
+def test_composite_composes_only_the_listed_base_families() -> None:
+    """Leave-one-family-out: a held-back family must not come back inside `composite`. With affine as the only
+    listed base family every composite is a composition of affine maps, i.e. affine (second differences 0);
+    with all families listed it is not."""
+
+    def curvature(families: list[str], seed: int) -> float:
+        cfg = AugmentConfig(enabled=True, mean_px=[25.0, 30.0], families=families)
+        phi = field_grid(sample_family('composite', 96, 120, cfg, torch.Generator().manual_seed(seed)),
+                         (0, 0, 96, 120)).double()
+        return float((phi[:, :, 2:] - 2 * phi[:, :, 1:-1] + phi[:, :, :-2]).abs().max())
+
+    assert max(curvature(['affine', 'composite'], s) for s in range(6)) < 1e-6
+    assert max(curvature(list(BASE_FAMILIES) + ['composite'], s) for s in range(6)) > 1e-3
+
+
 @pytest.mark.parametrize('family', (*BASE_FAMILIES, 'composite'))
 def test_family_mean_magnitude_is_as_configured_and_peak_capped(family: str) -> None:
     """At 640 px width the mean |phi| equals the drawn target (from mean_px) unless a cap binds; the peak

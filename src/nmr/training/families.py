@@ -196,9 +196,12 @@ def _shape(name: str, h: int, w: int, g: torch.Generator, cfg: AugmentConfig) ->
     if name == 'distortion':
         return _distortion_shape(h, w, g)
     if name == 'composite':
-        k = 2 + int(torch.randint(0, 2, (1,), generator=g))
-        order = torch.randperm(len(BASE_FAMILIES), generator=g)[:k].tolist()
-        shapes = [_shape(BASE_FAMILIES[i], h, w, g, cfg) for i in order]
+        # Compose only the base families the config lists, so that leaving one out (a held-back family)
+        # also keeps it out of the compositions; a list without base families composes all of them.
+        bases = [f for f in BASE_FAMILIES if f in cfg.families] or list(BASE_FAMILIES)
+        k = min(2 + int(torch.randint(0, 2, (1,), generator=g)), len(bases))
+        order = torch.randperm(len(bases), generator=g)[:k].tolist()
+        shapes = [_shape(bases[i], h, w, g, cfg) for i in order]
         raw = torch.rand(k, generator=g, dtype=torch.float64) + 0.3
         weights = (raw / raw.sum()).tolist()
         return lambda gain: Composed(h, w, [s(gain * wt) for s, wt in zip(shapes, weights)])
