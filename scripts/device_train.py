@@ -10,11 +10,11 @@ going at the hard deadline is stopped (SIGINT: the trainer's checkpoints are who
 `epoch_*.pt` is taken.
 
 The runs (issue 19):
-  lwir_default   rgb_lwir from the shipped models/rgb_lwir.pt, every family, roadscene + llvip
-  depth_default  rgb_depth from the shipped models/rgb_depth.pt, every family, rgbdd (robust normalisation)
-  lofo_<family>  rgb_lwir FROM SCRATCH with one base family left out (also out of `composite`): the
-                 leave-one-family-out table
-  lofo_none      the same from scratch with every family: the control for the table
+  lwir_default   rgb_lwir from --init-lwir (the shipped model), every family, roadscene + llvip
+  depth_default  rgb_depth from --init-depth (the shipped model), every family, rgbdd (robust normalisation)
+  lofo_<family>  rgb_lwir from --lofo-init (or from scratch) with one base family left out (also out of
+                 `composite`): the leave-one-family-out table
+  lofo_none      the same with every family: the control for the table
 Data: the training split made by scripts/pack_training_data.py (val_fraction 0 here: the copy IS the split).
 Validation: none on the device; evaluate the returned models with scripts/evaluate_default_models.sh and
 scripts/evaluate_lofo.sh here.
@@ -53,7 +53,7 @@ class Run:
     settings: list[str] = field(default_factory=list)
 
 
-def runs(data: Path) -> list[Run]:
+def runs(data: Path, init_lwir: Path, init_depth: Path, lofo_init: Path | None, lofo: list[str]) -> list[Run]:
     road = ['--pairs', str(data / 'roadscene/moving'), str(data / 'roadscene/fixed')]
     llvip = ['--pairs', str(data / 'llvip/moving'), str(data / 'llvip/fixed')]
     # roadscene 174 + llvip 12 pairs: listed 4x / 12x so an epoch is ~840 pairs with llvip ~15 % of them
@@ -62,17 +62,19 @@ def runs(data: Path) -> list[Run]:
     rgbdd = ['--pairs', str(data / 'rgbdd/moving'), str(data / 'rgbdd/fixed')]
     depth_data = [*rgbdd * 3, '--moving-suffix', '_RGB', '--fixed-suffix', '_HR_gt']
     out = [
-        Run('lwir_default', 'rgb_lwir', [*lwir_data, '--init', str(ROOT / 'models/rgb_lwir.pt')], 32, 3,
-            ['optim.lr=2e-4']),
-        Run('depth_default', 'rgb_depth', [*depth_data, '--init', str(ROOT / 'models/rgb_depth.pt')], 32, 3,
+        Run('lwir_default', 'rgb_lwir', [*lwir_data, '--init', str(init_lwir)], 32, 3, ['optim.lr=2e-4']),
+        Run('depth_default', 'rgb_depth', [*depth_data, '--init', str(init_depth)], 32, 3,
             ['optim.lr=2e-4', 'data.normalisation.mode=robust']),
     ]
-    scratch = ['optim.lr=6e-4', 'loss.contrastive_only_steps=300', 'augment.warmup_epochs=2',
-               'augment.warmup_start=0.5']
-    for held in (*BASE_FAMILIES, 'none'):
+    if lofo_init is None:  # from scratch: the encoders are pre-trained for matching first
+        start, lofo_settings = [], ['optim.lr=6e-4', 'loss.contrastive_only_steps=300']
+    else:
+        start, lofo_settings = ['--init', str(lofo_init)], ['optim.lr=2e-4']
+    for held in lofo:
         families = [f for f in BASE_FAMILIES if f != held] + ['composite']
-        out.append(Run(f'lofo_{held}', 'rgb_lwir', list(lwir_data), 16, 2,
-                       [*scratch, f'augment.families=[{",".join(families)}]']))
+        out.append(Run(f'lofo_{held}', 'rgb_lwir', [*lwir_data, *start], 16, 2,
+                       [*lofo_settings, 'augment.warmup_epochs=2', 'augment.warmup_start=0.5',
+                        f'augment.families=[{",".join(families)}]']))
     return out
 
 
@@ -157,8 +159,16 @@ def main() -> int:
     ap.add_argument('--device', default='cuda')
     ap.add_argument('--probe-steps', type=int, default=20)
     ap.add_argument('--only', nargs='*', default=None, help='run only these (names as in the module doc)')
+    ap.add_argument('--init-lwir', type=Path, default=ROOT / 'models/rgb_lwir.pt')
+    ap.add_argument('--init-depth', type=Path, default=ROOT / 'models/rgb_depth.pt')
+    ap.add_argument('--lofo-init', type=Path, default=None,
+                    help='warm start of the leave-one-family-out runs (default: from scratch); it must not have '
+                         'been trained on the families held out')
+    ap.add_argument('--lofo', nargs='*', default=[*BASE_FAMILIES, 'none'],
+                    help='the families to hold out, one run each (none = the control with every family)')
     args = ap.parse_args()
-    todo = [r for r in runs(args.data) if args.only is None or r.name in args.only]
+    todo = [r for r in runs(args.data, args.init_lwir, args.init_depth, args.lofo_init, args.lofo)
+            if args.only is None or r.name in args.only]
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     rates = probe(todo, args.work / 'probe', args.probe_steps, args.device)

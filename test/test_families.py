@@ -86,7 +86,7 @@ def test_composite_composes_only_the_listed_base_families() -> None:
         return float((phi[:, :, 2:] - 2 * phi[:, :, 1:-1] + phi[:, :, :-2]).abs().max())
 
     assert max(curvature(['affine', 'composite'], s) for s in range(6)) < 1e-6
-    assert max(curvature(list(BASE_FAMILIES) + ['composite'], s) for s in range(6)) > 1e-3
+    assert max(curvature([*BASE_FAMILIES, 'composite'], s) for s in range(6)) > 1e-3
 
 
 @pytest.mark.parametrize('family', (*BASE_FAMILIES, 'composite'))

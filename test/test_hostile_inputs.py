@@ -772,3 +772,41 @@ def test_atomic_writes_get_the_mode_a_plain_open_would_give(tmp_path: Path) -> N
     finally:
         os.umask(old)
     assert staged.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o644
+
+
+def _nan_gradient_hook(trainer: object, steps: set[int]) -> None:
+    """Make R_Phi's gradient non-finite on the given global steps (the loss stays finite)."""
+    system = trainer.system  # type: ignore[attr-defined]
+    param = next(system.R.parameters())
+    param.register_hook(lambda g: g * float('nan') if trainer.global_step in steps else g)  # type: ignore[attr-defined]
+
+
+def test_one_non_finite_gradient_is_skipped_and_the_run_ends_finite(tmp_path: Path) -> None:
+    from nmr.training.config import load_config
+    from nmr.training.trainer import TrainData, Trainer
+
+    cfg = load_config(None, [TINY_TRAIN[0], 'loss.objective=supervised', 'optim.epochs=2', 'optim.batch_size=2',
+                             'data.net_hw=[32,48]', 'data.workers=0', 'run.keep_every=0'])
+    trainer = Trainer(cfg, TrainData(train=_pairs(4, nan_truth=False), val=None), tmp_path, log=lambda s: None)
+    before = [p.detach().clone() for p in trainer.system.R.parameters()]
+    _nan_gradient_hook(trainer, {1})
+    trainer.fit()
+    after = list(trainer.system.R.parameters())
+    assert all(bool(torch.isfinite(p).all()) for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))  # the other steps did update
+    assert '"train_skipped": 0.5' in (tmp_path / 'metrics.jsonl').read_text().splitlines()[0]
+
+
+def test_a_run_whose_gradient_stays_non_finite_stops_with_one_line(tmp_path: Path) -> None:
+    from nmr.training.config import load_config
+    from nmr.training.trainer import MAX_CONSECUTIVE_SKIPS, TrainData, Trainer, TrainingDivergedError
+
+    cfg = load_config(None, [TINY_TRAIN[0], 'loss.objective=supervised', 'optim.epochs=30', 'optim.batch_size=2',
+                             'data.net_hw=[32,48]', 'data.workers=0', 'run.keep_every=0'])
+    trainer = Trainer(cfg, TrainData(train=_pairs(4, nan_truth=False), val=None), tmp_path, log=lambda s: None)
+    _nan_gradient_hook(trainer, set(range(2, 10_000)))
+    with pytest.raises(TrainingDivergedError) as info:
+        trainer.fit()
+    text = str(info.value)
+    assert '\n' not in text and f'{MAX_CONSECUTIVE_SKIPS} consecutive updates' in text, text
+    assert trainer.global_step == 2 + MAX_CONSECUTIVE_SKIPS - 1

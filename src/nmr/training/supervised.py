@@ -151,12 +151,22 @@ class SupervisedSystem:
         flow_on = self.step >= self.cfg.loss.contrastive_only_steps
         terms = self.losses(moving, fixed, tensors['gt_flow'], tensors['valid'], flow_on)
         terms['total'].backward()
-        if self.cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.R.parameters(), self.cfg.optim.grad_clip)
-        opt.step()
-        self.schedulers['registration'].step()
+        # A rare batch can give a non-finite gradient (seen twice in ~2,400 GPU steps at batch 32, each at a
+        # different step): that update is skipped, as a mixed-precision loss scaler would, and counted in the
+        # logged `skipped` fraction, instead of ending a run whose weights are still finite. Weights that still
+        # go non-finite stop the run (Trainer._check_finite).
+        max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float('inf')
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.R.parameters(), max_norm)
+        finite = bool(torch.isfinite(grad_norm))
+        if finite:
+            opt.step()
+            self.schedulers['registration'].step()
+        else:
+            opt.zero_grad(set_to_none=True)
         self.step += 1
-        return {k: v.detach() for k, v in terms.items()}
+        out = {k: v.detach() for k, v in terms.items()}
+        out['skipped'] = torch.tensor(0.0 if finite else 1.0, device=terms['total'].device)
+        return out
 
     def val_loss(self, out: dict[str, torch.Tensor], moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """No ground truth on the network grid in validation: EPE at native size is the score instead."""

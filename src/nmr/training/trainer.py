@@ -41,6 +41,9 @@ from nmr.training.step import NemarSystem
 from nmr.training.supervised import SupervisedSystem
 
 FIXED_KIND = PAIR_FIXED_KIND
+# Supervised updates skipped in a row for a non-finite gradient before a run is stopped (one bad batch is
+# skipped; a run that cannot produce a finite gradient any more is not trained on silently).
+MAX_CONSECUTIVE_SKIPS = 25
 
 
 def _fmt_time(seconds: float) -> str:
@@ -148,6 +151,7 @@ class Trainer:
         self.system: Any = build_system(cfg, self.device, self.info, self.steps_per_epoch * cfg.optim.epochs)
         self.start_epoch = 0
         self.global_step = 0
+        self.consecutive_skips = 0
         self.best: float | None = None
         self.writer: Any = None
         if resume:
@@ -361,11 +365,20 @@ class Trainer:
         Nothing after the last finite epoch is saved: OUT/last.pt and best.pt stay as they were. One
         device sync per step; without it a NaN run ended `done` with a NaN best.pt.
         """
-        names = list(logs)
+        names = [k for k in logs if k != 'skipped']
         flags = [torch.isfinite(logs[k].float()).all() for k in names]
+        if 'skipped' in logs:  # updates skipped for a non-finite gradient (supervised): a few are tolerated
+            flags.append(logs['skipped'] == 0)
         nets = self.system.networks()
         flags += [torch.stack([torch.isfinite(p).all() for p in net.parameters()]).all() for net in nets.values()]
         ok = torch.stack(flags).cpu().tolist()
+        if 'skipped' in logs:
+            self.consecutive_skips = 0 if ok.pop(len(names)) else self.consecutive_skips + 1
+            if self.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                raise TrainingDivergedError(
+                    f'training stopped at epoch {epoch + 1} step {step + 1} (global step {self.global_step + 1}): '
+                    f'{self.consecutive_skips} consecutive updates had a non-finite gradient and were skipped; '
+                    f'{self.out / "last.pt"} holds the last finished epoch: check the data or lower optim.lr')
         bad = [float(not v) for v in ok]
         if self.info.enabled:  # every process stops together (a rank alone would leave the others waiting)
             bad = all_reduce_sum(bad, self.info)
