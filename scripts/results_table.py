@@ -26,7 +26,7 @@ def main() -> int:
     args = parser.parse_args()
     labels = sorted((p.name for p in args.eval_dir.iterdir()
                      if p.is_dir() and p.name not in ('sets', 'oracle') and any(p.glob('*.json'))),
-                    key=lambda name: (name != 'old', name))  # the old models first
+                    key=lambda name: (name not in ('old', 'pre19'), name))  # the oldest models first
     order = ['affine', 'homography', 'nonrigid', 'distortion', 'composite', 'legacy', 'mixed', 'parallax', 'lwir',
              'depth']
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train and export the default models from the development data in ../shared/data plus synthetic-rig bags.
-# This is the exact recipe behind models/README.md.
+# The CPU stages of the recipe behind models/README.md (the GPU stage that follows: scripts/device_train.py).
 #   usage: scripts/train_default_models.sh [RUNS_DIR [EXTRA nmr train ARGS]]   (default: runs/default_models)
 # Environment:
 #   NMR_PROFILE=cpu (default) | gpu     see below
@@ -34,7 +34,8 @@
 #                    (stage 1) and 32 x 25 = 800 steps per pair (stage 2).
 #   NMR_PROFILE=gpu: one large GPU (H100/H200): net 256x320, batch 16, 2,000 + 1,500 steps, 6 data workers
 #                    per run (the synthetic misalignment is made on the CPU), budgeted to end in < 8
-#                    minutes (not yet timed on a GPU: no device was lent to issue 19's session).
+#                    minutes (never timed on a GPU). The shipped models are this script's CPU stages followed by
+#                    scripts/device_train.py on one H200 (models/README.md): that is the GPU recipe that ran.
 # Extra arguments after RUNS_DIR go to every `nmr train` run (e.g. --set run.device=cpu).
 # Validation during training: 24 TRAINING-scene pairs, cue-free, mixed families (make_misaligned_manifest.py
 # --split train); nothing is selected on held-out data. The shipped weights are the last epoch's R_Phi.
