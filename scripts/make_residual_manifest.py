@@ -4,7 +4,8 @@
 Each row of DIR/<pair>/manifest.csv (written by `nmr synth --rig-seed S --export-pairs DIR`) becomes the moving
 image pre-warped by the rig's geometric flow (as `nmr evaluate --rig` does) and the exact residual ground truth
 (what the synthetic rig's true flow leaves after the geometric flow, SPEC convention, with its valid mask);
-`--jitter N` adds N rows per pair pre-warped by a perturbed rig (calibration error). The manifest trains
+`--jitter N` adds N rows per pair pre-warped by a perturbed rig (calibration error), `--aligned` one row per
+pair pre-aligned by the exact truth, without flow (the trainer misaligns it: augment.enabled=true). The manifest trains
 with `nmr train --manifest OUT/manifest.csv --set loss.objective=supervised` unchanged.
 
     .venv/bin/python scripts/make_residual_manifest.py --pair rgb_lwir --out runs/residual/rgb_lwir \
@@ -31,7 +32,10 @@ def main() -> int:
     parser.add_argument('--jitter-translation-m', type=float, default=Jitter.translation_m)
     parser.add_argument('--jitter-focal', type=float, default=Jitter.focal)
     parser.add_argument('--jitter-principal-px', type=float, default=Jitter.principal_px)
-    parser.add_argument('--max-rows', type=int, default=0, help='at most N pairs per source (0 = all)')
+    parser.add_argument('--aligned', action='store_true',
+                        help='one more row per pair: pre-aligned by the exact truth, without flow (train with '
+                             'augment.enabled=true: the trainer draws a small misalignment for it)')
+    parser.add_argument('--max-rows', type=int, default=0, help='at most N pairs per source, evenly spaced (0 = all)')
     parser.add_argument('--seed', type=int, default=0, help='jitter seed')
     args = parser.parse_args()
     sources = []
@@ -43,7 +47,7 @@ def main() -> int:
         sources.append((tag, Path(folder), Path(rig) if rig else None))
     jitter = Jitter(args.jitter_rotation_deg, args.jitter_translation_m, args.jitter_focal, args.jitter_principal_px)
     build_manifest(sources, args.out, args.pair, jitter=args.jitter, jitter_cfg=jitter, seed=args.seed,
-                   max_rows=args.max_rows)
+                   max_rows=args.max_rows, aligned=args.aligned)
     return 0
 
 

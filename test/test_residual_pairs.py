@@ -123,3 +123,26 @@ def test_a_manifest_without_truth_is_refused_with_one_line(exported: Path, tmp_p
 
     with pytest.raises(ConfigError, match='no ground-truth flow'):
         residual_pair(replace(fp, gt_flow=None), np.zeros((*fp.fixed.shape, 2), np.float32))
+
+
+def test_aligned_rows_are_aligned_by_the_truth_and_misaligned_by_the_trainer(exported: Path, tmp_path: Path) -> None:
+    """`aligned` rows carry no flow: the moving image is warped by the exact truth (so the pair is aligned where
+    the truth is valid) and the trainer draws a fresh small misalignment for it every epoch."""
+    manifest = build_manifest([('t', exported, None)], tmp_path, 'rgb_lwir', aligned=True, max_rows=2,
+                              log=lambda _t: None)
+    with manifest.open(newline='') as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r['family'] for r in rows] == ['rig', 'aligned'] * 2 and all(not r['flow'] for r in rows[1::2])
+    source = read_manifest(exported / 'rgb_lwir' / 'manifest.csv', fixed_kind='lwir')
+    stage = GeometricStage(Rig.load(exported / 'rig_true.yaml'), log=lambda _t: None)
+    fp = source[0]
+    g, _ = geometric_flow(stage, 'rgb_lwir', fp)
+    moving = cv2.cvtColor(cv2.imread(str(tmp_path / rows[1]['moving'])), cv2.COLOR_BGR2RGB)
+    valid = fp.valid.astype(bool)
+    assert np.array_equal(moving[valid], nmr_flow.warp(fp.moving, fp.gt_flow)[0][valid])
+    assert (~valid).any() and np.array_equal(moving[~valid], nmr_flow.warp(fp.moving, g)[0][~valid])
+    data = ManifestDataset(manifest, 'lwir')
+    training = TrainingPairs(data, 'lwir', (32, 40), augment=AugmentConfig(enabled=True, mean_px=[2.0, 8.0]),
+                             net_grid_truth=True)
+    first, later = training[1], training[1 + len(data)]
+    assert float(first['gt_net'].abs().mean()) > 0 and not torch_equal(first['gt_net'], later['gt_net'])

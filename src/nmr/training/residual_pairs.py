@@ -22,6 +22,11 @@ deliberately NOT excluded: there the filled ``g`` is wrong and the residual has 
 ``jitter`` (calibration error): the geometric flow of a randomly perturbed rig (rotation, translation, focal
 length, principal point of the fixed camera's pose and intrinsics) instead of the true one, so that the model
 also learns to correct a slightly wrong rig file, the case of a rig estimated by ``nmr calibrate``.
+
+``aligned`` rows (family ``aligned``, no ``flow``): the moving image warped by the exact truth (by ``g`` where
+the truth is invalid), i.e. a pre-aligned pair that looks like a pre-warped one; the trainer draws a small
+cue-free misalignment for it (``augment.enabled=true``, nmr.training.families), so the model also sees
+residuals that no recording can teach it to memorise, and learns to answer ~0 where there is none.
 """
 
 from __future__ import annotations
@@ -131,15 +136,25 @@ def residual_pair(fp: FramePair, prior: np.ndarray) -> ResidualPair:
     return ResidualPair(prewarped, r, valid, prior)
 
 
+def aligned_image(fp: FramePair, prior: np.ndarray) -> np.ndarray:
+    """``fp.moving`` on the fixed grid by the exact truth (``prior`` where the truth is invalid or missing)."""
+    truth = fp.gt_flow if fp.gt_flow is not None else prior
+    ok = np.isfinite(truth).all(axis=2)
+    if fp.valid is not None:
+        ok &= np.asarray(fp.valid).astype(bool)
+    return nmr_flow.warp(fp.moving, np.where(ok[..., None], truth, prior).astype(np.float32))[0]
+
+
 def build_manifest(sources: Sequence[tuple[str, Path, Path | None]], out: Path, pair: str, jitter: int = 0,
-                   jitter_cfg: Jitter | None = None, seed: int = 0, max_rows: int = 0,
+                   jitter_cfg: Jitter | None = None, seed: int = 0, max_rows: int = 0, aligned: bool = False,
                    log: Callable[[str], None] = print) -> Path:
     """Write ``out/manifest.csv`` (+ images, flows, masks) of residual pairs from exported synthetic pairs.
 
     ``sources``: (tag, export root of ``nmr synth --export-pairs DIR``, rig file or None = ``DIR/rig_true.
     yaml``); the tag prefixes the row names (the trainer splits by name: rows of different recordings must not
     share one). ``jitter``: extra rows per pair with a perturbed rig (family ``rig_jitter``); the plain rows
-    have family ``rig``. ``max_rows``: at most that many pairs per source (0 = all).
+    have family ``rig``; ``aligned``: one more row per pair, pre-aligned, without ``flow`` (module docstring).
+    ``max_rows``: at most that many pairs per source, evenly spaced in time (0 = all).
     """
     if pair not in FIXED_KIND_PAIR.values():
         raise ConfigError(f'unknown pair {pair!r}: expected one of {", ".join(FIXED_KIND_PAIR.values())}')
@@ -159,7 +174,7 @@ def build_manifest(sources: Sequence[tuple[str, Path, Path | None]], out: Path, 
         stages = [('rig', GeometricStage(rig, log=lambda _t: None))]
         data = read_manifest(manifest, fixed_kind=fixed_kind)
         n = len(data) if max_rows <= 0 else min(max_rows, len(data))
-        for i in range(n):
+        for i in sorted({round(float(x)) for x in np.linspace(0, len(data) - 1, n)}) if n else []:
             fp = data[i]
             variants = list(stages) + [('rig_jitter', GeometricStage(jcfg.apply(rig, fixed_kind, rng),
                                                                      log=lambda _t: None)) for _ in range(jitter)]
@@ -172,7 +187,13 @@ def build_manifest(sources: Sequence[tuple[str, Path, Path | None]], out: Path, 
                              f'valid/{name}.png', fixed_kind, family])
                 if rp.valid.any():
                     mags.append(float(np.linalg.norm(rp.residual[rp.valid], axis=1).mean()))
-        log(f'{tag}: {n} pairs of {manifest} ({1 + jitter} rows each)')
+                if aligned and k == 0:
+                    name = f'{tag}_{fp.name}_a'
+                    atomic.write_image(out / f'moving/{name}.png', cv2.cvtColor(aligned_image(fp, prior),
+                                                                                cv2.COLOR_RGB2BGR))
+                    atomic.write_image(out / f'fixed/{name}.png', fp.fixed)
+                    rows.append([name, f'moving/{name}.png', f'fixed/{name}.png', '', '', fixed_kind, 'aligned'])
+        log(f'{tag}: {n} pairs of {manifest} ({1 + jitter + int(aligned)} rows each)')
     path = out / 'manifest.csv'
     with atomic.atomic_open(path, 'w', newline='') as fh:
         writer = csv.writer(fh)
