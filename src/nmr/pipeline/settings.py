@@ -121,8 +121,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec('rig', '', "rig file (RIG.yaml, config/rig.example.yaml): register through the depth camera's depth "
               "(geometric flow, then the network's residual); '' = off (network only)"),
     ParamSpec('residual', False, 'with a rig: also run the network on the geometrically pre-warped pair and '
-              'compose its residual (false, the default: geometry only, no network; the shipped models made '
-              'it worse on the synthetic rig, docs/results.md)'),
+              'compose its residual (false, the default: geometry only, no network; the shipped models, and '
+              'residual models trained for it (scripts/train_residual.sh), made it worse on the synthetic rig, '
+              'docs/results.md)'),
     ParamSpec('rig_plane_distance_m', 10.0, 'with a rig, a set without depth uses a plane this far in front of '
               'the fixed camera [m]', _positive),
     ParamSpec('rig_motion', True, 'with a rig: compensate the motion between the LWIR exposure and its RGB frame '
