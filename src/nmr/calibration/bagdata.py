@@ -49,6 +49,7 @@ class Stream:
     stamps: np.ndarray
     info: CameraModel | None
     size: tuple[int, int] | None = None  # (width, height) of the first frame, when read
+    frame_id: str | None = None  # the camera's frame (camera_info's header, else the first image's)
 
 
 def index_bag(bag: Path, topics: Mapping[str, str]) -> dict[str, Stream]:
@@ -61,20 +62,28 @@ def index_bag(bag: Path, topics: Mapping[str, str]) -> dict[str, Stream]:
         for name, topic in topics.items():
             conn = by_topic[topic]
             stamps = []
+            first = None
             for _, _, raw in reader.messages(connections=[conn]):
                 stamps.append(raw_header_stamp(raw))
+                first = raw if first is None else first
             if not stamps:
                 raise BagError(f'topic {topic} in bag {bag} has no messages; record the {name} camera too')
+            try:
+                head: Any = reader.deserialize(first, conn.msgtype) if first is not None else None
+                frame_id: str | None = str(head.header.frame_id) or None
+            except Exception:  # an undecodable first frame: load_moments names it if it is needed
+                frame_id = None
             info = None
             itopic = info_topic(topic)
             if itopic in by_topic and by_topic[itopic].msgtype == 'sensor_msgs/msg/CameraInfo':
                 ic = by_topic[itopic]
                 for _, _, raw in reader.messages(connections=[ic]):
                     msg: Any = reader.deserialize(raw, ic.msgtype)
+                    frame_id = str(msg.header.frame_id) or frame_id
                     if any(msg.k):  # an all-zero K means "uncalibrated" (camera_info_manager's default)
                         info = CameraModel.from_camera_info(msg, where=f'{itopic} in {bag}')
                     break
-            out[name] = Stream(name, topic, np.unique(np.asarray(stamps, dtype=np.int64)), info)
+            out[name] = Stream(name, topic, np.unique(np.asarray(stamps, dtype=np.int64)), info, frame_id=frame_id)
     return out
 
 

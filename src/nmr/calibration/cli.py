@@ -1,8 +1,10 @@
 """`nmr calibrate`: estimate the rig (poses, LWIR focal length and time offset) from unlabelled bags.
 
-nmr calibrate --bag run1 [run2 ...] --out rig.yaml [--refine-intrinsics] [--frames 32] [--seed 0]
+nmr calibrate --bag run1 [run2 ...] --out rig.yaml [--refine-intrinsics] [--refine-extrinsics] [--frames 32]
 
-Reads the RGB, LWIR and depth topics (and their camera_info) of the bags, picks ``--frames`` moments
+Reads the RGB, LWIR and depth topics (and their camera_info) of the bags and ``/tf_static`` (a pose between
+two cameras' frames found there, e.g. the RealSense's factory depth-colour extrinsics, is taken as given and
+kept fixed unless ``--refine-extrinsics``; nmr.calibration.tfstatic), picks ``--frames`` moments
 spread over the recording and maximises a pooled cross-modal alignment score over them
 (nmr.calibration.objective, nmr.calibration.solver). Writes RIG.yaml (nmr.geometry.rig), a report
 (RIG.report.json) and a figure of before/after overlays (RIG_overlay.png); stage results are kept in
@@ -25,7 +27,7 @@ import numpy as np
 from nmr.domain import DEFAULT_TOPICS
 from nmr.errors import BagError, ConfigError
 
-METHOD_VERSION = 1
+METHOD_VERSION = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='moments (depth frames with their RGB and LWIR neighbours) used, spread over the bags')
     parser.add_argument('--refine-intrinsics', action='store_true',
                         help="also estimate the LWIR focal length (camera_info's is often nominal)")
+    parser.add_argument('--refine-extrinsics', action='store_true',
+                        help='refine the poses read from /tf_static too (default: keep them as given)')
+    parser.add_argument('--ignore-tf-static', action='store_true',
+                        help='do not read /tf_static: estimate every pose from the images')
     parser.add_argument('--no-time-offset', action='store_true',
                         help='keep the LWIR time offset at 0 (e.g. hardware-triggered cameras)')
     parser.add_argument('--seed', type=int, default=0, help='seed (the result is deterministic for a seed)')
@@ -60,7 +66,8 @@ def _signature(args: argparse.Namespace, topics: dict[str, str]) -> str:
                 st = f.stat()
                 files.append([str(f.resolve()), st.st_size, int(st.st_mtime)])
     doc = {'v': METHOD_VERSION, 'files': files, 'topics': topics, 'frames': args.frames,
-           'refine': args.refine_intrinsics, 'dt': not args.no_time_offset, 'seed': args.seed}
+           'refine': args.refine_intrinsics, 'dt': not args.no_time_offset, 'seed': args.seed,
+           'refine_ext': args.refine_extrinsics, 'tf': not args.ignore_tf_static}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -98,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f'--out {args.out}: give a .yaml file name for the rig')
     import torch
 
-    from nmr.calibration import bagdata
-    from nmr.calibration.objective import Cameras
+    from nmr.calibration import bagdata, tfstatic
+    from nmr.calibration.objective import Cameras, params_from_pose
     from nmr.calibration.report import overlay_figure, rig_from_params, spread
     from nmr.calibration.solver import Options, Problem, Progress, Solver, initial_params, write_json_atomic
 
@@ -111,7 +118,21 @@ def run(args: argparse.Namespace) -> int:
     streams = [bagdata.index_bag(Path(b), topics) for b in args.bag]
     use_depth = 'depth' in topics
     options = Options(refine_intrinsics=args.refine_intrinsics, time_offset=not args.no_time_offset,
-                      seed=args.seed, quiet=args.quiet)
+                      seed=args.seed, quiet=args.quiet, refine_extrinsics=args.refine_extrinsics)
+    # poses the drivers already publish (/tf_static), between the first bag's camera frames
+    given: dict[str, Any] = {}
+    if not args.ignore_tf_static:
+        tree = tfstatic.read_static_tree([Path(b) for b in args.bag])
+        frames = {name: st.frame_id for name, st in streams[0].items()}
+        given = tfstatic.camera_poses(tree, frames, cameras=[c for c in ('depth', 'lwir') if c in topics])
+        if tree and not given:
+            notes.append(f'{tfstatic.TF_STATIC_TOPIC} has no transform between the RGB frame '
+                         f'{frames.get("rgb")} and the other cameras\' frames '
+                         f'({", ".join(f"{k}: {v}" for k, v in frames.items() if k != "rgb")}): poses estimated')
+    options.given_poses = set(given)
+    for cam, (_, chain) in given.items():
+        how = 'refined from there (--refine-extrinsics)' if args.refine_extrinsics else 'kept fixed'
+        notes.append(f'{cam} pose from {tfstatic.TF_STATIC_TOPIC} ({" -> ".join(chain)}), {how}')
     if not use_depth:
         notes.append('LWIR calibrated with the plane-at-distance model (no depth): rotation only, every LWIR '
                      'pixel taken at 20 m; the translation (parallax) and time offset are not estimated')
@@ -183,6 +204,8 @@ def run(args: argparse.Namespace) -> int:
         return result
 
     init = initial_params()
+    for cam, (pose, _) in given.items():
+        init[f'{cam}_rot'], init[f'{cam}_trans'] = params_from_pose(pose.rotvec(), pose.t)
     params = dict(init)
     if use_depth:
         params = stage('rgb_depth', solver.stage_rgb_depth, params)
@@ -190,6 +213,10 @@ def run(args: argparse.Namespace) -> int:
         params = stage('lwir', solver.stage_lwir, params)
     blocks = stage('blocks', solver.stage_blocks, params)
     progress.close()
+    for cam in given:  # exactly as given (the solver's float32 tensors round them)
+        if options.pose_fixed(cam):
+            params[f'{cam}_rot'], params[f'{cam}_trans'] = init[f'{cam}_rot'], init[f'{cam}_trans']
+    sources = parameter_sources(topics, streams[0], given, options)
 
     rig = rig_from_params(cams, params, streams[0])
     rig.save(args.out)
@@ -201,7 +228,8 @@ def run(args: argparse.Namespace) -> int:
         'rig': str(args.out), 'bags': [str(b) for b in args.bag], 'topics': topics, 'notes': notes,
         'moments': len(moments), 'moments_kept': len(problem.kept),
         'score_before': before, 'score_after': after, 'block_spread': spreads,
-        'parameters': params, 'seconds': round(time.monotonic() - started, 1), 'figure': str(figure),
+        'parameters': params, 'sources': sources, 'seconds': round(time.monotonic() - started, 1),
+        'figure': str(figure),
     }
     write_json_atomic(args.out.with_name(args.out.stem + '.report.json'), report)
     log(f'nmr calibrate: wrote {args.out} from {len(moments)} moments of {len(args.bag)} bag(s) '
@@ -217,9 +245,39 @@ def run(args: argparse.Namespace) -> int:
                 f'[{", ".join(f"{1000 * v:+.1f}" for v in c.translation)}] mm')
         if name == 'lwir':
             line += f', fx {c.model.fx:.1f} px, time offset {1000 * c.time_offset_s:+.1f} ms'
-        sp = spreads.get(name, {})
+        of = {'rotation_deg': 'pose', 'translation_mm': 'pose', 'focal_pct': 'focal', 'time_offset_ms': 'time_offset'}
+        sp = {k: v for k, v in spreads.get(name, {}).items() if 'estimated' in sources[name].get(of[k], '')
+              or 'refined' in sources[name].get(of[k], '')}
+        line += ' | from ' + ', '.join(f'{k}: {v}' for k, v in sources[name].items())
         if sp:
             line += ' | spread over blocks: ' + ', '.join(f'{k} {v:.3g}' for k, v in sp.items())
         log(line)
     log(f'  figure: {figure}; report: {args.out.with_name(args.out.stem + ".report.json")}')
     return 0
+
+
+def parameter_sources(topics: dict[str, str], streams: dict[str, Any], given: dict[str, Any],
+                      options: Any) -> dict[str, dict[str, str]]:
+    """Where each parameter of the rig file came from, per camera: ``camera_info``, ``tf_static``,
+    ``estimated``, ``nominal`` (a guessed field of view), ``assumed 0`` or ``reference`` (RGB's pose)."""
+    out: dict[str, dict[str, str]] = {}
+    for name in ('rgb', 'lwir', 'depth'):
+        if name not in topics:
+            continue
+        info = 'camera_info' if streams[name].info is not None else 'nominal'
+        src = {'intrinsics': info, 'distortion': info}
+        if name == 'rgb':
+            src['pose'] = 'reference'
+        elif name in given:
+            src['pose'] = 'tf_static, refined' if options.refine_extrinsics else 'tf_static'
+        elif name == 'lwir' and 'depth' not in topics:
+            src['pose'] = 'estimated (rotation only; translation 0)'
+        else:
+            src['pose'] = 'estimated'
+        if name == 'lwir':
+            src['focal'] = 'estimated' if options.refine_intrinsics and 'depth' in topics else info
+            src['time_offset'] = 'estimated' if options.time_offset else 'assumed 0'
+        elif name == 'depth':
+            src['time_offset'] = 'assumed 0'
+        out[name] = src
+    return out

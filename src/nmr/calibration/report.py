@@ -20,16 +20,18 @@ from nmr.geometry.rig import Rig, RigCamera
 
 def rig_from_params(cams: Cameras, params: Mapping[str, Sequence[float]], streams: Mapping[str, Any]) -> Rig:
     """The rig file's content: camera_info intrinsics (LWIR focal scaled), poses, LWIR time offset."""
-    out = {'rgb': RigCamera('rgb', cams.rgb)}
+    fid = {k: getattr(v, 'frame_id', None) for k, v in streams.items()}
+    out = {'rgb': RigCamera('rgb', cams.rgb, frame_id=fid.get('rgb'))}
     if cams.depth is not None:
         out['depth'] = RigCamera('depth', cams.depth, _rot(params, 'depth'),
-                                 _vec(params['depth_trans'], UNITS['trans']), 0.0)
+                                 _vec(params['depth_trans'], UNITS['trans']), 0.0, frame_id=fid.get('depth'))
     if cams.lwir is not None:
         m = cams.lwir
         s = math.exp(params['lwir_logf'][0] * UNITS['logf'])
         lwir = CameraModel(m.width, m.height, m.fx * s, m.fy * s, m.cx, m.cy, m.dist)
         out['lwir'] = RigCamera('lwir', lwir, _rot(params, 'lwir'),
-                                _vec(params['lwir_trans'], UNITS['trans']), params['lwir_dt'][0] * UNITS['dt'])
+                                _vec(params['lwir_trans'], UNITS['trans']), params['lwir_dt'][0] * UNITS['dt'],
+                                frame_id=fid.get('lwir'))
     return Rig(out, description='estimated by nmr calibrate from ' + ', '.join(
         f'{k}: {v.topic}' for k, v in streams.items()))
 

@@ -79,6 +79,16 @@ class Options:
     time_offset: bool = True
     seed: int = 0
     quiet: bool = False
+    #: cameras whose pose is given (``/tf_static``) and kept as it is; with ``refine_extrinsics`` it is the
+    #: start of a fit at the two finest levels instead (no search: the given pose is close)
+    given_poses: set[str] = field(default_factory=set)
+    refine_extrinsics: bool = False
+
+    def pose_fixed(self, cam: str) -> bool:
+        return cam in self.given_poses and not self.refine_extrinsics
+
+    def pose_given(self, cam: str) -> bool:
+        return cam in self.given_poses
 
 
 @dataclass
@@ -222,20 +232,37 @@ class Solver:
     # ------------------------------------------------------------------ stages
     def work_units(self) -> dict[str, int]:
         fit = sum(ITERS)
-        units = {'rgb_depth': len(ROT_GRID_DEG) ** 2 + fit if self.pb.has_depth else 0}
+        opt = self.pb.options
+        search = len(ROT_GRID_DEG) ** 2
+        units = {'rgb_depth': 0}
+        if self.pb.has_depth and not opt.pose_fixed('depth'):
+            units['rgb_depth'] = sum(ITERS[2:]) if opt.pose_given('depth') else search + fit
         if self.pb.has_lwir:
-            units['lwir'] = len(ROT_GRID_DEG) ** 2 + fit
-            if self.pb.has_depth and self.pb.options.time_offset:
+            units['lwir'] = (sum(ITERS[2:]) if opt.pose_given('lwir') else search + fit) if self.lwir_free() else 0
+            if 'lwir_dt' in self.lwir_free():
                 units['lwir'] += len(TIME_GRID_S)
-        units['blocks'] = BLOCKS * BLOCK_ITERS * 2 * (int(self.pb.has_depth) + int(self.pb.has_lwir))
+        fits = int(self.pb.has_depth and not opt.pose_fixed('depth')) + int(self.pb.has_lwir and bool(self.lwir_free()))
+        units['blocks'] = BLOCKS * BLOCK_ITERS * 2 * fits
         return units
 
     def stage_rgb_depth(self, params: dict[str, list[float]]) -> dict[str, list[float]]:
         pairs = ['rgb_depth']
+        free = ['depth_rot', 'depth_trans']
+        if self.pb.options.pose_fixed('depth'):
+            return params
+        if self.pb.options.pose_given('depth'):  # --refine-extrinsics: from the given pose, fine levels only
+            return self.coarse_to_fine(params, free, pairs, 'rgb-depth (refine)', start=2)
         params = self.rotation_search(params, 'depth', pairs)
-        return self.coarse_to_fine(params, ['depth_rot', 'depth_trans'], pairs, 'rgb-depth')
+        return self.coarse_to_fine(params, free, pairs, 'rgb-depth')
 
     def lwir_free(self) -> list[str]:
+        if self.pb.options.pose_fixed('lwir'):
+            free = []
+            if self.pb.has_depth and self.pb.options.refine_intrinsics:
+                free.append('lwir_logf')
+            if self.pb.has_depth and self.pb.options.time_offset:
+                free.append('lwir_dt')
+            return free
         if not self.pb.has_depth:
             return ['lwir_rot']
         free = ['lwir_rot', 'lwir_trans']
@@ -251,14 +278,19 @@ class Solver:
 
     def stage_lwir(self, params: dict[str, list[float]]) -> dict[str, list[float]]:
         pairs = self.lwir_pairs()
-        params = self.rotation_search(params, 'lwir', pairs)
         free = self.lwir_free()
+        if not free:
+            return params
+        given = self.pb.options.pose_given('lwir')
+        if not given:
+            params = self.rotation_search(params, 'lwir', pairs)
         pose = [k for k in free if k != 'lwir_dt']
         if 'lwir_dt' not in free:
-            return self.coarse_to_fine(params, free, pairs, 'lwir')
+            return self.coarse_to_fine(params, free, pairs, 'lwir', start=2 if given else 0)
         # the pose at the two coarse levels with the offset at 0 (a few frames' worth of motion is within
-        # their blur), then the offset on a grid at the next level, then everything together
-        for li in range(2):
+        # their blur), then the offset on a grid at the next level, then everything together; a given pose
+        # (tf_static) needs no coarse levels
+        for li in range(0 if pose and not given else 2, 2):
             params = self.adam(params, pose, pairs, LEVELS[li], ITERS[li], LR[li], label=f'lwir level {li + 1}')
             self.reject_outliers(params, pairs, LEVELS[li])
         best, best_s = params, -np.inf
@@ -279,10 +311,10 @@ class Solver:
             ids = kept[b * len(kept) // BLOCKS:(b + 1) * len(kept) // BLOCKS]
             p = dict(params)
             for lev in LEVELS[-2:]:
-                if self.pb.has_depth:
+                if self.pb.has_depth and not self.pb.options.pose_fixed('depth'):
                     p = self.adam(p, ['depth_rot', 'depth_trans'], ['rgb_depth'], lev, BLOCK_ITERS, LR[-1], ids,
                                   f'block {b + 1}/{BLOCKS}')
-                if self.pb.has_lwir:
+                if self.pb.has_lwir and self.lwir_free():
                     p = self.adam(p, self.lwir_free(), self.lwir_pairs(), lev, BLOCK_ITERS, LR[-1], ids,
                                   f'block {b + 1}/{BLOCKS}')
             out.append(p)

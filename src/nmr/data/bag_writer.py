@@ -49,6 +49,13 @@ DEFAULT_QOS = Qos(history=QosHistory.KEEP_LAST, depth=10, reliability=QosReliabi
 """The offered QoS recorded for every topic (ROS's default profile: reliable, volatile, keep last 10):
 `ros2 bag play` offers it again, and readers that adapt their QoS to the recording find one."""
 
+STATIC_QOS = Qos(history=QosHistory.KEEP_LAST, depth=1, reliability=QosReliability.RELIABLE,
+                 durability=QosDurability.TRANSIENT_LOCAL, deadline=_INFINITE, lifespan=_INFINITE,
+                 liveliness=QosLiveliness.AUTOMATIC, liveliness_lease_duration=_INFINITE,
+                 avoid_ros_namespace_conventions=False)
+"""The offered QoS of ``/tf_static`` (tf2_ros's StaticBroadcasterQoS: reliable, transient local, keep last 1):
+latched, so `ros2 bag play` hands the transforms to a subscriber that starts after the one message."""
+
 
 class _CrcFile:
     """The mcap file being written, keeping the CRC-32 of every byte written so far.
@@ -393,12 +400,12 @@ class BagWriter:
             self.abort()  # close it themselves, marked partial: register-bag)
 
     # -- generic -------------------------------------------------------------------------------------
-    def _connection(self, topic: str, msgtype: str, msgdef: str | None = None) -> Any:
+    def _connection(self, topic: str, msgtype: str, msgdef: str | None = None, qos_profile: Qos | None = None) -> Any:
         if self._writer is None:
             raise BagError(f'bag {self.path} is not open: use BagWriter as a context manager')
         conn = self._connections.get(topic)
         if conn is None:
-            qos = [DEFAULT_QOS]
+            qos = [qos_profile or DEFAULT_QOS]
             if msgdef is not None:
                 conn = self._writer.add_connection(topic, msgtype, msgdef=msgdef, rihs01=type_hash(msgtype, msgdef),
                                                    offered_qos_profiles=qos)
@@ -416,11 +423,12 @@ class BagWriter:
         """Write already serialised CDR bytes (e.g. copied from another bag)."""
         self._writer_write(self._connection(topic, msgtype, msgdef), record_ns, data, topic)
 
-    def write(self, topic: str, msgtype: str, record_ns: int, msg: Any) -> None:
-        """Write a message: a rosbags message object of ``msgtype`` or a dict of its fields."""
+    def write(self, topic: str, msgtype: str, record_ns: int, msg: Any, qos: Qos | None = None) -> None:
+        """Write a message: a rosbags message object of ``msgtype`` or a dict of its fields. ``qos``: the
+        topic's offered QoS (taken from its first message; default :data:`DEFAULT_QOS`)."""
         if isinstance(msg, Mapping):
             msg = make_message(self.typestore, msgtype, msg)
-        conn = self._connection(topic, msgtype)
+        conn = self._connection(topic, msgtype, qos_profile=qos)
         self._writer_write(conn, record_ns, self.typestore.serialize_cdr(msg, msgtype), topic)
 
     def _writer_write(self, conn: Any, record_ns: int, data: bytes | memoryview, topic: str) -> None:
@@ -528,6 +536,24 @@ class BagWriter:
         fields = {'header': header_msg(self.typestore, stamp_ns, ''), 'status': status_msgs}
         rec = stamp_ns if record_ns is None else record_ns
         self.write(topic, 'diagnostic_msgs/msg/DiagnosticArray', rec, fields)
+
+    def write_tf_static(
+        self, stamp_ns: int, transforms: Sequence[tuple[str, str, Sequence[float], Sequence[float]]],
+        topic: str = '/tf_static',
+    ) -> None:
+        """One ``tf2_msgs/msg/TFMessage`` on ``/tf_static`` (offered latched, :data:`STATIC_QOS`), as a
+        static transform broadcaster sends it. Each transform is ``(parent, child, translation xyz,
+        rotation quaternion xyzw)``: the child frame's pose in the parent frame (``X_parent = R X_child + t``,
+        tf2's convention for ``header.frame_id`` = parent, ``child_frame_id`` = child)."""
+        items = []
+        for parent, child, t, q in transforms:
+            items.append({
+                'header': header_msg(self.typestore, stamp_ns, parent),
+                'child_frame_id': child,
+                'transform': {'translation': dict(zip('xyz', map(float, t))),
+                              'rotation': dict(zip('xyzw', map(float, q)))},
+            })
+        self.write(topic, 'tf2_msgs/msg/TFMessage', stamp_ns, {'transforms': items}, qos=STATIC_QOS)
 
     def write_clock(self, stamp_ns: int, topic: str = '/clock') -> None:
         """``rosgraph_msgs/msg/Clock`` (for ``use_sim_time`` playback)."""

@@ -49,6 +49,32 @@ def matrix_to_rotvec(R: np.ndarray) -> np.ndarray:
     return axis / np.linalg.norm(axis) * theta
 
 
+def quaternion_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
+    """A unit quaternion ``(x, y, z, w)`` (ROS ``geometry_msgs/Quaternion`` order) -> 3x3 rotation matrix.
+
+    The quaternion is normalised first (messages carry float64 values that are unit only to rounding);
+    ValueError for a zero or non-finite one."""
+    q = np.array([x, y, z, w], dtype=np.float64)
+    n = float(np.linalg.norm(q))
+    if not np.isfinite(n) or n < 1e-9:
+        raise ValueError(f'quaternion {q.tolist()} is zero or not finite')
+    x, y, z, w = q / n
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def matrix_to_quaternion(R: np.ndarray) -> tuple[float, float, float, float]:
+    """The inverse of :func:`quaternion_to_matrix`: ``(x, y, z, w)`` with ``w >= 0``."""
+    rv = matrix_to_rotvec(R)
+    theta = float(np.linalg.norm(rv))
+    axis = rv / theta if theta > 0 else np.zeros(3)
+    s = math.sin(theta / 2)
+    return (float(axis[0] * s), float(axis[1] * s), float(axis[2] * s), math.cos(theta / 2))
+
+
 def rpy_deg_to_matrix(roll_deg: float, pitch_deg: float, yaw_deg: float) -> np.ndarray:
     """``Rx(roll) @ Ry(pitch) @ Rz(yaw)``, degrees about the camera's x, y, z axes (the synth's convention)."""
     a, b, c = (math.radians(v) for v in (roll_deg, pitch_deg, yaw_deg))

@@ -31,6 +31,7 @@ from nmr.geometry.rig import Rig as RigModel
 from nmr.synth.cameras import Rig, default_rig, random_rig
 from nmr.synth.depthsensor import render_depth
 from nmr.synth.groundtruth import gt_flow, landmarks, nearest_index, resize_flow_field
+from nmr.synth.realsense_tf import realsense_transforms
 from nmr.synth.render import Geometry, render_geometry
 from nmr.synth.scene import Scene, generate_scene
 from nmr.synth.shading import render_rgb, surface
@@ -353,6 +354,9 @@ def generate(cfg: SynthConfig, log: Callable[[str], None] | None = None) -> Synt
         pool = ProcessPoolExecutor(workers, mp_context=get_context('spawn'), initializer=_init_worker)
     try:
         with BagWriter(cfg.out, storage=cfg.storage, overwrite=cfg.overwrite) as bw:
+            # the RealSense driver's factory depth-colour extrinsics, latched, before the first frame
+            bw.write_tf_static(events[0][0], realsense_transforms(
+                cams['rgb'].frame_id, cams['depth'].frame_id, setup.true_rig().pose('depth')))
             results = pool.map(render_events, jobs) if pool is not None else map(render_events, jobs)
             done = 0
             for records in results:
