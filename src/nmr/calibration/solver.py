@@ -273,7 +273,9 @@ class Solver:
         return free
 
     def lwir_pairs(self) -> list[str]:
-        # LWIR vs inverse depth is left out: thermal edges follow depth edges too loosely (it biased the pose)
+        # LWIR vs inverse depth is left out: thermal edges follow depth edges too loosely (it biased the pose);
+        # with the exact depth pose from /tf_static it helped a little on three development rigs but made
+        # the LWIR rotation worse on two of the three held-out ones (docs/results.md)
         return ['lwir_rgb'] if self.pb.has_depth else ['rgb_lwir_plane']
 
     def stage_lwir(self, params: dict[str, list[float]]) -> dict[str, list[float]]:
