@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     )
     rig_note = 'default rig' if cfg.rig_seed is None else f'rig drawn from --rig-seed {cfg.rig_seed}'
     print(f'  true rig ({rig_note}): {result.path / RIG_TRUE_FILE}')
+    print('  /tf_static: the RealSense depth-colour extrinsics (the true depth pose), latched, as realsense2_camera '
+          'publishes them')
     for name, cam in result.rig.cameras().items():
         topic = DEFAULT_TOPICS[name]
         print(
