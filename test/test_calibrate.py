@@ -178,3 +178,14 @@ def test_calibrate_input_errors_are_one_line(small_bag: Path, tmp_path: Path,
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 3, err
     assert 'does not exist' in lines[0] and '/nope/image_raw' in lines[1] and '.yaml' in lines[2]
+
+
+def test_synth_export_pairs_writes_the_same_true_rig_as_the_bag(tmp_path: Path) -> None:
+    """`--export-pairs DIR` + `--rig-seed`: DIR/rig_true.yaml is the bag's, the LWIR time offset included
+    (it used to be written without the offsets, so a node run with it would not compensate them)."""
+    out, pairs = tmp_path / 'rig', tmp_path / 'pairs'
+    generate(SynthConfig(out=out, duration_s=0.3, seed=4, size_scale=SCALE, rig_seed=RIG_SEED, export_pairs=pairs))
+    exported = Rig.load(pairs / RIG_TRUE_FILE)
+    assert exported.dumps() == Rig.load(out / RIG_TRUE_FILE).dumps()
+    assert exported.time_offset_s('lwir') == pytest.approx(random_rig(RIG_SEED, SCALE).lwir_time_offset_s)
+    assert exported.time_offset_s('lwir') != 0.0

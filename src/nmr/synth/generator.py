@@ -397,9 +397,7 @@ def generate(cfg: SynthConfig, log: Callable[[str], None] | None = None) -> Synt
     for exporter in exporters.values():
         exporter.close()
     if cfg.export_pairs is not None:  # the true geometry, for `nmr evaluate --rig` (calibration never reads it)
-        from nmr.geometry.rig import Rig as RigFile
-
-        RigFile.from_synth(rig).save(cfg.export_pairs / 'rig_true.yaml')
+        setup.true_rig().save(cfg.export_pairs / 'rig_true.yaml')  # the same file as the bag's, time offsets too
     n_gt = sum(st.frames for st in stats.values())
     return SynthResult(
         path=cfg.out,
