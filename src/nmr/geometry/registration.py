@@ -41,6 +41,7 @@ import numpy as np
 
 from nmr.errors import ConfigError
 from nmr.geometry.camera import CameraModel, cached_rays
+from nmr.geometry.heap import retain_freed_blocks
 from nmr.geometry.reproject import BORDER_EPS, flow_through_depth, reproject_depth
 from nmr.geometry.rig import Rig
 
@@ -76,34 +77,28 @@ def fill_holes(flow: np.ndarray, valid: np.ndarray) -> np.ndarray:
     up: each level keeps its own average where it has any valid pixel and takes the bilinearly up-sampled
     coarser result elsewhere; a cell of the coarsest level (a few pixels across) without any valid pixel
     gets 0 (for the parallax that is filled here: far away). The holes get the half-size result up-sampled;
-    valid pixels keep their values exactly. Nothing valid at all: returned unchanged. Only two passes
-    over the full-size image besides the final copy: everything else works on the half-size pyramid.
+    valid pixels keep their values exactly. Nothing valid at all: returned unchanged.
+
+    Cost: three passes over the full-size image (mask, one area down-sampling of flow and weight together
+    as one 3-channel image, the masked copy back); everything else works on the half-size pyramid.
     """
     if not flow.flags.c_contiguous:  # cv2.copyTo writes in place only into a contiguous array
         raise ValueError('fill_holes: flow must be a C-contiguous HxWx2 array')
     if valid.all() or not valid.any():
         return flow
-    w0 = valid.astype(np.float32)
-    np.multiply(flow, w0[..., None], out=flow)  # the holes' values do not count (they are replaced below)
     h, w = valid.shape
-    ws: list[np.ndarray] = []
-    fs: list[np.ndarray] = []
-    wk: np.ndarray = w0
-    fk: np.ndarray = flow
-    while min(wk.shape) > _PYRAMID_MIN:
-        size = ((wk.shape[1] + 1) // 2, (wk.shape[0] + 1) // 2)
-        wk = cv2.resize(wk, size, interpolation=cv2.INTER_AREA)
-        fk = cv2.resize(fk, size, interpolation=cv2.INTER_AREA)
-        ws.append(wk)
-        fs.append(fk)
-    if not ws:  # tiny image: one level
-        ws, fs = [w0], [flow.copy()]
-    out = _normalised(fs[-1], ws[-1], None)
-    for wl, fl in zip(reversed(ws[:-1]), reversed(fs[:-1])):
-        up = cv2.resize(out, (wl.shape[1], wl.shape[0]), interpolation=cv2.INTER_LINEAR)
-        out = _normalised(fl, wl, up)
-    if out.shape[:2] != (h, w):
-        out = cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR)
+    ok = valid.view(np.uint8)
+    # (flow * valid, valid) as one 3-channel image: the holes' values do not count (they are replaced)
+    level = cv2.merge([cv2.copyTo(flow, ok), ok.astype(np.float32)])
+    pyramid = []
+    while min(level.shape[:2]) > _PYRAMID_MIN or not pyramid:
+        size = ((level.shape[1] + 1) // 2, (level.shape[0] + 1) // 2)
+        level = cv2.resize(level, size, interpolation=cv2.INTER_AREA)
+        pyramid.append(level)
+    out = _normalised(pyramid[-1], None)
+    for lv in reversed(pyramid[:-1]):
+        out = _normalised(lv, cv2.resize(out, (lv.shape[1], lv.shape[0]), interpolation=cv2.INTER_LINEAR))
+    out = cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR)
     cv2.copyTo(out, (~valid).view(np.uint8), flow)  # the holes only (numpy's masked copy is ~10x slower)
     return flow
 
@@ -133,10 +128,10 @@ def extend_ground(parallax: np.ndarray, valid: np.ndarray, max_residual_px: floa
         return False
     a = np.stack([xs, ys, np.ones_like(xs)], axis=1).astype(np.float64)
     target = parallax[ys, xs].astype(np.float64)
-    coef = np.linalg.lstsq(a, target, rcond=None)[0]
+    coef = _fit_affine(a, target)
     res = np.linalg.norm(a @ coef - target, axis=1)
     keep = res <= max(3.0 * float(np.median(res)), 0.05)
-    coef = np.linalg.lstsq(a[keep], target[keep], rcond=None)[0]
+    coef = _fit_affine(a[keep], target[keep])
     if float(np.median(np.linalg.norm(a[keep] @ coef - target[keep], axis=1))) > max_residual_px:
         return False
     # only the rows from the band down can change: work on that block
@@ -153,6 +148,12 @@ def extend_ground(parallax: np.ndarray, valid: np.ndarray, max_residual_px: floa
         target_block = parallax[y0:]
         cv2.copyTo(plane, below.view(np.uint8), target_block)
     return True
+
+
+def _fit_affine(a: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Least squares ``a @ coef ~ target`` for ``a`` = (x, y, 1) rows: the 3x3 normal equations (a tenth
+    of ``lstsq``'s cost on a few thousand rows; pixel coordinates keep them well conditioned in float64)."""
+    return np.linalg.solve(a.T @ a, a.T @ target)
 
 
 #: the RGB images' optical flow is computed at most this wide (cost: DIS at 640x480 is 4-8x that at 320x240)
@@ -197,12 +198,16 @@ def compensate_motion(flow: np.ndarray, rgb: np.ndarray, rgb_previous: np.ndarra
     return flow
 
 
-def _normalised(f: np.ndarray, w: np.ndarray, fallback: np.ndarray | None) -> np.ndarray:
-    """``f / w`` where ``w > 0``; ``fallback`` (None: 0) elsewhere."""
-    ok = (w > 0).view(np.uint8)
-    out = np.zeros_like(f) if fallback is None else fallback
-    ratio = f / np.maximum(w, np.float32(1e-12))[..., None]
-    cv2.copyTo(ratio, ok, out)
+def _normalised(level: np.ndarray, fallback: np.ndarray | None) -> np.ndarray:
+    """A pyramid level's (sum, sum, weight) -> ``sum / weight`` where ``weight > 0``; ``fallback`` (None:
+    0) elsewhere. One divide per channel (numpy broadcasting over a last axis of 2 is ~5x slower)."""
+    weight = level[..., 2]
+    out = np.zeros((*weight.shape, 2), np.float32) if fallback is None else fallback
+    ratio = np.empty_like(out)
+    safe = np.maximum(weight, np.float32(1e-12))
+    np.divide(level[..., 0], safe, out=ratio[..., 0])
+    np.divide(level[..., 1], safe, out=ratio[..., 1])
+    cv2.copyTo(ratio, (weight > 0).view(np.uint8), out)
     return out
 
 
@@ -218,6 +223,7 @@ class GeometricStage:
             raise ConfigError('rig file describes neither lwir nor depth: add the fixed cameras to it')
         if not plane_distance_m > 0:
             raise ConfigError(f'plane distance {plane_distance_m} m: must be > 0')
+        retain_freed_blocks()  # per-set temporaries reuse the heap instead of page-faulting (nmr.geometry.heap)
         self.rig = rig
         self.plane_distance_m = float(plane_distance_m)
         self.fill = fill

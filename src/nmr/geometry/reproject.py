@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 
+import cv2
 import numpy as np
 
 from nmr.geometry.camera import CameraModel, cached_rays
@@ -47,11 +48,6 @@ def _check_depth(cam: CameraModel, depth: np.ndarray, what: str) -> np.ndarray:
     return d
 
 
-def _blocks(height: int, width: int) -> list[tuple[int, int]]:
-    step = max(1, BLOCK_PIXELS // max(1, width))
-    return [(a, min(height, a + step)) for a in range(0, height, step)]
-
-
 @functools.lru_cache(maxsize=8)
 def _rotated_rays(cam: CameraModel, R_bytes: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``R @ ray`` per pixel as three contiguous read-only HxW float32 planes (cached: a rig's pose is fixed,
@@ -66,47 +62,94 @@ def _rotated_rays(cam: CameraModel, R_bytes: bytes) -> tuple[np.ndarray, np.ndar
     return out[0], out[1], out[2]
 
 
-def _project_block(
-    src: CameraModel, dst: CameraModel, pose: Pose, depth: np.ndarray, a: int, b: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(u, v, z)`` float32 in ``dst`` of src rows ``a:b`` (NaN where no depth or behind dst)."""
+@functools.lru_cache(maxsize=8)
+def _pixel_coords(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read-only float32 column ``(1, W)`` and row ``(H, 1)`` coordinates (broadcast, never materialised)."""
+    xs = np.arange(width, dtype=np.float32)[None, :]
+    ys = np.arange(height, dtype=np.float32)[:, None]
+    xs.setflags(write=False)
+    ys.setflags(write=False)
+    return xs, ys
+
+
+def _project(src: CameraModel, dst: CameraModel, pose: Pose,
+             depth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(u, v, z)`` HxW float32 in ``dst`` of every src pixel (NaN where no depth or behind dst).
+
+    Whole-image float32 arithmetic on the cached rotated rays: about fifteen passes over the pixels (plus
+    the distortion polynomial when ``dst`` has one), no masks (NaN carries "no depth" through).
+    """
     ax, ay, az = _rotated_rays(src, pose.R.tobytes())
-    t = pose.t.astype(np.float32)
-    d = depth[a:b].astype(np.float32, copy=False)
+    tx, ty, tz = (np.float32(c) for c in pose.t)
+    d = depth.astype(np.float32, copy=False)
     with np.errstate(invalid='ignore', divide='ignore', over='ignore'):
+        # no depth (0, NaN, inf) -> NaN: 0 * inf = NaN, so d * (1 / d) * d ... is avoided; one where on a
+        # coherent mask is cheap
+        d = np.where((d > 0) & (d < np.inf), d, np.float32(np.nan))
         # X_dst = R @ (depth * ray) + t = depth * (R @ ray) + t
-        zm = az[a:b] * d
-        zm += t[2]
-        zm[(zm <= 0) | ~((d > 0) & (d < np.inf))] = np.nan  # behind the dst camera, or no depth (0, NaN, inf)
-        inv = np.float32(1.0) / zm
-        xm = ax[a:b] * d
-        xm += t[0]
-        xm *= inv
-        ym = ay[a:b] * d
-        ym += t[1]
-        ym *= inv
-    xd, yd = dst.distort_normalized(xm, ym)
+        z = az * d
+        z += tz
+        behind = z <= 0
+        if behind.any():
+            z[behind] = np.nan
+        inv = np.float32(1.0) / z
+        x = ax * d
+        x += tx
+        x *= inv
+        y = ay * d
+        y += ty
+        y *= inv
+    xd, yd = dst.distort_normalized(x, y)
     u = xd * np.float32(dst.fx)
     u += np.float32(dst.cx)
     v = yd * np.float32(dst.fy)
     v += np.float32(dst.cy)
-    return u, v, zm
+    return u, v, z
 
 
-def _cells(dst: CameraModel, u: np.ndarray, v: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    """Flat index of the dst pixel nearest to ``(u, v)``; the dummy cell ``H * W`` where not ``inside``."""
-    cell = np.floor(v + np.float32(0.5)).astype(np.float64) * dst.width
-    cell += np.floor(u + np.float32(0.5))
-    cell[~inside] = dst.height * dst.width
-    return cell.astype(np.intp)
+def _floor_inside(u: np.ndarray, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """``u`` clamped to ``[0, hi]`` (NaN -> 0: fmax ignores NaN) as (float32 floor, fraction above it)."""
+    uc = np.fmax(u, np.float32(0.0))
+    np.fmin(uc, np.float32(hi), out=uc)
+    fu = np.floor(uc)
+    uc -= fu
+    return fu, uc
 
 
-def _zbuffer(cam: CameraModel, cells: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """``HxW`` float32 nearest depth per cell (inf where nothing landed); the dummy cell ``H * W`` is dropped."""
-    zbuf = np.full(cam.height * cam.width + 1, np.inf, dtype=np.float32)
+def _splat_2x2(width: int, height: int, fu: np.ndarray, fv: np.ndarray, fru: np.ndarray, frv: np.ndarray,
+               z: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """HxW (``height x width``) z-buffer: each inside point's ``z`` in the dst pixel centres around it.
+
+    The footprint is the 2x2 centres around the point, or the two (one) it lies between when it sits
+    exactly on a centre's row or column. One ``np.minimum.at`` puts each point at its top-left centre
+    in one of four planes by footprint kind (on a centre / between along x / along y / both); a few
+    shifted whole-image minima then spread each plane over its footprint (nothing wraps around: a point
+    strictly before the next centre never has its top-left centre in the last row or column).
+    """
+    n = height * width
+    # the key in float (exact below 2**24, else float64; cheaper than intp arithmetic), one cast at the end
+    ftype = np.float32 if 4 * n < 2**24 else np.float64
+    key = fv.astype(ftype)
+    key *= ftype(width)
+    key += fu
+    key += (fru > 0) * ftype(n)
+    key += (frv > 0) * ftype(2 * n)
+    # outside points go to a dummy cell past the four planes (arithmetic: cheaper than a masked write)
+    key *= inside
+    key += (~inside) * ftype(4 * n)
+    planes = np.full(4 * n + 1, np.inf, dtype=np.float32)
     with np.errstate(invalid='ignore'):  # NaN depths only ever land in the dummy cell
-        np.minimum.at(zbuf, cells.reshape(-1), z.reshape(-1))
-    return zbuf[:-1].reshape(cam.hw)
+        np.minimum.at(planes, key.astype(np.intp).reshape(-1), z.reshape(-1))
+    on, along_x, along_y, both = planes[: 4 * n].reshape(4, height, width)
+    # what spreads down: along_y at its centre, both at its centre and the one right of it
+    down = np.minimum(along_y, both)
+    np.minimum(down[:, 1:], both[:, :-1], out=down[:, 1:])
+    # what stays in its row: on, along_x at its centre and the one right of it
+    zbuf = np.minimum(on, along_x)
+    np.minimum(zbuf[:, 1:], along_x[:, :-1], out=zbuf[:, 1:])
+    np.minimum(zbuf, down, out=zbuf)
+    np.minimum(zbuf[1:], down[:-1], out=zbuf[1:])
+    return zbuf
 
 
 def fill_cracks(zbuf: np.ndarray, tol: float = CRACK_TOL) -> np.ndarray:
@@ -121,11 +164,17 @@ def fill_cracks(zbuf: np.ndarray, tol: float = CRACK_TOL) -> np.ndarray:
     if H < 3 or W < 3:
         return zbuf
     flat = zbuf.reshape(-1)
-    holes = np.flatnonzero(flat == np.inf)
-    if holes.size == 0:
+    # candidates first, on boolean images (cheap): interior holes with some opposite pair both holding a
+    # depth; a depth camera's large holes (out of range, shadows) are mostly not candidates
+    has = zbuf < np.inf
+    pair = np.zeros((H - 2, W - 2), dtype=bool)
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):  # left/right, up/down and the two diagonals
+        pair |= has[1 - dy:H - 1 - dy, 1 - dx:W - 1 - dx] & has[1 + dy:H - 1 + dy, 1 + dx:W - 1 + dx]
+    pair &= ~has[1:-1, 1:-1]
+    ys, xs = np.nonzero(pair)
+    if ys.size == 0:
         return zbuf
-    x = holes % W
-    holes = holes[(x > 0) & (x < W - 1) & (holes >= W) & (holes < (H - 1) * W)]
+    holes = (ys + 1) * W + (xs + 1)
     best = np.full(holes.shape, np.inf, dtype=np.float32)
     for step in (1, W, W + 1, W - 1):  # left/right, up/down and the two diagonals
         a, b = flat[holes - step], flat[holes + step]
@@ -183,69 +232,43 @@ def flow_through_depth(
         with np.errstate(invalid='ignore'):
             return np.zeros((H, W, 2), dtype=np.float32), (depth > 0) & (depth < np.inf)
     Wm, Hm = moving.width, moving.height
-    u = np.empty((H, W), dtype=np.float32)
-    v = np.empty((H, W), dtype=np.float32)
-    z = np.empty((H, W), dtype=np.float32)
-    cells = np.empty((H, W), dtype=np.intp)  # the nearest moving pixel (dummy Hm * Wm when not inside)
-    # z-buffer with a 2x2 footprint (the pixel centres around each projection): a surface stays closed up
-    # to a magnification of 2, so nothing behind it shows through its resampling cracks. Points strictly
-    # between pixel centres (nearly all) go into ``corner`` at their top-left cell, which is then spread
-    # right and down with three shifted minima (cheap whole-image passes); the rest (on a centre's row or
-    # column) are splatted cell by cell.
-    n_cells = Hm * Wm + Wm + 2  # + room for the dummy's footprint
-    corner = np.full(n_cells, np.inf, dtype=np.float32)
-    zbuf = np.full(n_cells, np.inf, dtype=np.float32)
-    blocks = _blocks(H, W)
-    lo, hx, hy = -BORDER_EPS, Wm - 1 + BORDER_EPS, Hm - 1 + BORDER_EPS
-    for a, b in blocks:
-        ub, vb, zb = _project_block(fixed, moving, moving_from_fixed, depth, a, b)
-        u[a:b], v[a:b], z[a:b] = ub, vb, zb
-        with np.errstate(invalid='ignore'):
-            ins = (ub >= lo) & (ub <= hx) & (vb >= lo) & (vb <= hy)  # False on NaN
-            uc = np.clip(np.where(ins, ub, np.float32(0.0)), 0, Wm - 1)
-            vc = np.clip(np.where(ins, vb, np.float32(0.0)), 0, Hm - 1)
-        fu, fv = np.floor(uc), np.floor(vc)
-        c00 = fv.astype(np.intp) * Wm + fu.astype(np.intp)
-        c00[~ins] = Hm * Wm
-        between_u = uc > fu
-        between_v = vc > fv
-        cells[a:b] = c00 + (uc - fu >= 0.5) + (vc - fv >= 0.5) * Wm
-        both = between_u & between_v & ins
-        with np.errstate(invalid='ignore'):  # NaN depths land only in the dummy cells
-            np.minimum.at(corner, c00[both], zb[both])
-            rest = ~both & ins
-            if rest.any():
-                c, zr = c00[rest], zb[rest]
-                du = between_u[rest].astype(np.intp)
-                dv = between_v[rest].astype(np.intp) * Wm
-                for cc in (c, c + du, c + dv, c + du + dv):
-                    np.minimum.at(zbuf, cc, zr)
-    # spread ``corner`` over its 2x2 footprint: cell (y, x) takes the corners of (y, x), (y, x-1),
-    # (y-1, x), (y-1, x-1); a corner cell is never in the last row or column (the point lies strictly
-    # before the next centre), so nothing wraps around
-    img = zbuf[: Hm * Wm].reshape(Hm, Wm)
-    cor = corner[: Hm * Wm].reshape(Hm, Wm)
-    np.minimum(img, cor, out=img)
-    np.minimum(img[:, 1:], cor[:, :-1], out=img[:, 1:])
-    np.minimum(img[1:, :], cor[:-1, :], out=img[1:, :])
-    np.minimum(img[1:, 1:], cor[:-1, :-1], out=img[1:, 1:])
-    inside = cells != Hm * Wm
+    u, v, z = _project(fixed, moving, moving_from_fixed, depth)
+    with np.errstate(invalid='ignore'):  # NaN (no depth, behind) compares False: not inside
+        lo = np.float32(-BORDER_EPS)
+        inside = u >= lo
+        inside &= u <= np.float32(Wm - 1 + BORDER_EPS)
+        inside &= v >= lo
+        inside &= v <= np.float32(Hm - 1 + BORDER_EPS)
+    fu, fru = _floor_inside(u, Wm - 1)
+    fv, frv = _floor_inside(v, Hm - 1)
+    # z-buffer with a 2x2 footprint (module docstring): nothing behind a surface shows through its cracks
+    zbuf = _splat_2x2(Wm, Hm, fu, fv, fru, frv, z, inside).reshape(-1)
+    # each point's nearest moving pixel (float arithmetic as in _splat_2x2, one cast)
+    ftype = np.float32 if Hm * Wm < 2**24 else np.float64
+    cells = fv.astype(ftype)
+    cells += frv >= 0.5
+    cells *= ftype(Wm)
+    cells += fu
+    cells += fru >= 0.5
+    cells = cells.astype(np.intp)
     limit = np.float32(1.0 + occlusion_tol)
+    near = zbuf.take(cells)
+    near *= limit
     with np.errstate(invalid='ignore'):
-        valid = inside & (z <= zbuf[cells] * limit)
+        valid = z <= near
+    valid &= inside
     # the pixels that failed the plain test get the slope allowance (few: occluded ones and grazing ones)
     again = np.flatnonzero(inside & ~valid)
     if again.size:
         scale = np.float32(max(1.0, fixed.fx / moving.fx, fixed.fy / moving.fy))
         zf = z.reshape(-1)
         allowance = _slope_at(z, again) * scale
-        valid.reshape(-1)[again] = zf[again] <= zbuf[cells.reshape(-1)[again]] * limit + allowance
+        valid.reshape(-1)[again] = zf[again] <= near.reshape(-1)[again] + allowance
+    xs, ys = _pixel_coords(H, W)
+    u -= xs
+    v -= ys
     flow = np.zeros((H, W, 2), dtype=np.float32)
-    for a, b in blocks:
-        ok = valid[a:b]
-        fb = flow[a:b]
-        np.subtract(u[a:b], np.arange(W, dtype=np.float32)[None, :], out=fb[..., 0], where=ok)
-        np.subtract(v[a:b], np.arange(a, b, dtype=np.float32)[:, None], out=fb[..., 1], where=ok)
+    cv2.copyTo(cv2.merge([u, v]), valid.view(np.uint8), flow)  # 0 where not valid (u, v may be NaN there)
     return flow, valid
 
 
@@ -261,15 +284,26 @@ def reproject_depth(src: CameraModel, dst: CameraModel, dst_from_src: Pose, dept
     depth change).
     """
     depth = _check_depth(src, depth_src_m, 'reproject_depth')
-    H, W = src.hw
-    z = np.empty((H, W), dtype=np.float32)
-    cells = np.empty((H, W), dtype=np.intp)
-    for a, b in _blocks(H, W):
-        ub, vb, zb = _project_block(src, dst, dst_from_src, depth, a, b)
-        z[a:b] = zb
-        with np.errstate(invalid='ignore'):
-            inside = (ub >= -0.5) & (ub < dst.width - 0.5) & (vb >= -0.5) & (vb < dst.height - 0.5)
-        cells[a:b] = _cells(dst, ub, vb, inside)
-    zbuf = fill_cracks(_zbuffer(dst, cells, z))
+    u, v, z = _project(src, dst, dst_from_src, depth)
+    with np.errstate(invalid='ignore'):  # NaN compares False: not inside
+        inside = u >= np.float32(-0.5)
+        inside &= u < np.float32(dst.width - 0.5)
+        inside &= v >= np.float32(-0.5)
+        inside &= v < np.float32(dst.height - 0.5)
+    u += np.float32(0.5)  # nearest pixel = floor(u + 0.5)
+    v += np.float32(0.5)
+    fu, _ = _floor_inside(u, dst.width - 1)
+    fv, _ = _floor_inside(v, dst.height - 1)
+    n = dst.height * dst.width
+    ftype = np.float32 if n < 2**24 else np.float64  # exact integers (see _splat_2x2)
+    cells = fv.astype(ftype)
+    cells *= ftype(dst.width)
+    cells += fu
+    cells *= inside
+    cells += (~inside) * ftype(n)  # the dummy cell n, dropped
+    zbuf = np.full(n + 1, np.inf, dtype=np.float32)
+    with np.errstate(invalid='ignore'):  # NaN depths only ever land in the dummy cell
+        np.minimum.at(zbuf, cells.astype(np.intp).reshape(-1), z.reshape(-1))
+    zbuf = fill_cracks(zbuf[:n].reshape(dst.hw))
     zbuf[zbuf == np.inf] = 0.0
     return zbuf
