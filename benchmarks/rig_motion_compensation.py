@@ -24,7 +24,13 @@ import numpy as np
 
 from nmr.data.bag_reader import iter_images
 from nmr.data.encodings import stamp_ns, to_rgb
-from nmr.geometry.registration import MOTION_MAX_WIDTH, MOTION_PRESET, GeometricStage, compensate_motion
+from nmr.geometry.registration import (
+    MOTION_FINEST_SCALE,
+    MOTION_MAX_WIDTH,
+    MOTION_PRESET,
+    GeometricStage,
+    compensate_motion,
+)
 from nmr.geometry.rig import Rig
 
 TOPICS = {'/camera/camera/color/image_raw': 'rgb', '/flir_boson/image_raw': 'lwir',
@@ -39,6 +45,7 @@ def main() -> None:
     parser.add_argument('--previous', action='store_true', help='only the RGB frame before the paired one')
     parser.add_argument('--max-width', type=int, default=MOTION_MAX_WIDTH, help='optical flow at most this wide')
     parser.add_argument('--preset', type=int, default=MOTION_PRESET, help='DIS preset: 0 ultrafast, 1 fast, 2 medium')
+    parser.add_argument('--finest-scale', type=int, default=MOTION_FINEST_SCALE, help="DIS's finest pyramid level")
     args = parser.parse_args()
     frames: dict[str, dict[int, tuple[np.ndarray, str]]] = {k: {} for k in TOPICS.values()}
     for topic, _r, arr, enc, header in iter_images([args.bag], list(TOPICS)):
@@ -62,12 +69,13 @@ def main() -> None:
         gt, valid = frames['gt'][stamp][0], frames['valid'][stamp][0] > 0
         before.append(float(np.linalg.norm(geo.flow - gt, axis=-1)[valid].mean()))
         t0 = time.perf_counter()
-        compensate_motion(geo.flow, rgb[0], rgb[1], alpha, args.max_width, args.preset)
+        compensate_motion(geo.flow, rgb[0], rgb[1], alpha, args.max_width, args.preset, args.finest_scale)
         cost.append((time.perf_counter() - t0) * 1e3)
         after.append(float(np.linalg.norm(geo.flow - gt, axis=-1)[valid].mean()))
     print(f'{len(before)} LWIR frames: geometric {np.mean(before):.3f} px -> motion-compensated '
           f'{np.mean(after):.3f} px ({"previous RGB frame" if args.previous else "interpolated"}, '
-          f'max width {args.max_width}, preset {args.preset}: {np.median(cost):.1f} ms median)')
+          f'max width {args.max_width}, preset {args.preset}, finest scale {args.finest_scale}: '
+          f'{np.median(cost):.1f} ms median)')
 
 
 if __name__ == '__main__':

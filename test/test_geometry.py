@@ -371,3 +371,15 @@ def test_numbers_written_without_a_dot_are_numbers() -> None:
     text = yaml.safe_dump(doc, sort_keys=False).replace('time_offset_s: 0.004', 'time_offset_s: 4e-3')
     assert '4e-3' in text
     assert Rig.loads(text).time_offset_s('lwir') == 0.004
+
+
+def test_the_heap_keeps_freed_blocks_once_per_process() -> None:
+    """nmr.geometry.heap: on glibc (this project's Linux) mallopt takes both thresholds; a second call is a no-op."""
+    import platform
+
+    from nmr.geometry.heap import retain_freed_blocks
+
+    if platform.libc_ver()[0] != 'glibc':
+        pytest.skip('not glibc')
+    assert retain_freed_blocks() is True
+    assert retain_freed_blocks() is True

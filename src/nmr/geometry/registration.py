@@ -90,7 +90,7 @@ def fill_holes(flow: np.ndarray, valid: np.ndarray) -> np.ndarray:
     ok = valid.view(np.uint8)
     # (flow * valid, valid) as one 3-channel image: the holes' values do not count (they are replaced)
     level = cv2.merge([cv2.copyTo(flow, ok), ok.astype(np.float32)])
-    pyramid = []
+    pyramid: list[np.ndarray] = []
     while min(level.shape[:2]) > _PYRAMID_MIN or not pyramid:
         size = ((level.shape[1] + 1) // 2, (level.shape[0] + 1) // 2)
         level = cv2.resize(level, size, interpolation=cv2.INTER_AREA)
@@ -159,10 +159,16 @@ def _fit_affine(a: np.ndarray, target: np.ndarray) -> np.ndarray:
 #: the RGB images' optical flow is computed at most this wide (cost: DIS at 640x480 is 4-8x that at 320x240)
 MOTION_MAX_WIDTH = 320
 MOTION_PRESET = 1  # cv2.DISOPTICAL_FLOW_PRESET_FAST: synthetic rig 0.243 px vs MEDIUM 0.229 px, 1/3 the cost
+#: DIS's finest pyramid level (FAST's own: 2, a quarter of the image): at 2 the flow under-estimates the
+#: rig's image motion (the best gain on it was 1.15-1.25); at 1 the seed-777 rig scene goes 0.243 -> 0.230 px
+#: and the demo scene (7.4 ms LWIR lag) 0.508 -> 0.468 px (benchmarks/rig_error_breakdown.py), for ~4 ms more
+#: per set at 320x240 on the 2-core machine (MEDIUM's accuracy at half its cost)
+MOTION_FINEST_SCALE = 1
 
 
 def compensate_motion(flow: np.ndarray, rgb: np.ndarray, rgb_previous: np.ndarray, alpha: float,
-                      max_width: int = MOTION_MAX_WIDTH, preset: int = MOTION_PRESET) -> np.ndarray:
+                      max_width: int = MOTION_MAX_WIDTH, preset: int = MOTION_PRESET,
+                      finest_scale: int = MOTION_FINEST_SCALE) -> np.ndarray:
     """Move the flow's targets from the fixed frame's exposure time to the paired RGB frame's; in place.
 
     The streams are not triggered together, so the paired RGB frame is exposed some ms away from the fixed
@@ -183,6 +189,7 @@ def compensate_motion(flow: np.ndarray, rgb: np.ndarray, rgb_previous: np.ndarra
         size = (max(1, round(wm * scale)), max(1, round(hm * scale)))
         grey = [cv2.resize(g, size, interpolation=cv2.INTER_AREA) for g in grey]
     dis = cv2.DISOpticalFlow_create(preset)  # type: ignore[attr-defined]
+    dis.setFinestScale(finest_scale)
     motion = dis.calc(grey[0], grey[1], None)
     if scale < 1.0:  # back to RGB pixels (pixel centres: x_full = (x + 0.5) / s - 0.5)
         motion = cv2.resize(motion, (wm, hm), interpolation=cv2.INTER_LINEAR)

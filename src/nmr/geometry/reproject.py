@@ -1,8 +1,11 @@
 """Flow and depth through a depth map: back-project each pixel, move it to the other camera, project it.
 
-Why it is cheap: everything is numpy in float32 over blocks of rows (a few dozen passes over the pixels),
-the rays of each camera (rotated by the rig's fixed pose) are cached, and the z-buffer is one
-``np.minimum.at`` over the pixels' cell indices plus a few whole-image minima.
+Why it is cheap: everything is whole-image numpy in float32 without masked reads or writes (NaN carries
+"no depth", flat indices are computed in float and cast once), about forty passes over the pixels; the
+rays of each camera (rotated by the rig's fixed pose) are cached; each z-buffer is one ``np.minimum.at``
+over the pixels' cell indices plus a few shifted whole-image minima. The image-sized temporaries are
+reused from the heap frame after frame (nmr.geometry.heap), not page-faulted anew: on the loaded 2-core
+machine that alone was 3-10x (it was why this module used to work on blocks of rows).
 
 Occlusion rule (flow_through_depth): the fixed depth is splatted into the moving view, each point into
 the 2x2 moving pixels around its projection, keeping the smallest depth (z-buffer): a surface stays
@@ -20,11 +23,14 @@ count as occluded (as the synthetic rig's ground truth also does): conservative,
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 
 from nmr.geometry.camera import CameraModel, cached_rays
+from nmr.geometry.heap import retain_freed_blocks
 from nmr.geometry.pose import Pose
 
 #: relative depth disagreement up to which two neighbours of a one-pixel crack count as one surface
@@ -34,9 +40,6 @@ CRACK_TOL = 0.02
 #: how far (pixels) outside ``[0, size - 1]`` a match may fall from float32 rounding and still be inside
 BORDER_EPS = 1e-3
 
-#: rows per block: whole-image temporaries (1.3 MB each at 640x512) cost a page-faulting mmap per numpy
-#: operation; blocks of ~20 k pixels stay in the allocator's heap and in cache (about 3x faster)
-BLOCK_PIXELS = 20_000
 
 
 def _check_depth(cam: CameraModel, depth: np.ndarray, what: str) -> np.ndarray:
@@ -76,15 +79,15 @@ def _project(src: CameraModel, dst: CameraModel, pose: Pose,
              depth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(u, v, z)`` HxW float32 in ``dst`` of every src pixel (NaN where no depth or behind dst).
 
-    Whole-image float32 arithmetic on the cached rotated rays: about fifteen passes over the pixels (plus
-    the distortion polynomial when ``dst`` has one), no masks (NaN carries "no depth" through).
+    About fifteen passes over the pixels on the cached rotated rays (plus the distortion polynomial when
+    ``dst`` has one); NaN carries "no depth" through.
     """
+    retain_freed_blocks()  # the temporaries below reuse the heap (module docstring)
     ax, ay, az = _rotated_rays(src, pose.R.tobytes())
     tx, ty, tz = (np.float32(c) for c in pose.t)
     d = depth.astype(np.float32, copy=False)
     with np.errstate(invalid='ignore', divide='ignore', over='ignore'):
-        # no depth (0, NaN, inf) -> NaN: 0 * inf = NaN, so d * (1 / d) * d ... is avoided; one where on a
-        # coherent mask is cheap
+        # no depth (0, NaN, inf) -> NaN (a where on a coherent mask is cheap)
         d = np.where((d > 0) & (d < np.inf), d, np.float32(np.nan))
         # X_dst = R @ (depth * ray) + t = depth * (R @ ray) + t
         z = az * d
@@ -129,14 +132,14 @@ def _splat_2x2(width: int, height: int, fu: np.ndarray, fv: np.ndarray, fru: np.
     n = height * width
     # the key in float (exact below 2**24, else float64; cheaper than intp arithmetic), one cast at the end
     ftype = np.float32 if 4 * n < 2**24 else np.float64
-    key = fv.astype(ftype)
+    key: NDArray[np.floating[Any]] = fv.astype(ftype)
     key *= ftype(width)
     key += fu
-    key += (fru > 0) * ftype(n)
-    key += (frv > 0) * ftype(2 * n)
+    np.add(key, (fru > 0) * ftype(n), out=key)
+    np.add(key, (frv > 0) * ftype(2 * n), out=key)
     # outside points go to a dummy cell past the four planes (arithmetic: cheaper than a masked write)
     key *= inside
-    key += (~inside) * ftype(4 * n)
+    np.add(key, (~inside) * ftype(4 * n), out=key)
     planes = np.full(4 * n + 1, np.inf, dtype=np.float32)
     with np.errstate(invalid='ignore'):  # NaN depths only ever land in the dummy cell
         np.minimum.at(planes, key.astype(np.intp).reshape(-1), z.reshape(-1))
@@ -245,12 +248,12 @@ def flow_through_depth(
     zbuf = _splat_2x2(Wm, Hm, fu, fv, fru, frv, z, inside).reshape(-1)
     # each point's nearest moving pixel (float arithmetic as in _splat_2x2, one cast)
     ftype = np.float32 if Hm * Wm < 2**24 else np.float64
-    cells = fv.astype(ftype)
-    cells += frv >= 0.5
-    cells *= ftype(Wm)
-    cells += fu
-    cells += fru >= 0.5
-    cells = cells.astype(np.intp)
+    index: NDArray[np.floating[Any]] = fv.astype(ftype)
+    index += frv >= 0.5
+    index *= ftype(Wm)
+    index += fu
+    index += fru >= 0.5
+    cells = index.astype(np.intp)
     limit = np.float32(1.0 + occlusion_tol)
     near = zbuf.take(cells)
     near *= limit
@@ -264,11 +267,16 @@ def flow_through_depth(
         zf = z.reshape(-1)
         allowance = _slope_at(z, again) * scale
         valid.reshape(-1)[again] = zf[again] <= near.reshape(-1)[again] + allowance
+    # flow = target - pixel, 0 where not valid: NaN there first (0 / 0), then one pass replaces NaN by 0
+    # (cheaper than a masked copy)
     xs, ys = _pixel_coords(H, W)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        nan_off = np.float32(0.0) / valid.view(np.uint8).astype(np.float32)
     u -= xs
+    u += nan_off
     v -= ys
-    flow = np.zeros((H, W, 2), dtype=np.float32)
-    cv2.copyTo(cv2.merge([u, v]), valid.view(np.uint8), flow)  # 0 where not valid (u, v may be NaN there)
+    v += nan_off
+    flow = cv2.patchNaNs(cv2.merge([u, v]), 0.0)
     return flow, valid
 
 
@@ -296,11 +304,11 @@ def reproject_depth(src: CameraModel, dst: CameraModel, dst_from_src: Pose, dept
     fv, _ = _floor_inside(v, dst.height - 1)
     n = dst.height * dst.width
     ftype = np.float32 if n < 2**24 else np.float64  # exact integers (see _splat_2x2)
-    cells = fv.astype(ftype)
+    cells: NDArray[np.floating[Any]] = fv.astype(ftype)
     cells *= ftype(dst.width)
     cells += fu
     cells *= inside
-    cells += (~inside) * ftype(n)  # the dummy cell n, dropped
+    np.add(cells, (~inside) * ftype(n), out=cells)  # the dummy cell n, dropped
     zbuf = np.full(n + 1, np.inf, dtype=np.float32)
     with np.errstate(invalid='ignore'):  # NaN depths only ever land in the dummy cell
         np.minimum.at(zbuf, cells.astype(np.intp).reshape(-1), z.reshape(-1))
