@@ -8,12 +8,15 @@ geometric stage's time (flow through depth at 640x512: the projection 10 ms with
 reused ones; benchmarks/rig_cost.py). Raising glibc's mmap and trim thresholds (``mallopt``, the same as
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` in the environment) keeps those blocks in the heap
 and reuses them frame after frame. The price: the process keeps its peak heap instead of returning it
-(tens of MB for a node at camera size). Not glibc (musl, macOS): nothing is done.
+(tens of MB for a node at camera size); after a drop in frame size nmr.pipeline.memory still returns the
+free heap explicitly (``malloc_trim``, which ignores these thresholds). Not glibc (musl, macOS): nothing
+is done.
 """
 
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import threading
 
 #: blocks below this come from the heap (glibc's default: 128 KiB, growing dynamically up to 32 MiB)
@@ -33,7 +36,7 @@ def retain_freed_blocks() -> bool:
     with _lock:
         if _done is None:
             try:
-                mallopt = ctypes.CDLL(None).mallopt
+                mallopt = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').mallopt
             except (OSError, AttributeError):  # not glibc
                 _done = False
             else:

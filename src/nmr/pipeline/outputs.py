@@ -236,7 +236,7 @@ class PairProcessor:
         if registered is None and warp_needed:
             registered = self._grid.warp(moving_rgb, flow)
             if valid is not None:
-                registered[~valid] = 0
+                _zero_where_invalid(registered, valid)
             clock.lap('warp')
 
         def display() -> np.ndarray:
@@ -277,7 +277,7 @@ class PairProcessor:
         registered = None
         if warp_needed:
             registered = self._grid.warp(moving_rgb, flow)
-            registered[~valid] = 0
+            _zero_where_invalid(registered, valid)
             clock.lap('warp')
         outputs = self._outputs(wanted, flow, registered, lambda: self._fixed_display(fixed_raw, fixed_encoding),
                                 clock, valid)
@@ -339,6 +339,19 @@ class PairProcessor:
         small_hw = (max(1, round(w * scale)), max(1, round(h * scale)))
         small = make(cv2.resize(source, small_hw, interpolation=shrink))
         return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
+
+
+def _zero_where_invalid(image: np.ndarray, valid: np.ndarray) -> None:
+    """``image[~valid] = 0`` in place; for uint8 images as one AND with a 0/255 mask (numpy's masked write on
+    HxWx3 uint8 cost ~2.5 ms at 640x512, this ~0.1 ms)."""
+    if image.dtype != np.uint8 or not image.flags.c_contiguous:
+        image[~valid] = 0
+        return
+    mask: np.ndarray = valid.view(np.uint8) * np.uint8(255)
+    channels = image.shape[2] if image.ndim == 3 else 1
+    if channels > 1:
+        mask = cv2.merge([mask] * channels)
+    cv2.bitwise_and(image, mask.reshape(image.shape), dst=image)
 
 
 def _grey_rgb(fixed_full: Any) -> np.ndarray:
