@@ -19,8 +19,9 @@ import ctypes
 import ctypes.util
 import threading
 
-#: blocks below this come from the heap (glibc's default: 128 KiB, growing dynamically up to 32 MiB)
-MMAP_THRESHOLD = 64 << 20
+#: blocks below this come from the heap (glibc's default: 128 KiB, growing dynamically up to 32 MiB, the
+#: largest value older glibc accepts; a 640x512 frame's largest temporary is ~5 MB)
+MMAP_THRESHOLD = 32 << 20
 #: the heap top is returned to the kernel only when more than this is free at its end
 TRIM_THRESHOLD = 256 << 20
 _M_TRIM_THRESHOLD = -1  # glibc malloc.h
