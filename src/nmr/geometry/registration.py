@@ -161,8 +161,8 @@ MOTION_MAX_WIDTH = 320
 MOTION_PRESET = 1  # cv2.DISOPTICAL_FLOW_PRESET_FAST: synthetic rig 0.243 px vs MEDIUM 0.229 px, 1/3 the cost
 #: DIS's finest pyramid level (FAST's own: 2, a quarter of the image): at 2 the flow under-estimates the
 #: rig's image motion (the best gain on it was 1.15-1.25); at 1 the seed-777 rig scene goes 0.243 -> 0.230 px
-#: and the demo scene (7.4 ms LWIR lag) 0.508 -> 0.468 px (benchmarks/rig_error_breakdown.py), for ~4 ms more
-#: per set at 320x240 on the 2-core machine (MEDIUM's accuracy at half its cost)
+#: and the demo scene (7.4 ms LWIR lag) 0.508 -> 0.468 px (benchmarks/rig_error_breakdown.py), for about
+#: twice the optical flow's cost (6.8 -> 14.8 ms per set at 320x240, load ~10; MEDIUM's accuracy, half its cost)
 MOTION_FINEST_SCALE = 1
 
 
