@@ -383,3 +383,30 @@ def test_the_heap_keeps_freed_blocks_once_per_process() -> None:
         pytest.skip('not glibc')
     assert retain_freed_blocks() is True
     assert retain_freed_blocks() is True
+
+
+def test_the_2x2_splat_equals_a_brute_force_footprint() -> None:
+    """nmr.geometry.reproject's z-buffer: each inside point's depth in the pixel centres around it (2x2, or
+    the two / one it lies on), nearest wins; both the general path (points on a centre's row or column) and
+    the one-plane path (none) against a per-point loop."""
+    from nmr.geometry.reproject import _floor_inside, _splat_2x2
+
+    rng = np.random.default_rng(1)
+    h, w = 30, 40
+    for trial in range(20):
+        u = rng.uniform(-1, w, 300).astype(np.float32)
+        v = rng.uniform(-1, h, 300).astype(np.float32)
+        if trial % 2:  # some points exactly on a centre's column / row
+            on_col, on_row = rng.random(300) < 0.3, rng.random(300) < 0.3
+            u[on_col] = np.round(u[on_col])
+            v[on_row] = np.round(v[on_row])
+        z = rng.uniform(1, 5, 300).astype(np.float32)
+        inside = (u >= 0) & (u <= w - 1) & (v >= 0) & (v <= h - 1)
+        fu, fru = _floor_inside(u, w - 1)
+        fv, frv = _floor_inside(v, h - 1)
+        expected = np.full((h, w), np.inf, np.float32)
+        for i in np.flatnonzero(inside):
+            for x in {math.floor(u[i]), math.ceil(u[i])}:
+                for y in {math.floor(v[i]), math.ceil(v[i])}:
+                    expected[y, x] = min(expected[y, x], z[i])
+        assert np.array_equal(_splat_2x2(w, h, fu, fv, fru, frv, z, inside), expected), trial

@@ -130,6 +130,10 @@ def _splat_2x2(width: int, height: int, fu: np.ndarray, fv: np.ndarray, fru: np.
     strictly before the next centre never has its top-left centre in the last row or column).
     """
     n = height * width
+    exact = (fru == 0) | (frv == 0)
+    exact &= inside
+    if not exact.any():  # the usual case: every point strictly between four centres, one plane suffices
+        return _splat_2x2_between(width, height, fu, fv, z, inside)
     # the key in float (exact below 2**24, else float64; cheaper than intp arithmetic), one cast at the end
     ftype = np.float32 if 4 * n < 2**24 else np.float64
     key: NDArray[np.floating[Any]] = fv.astype(ftype)
@@ -152,6 +156,26 @@ def _splat_2x2(width: int, height: int, fu: np.ndarray, fv: np.ndarray, fru: np.
     np.minimum(zbuf[:, 1:], along_x[:, :-1], out=zbuf[:, 1:])
     np.minimum(zbuf, down, out=zbuf)
     np.minimum(zbuf[1:], down[:-1], out=zbuf[1:])
+    return zbuf
+
+
+def _splat_2x2_between(width: int, height: int, fu: np.ndarray, fv: np.ndarray, z: np.ndarray,
+                      inside: np.ndarray) -> np.ndarray:
+    """:func:`_splat_2x2` when no inside point lies on a centre's row or column: one plane, spread right
+    and down (the same result, a third of the work)."""
+    n = height * width
+    ftype = np.float32 if n < 2**24 else np.float64  # exact integers (see _splat_2x2)
+    key: NDArray[np.floating[Any]] = fv.astype(ftype)
+    key *= ftype(width)
+    key += fu
+    key *= inside
+    np.add(key, (~inside) * ftype(n), out=key)
+    plane = np.full(n + 1, np.inf, dtype=np.float32)
+    with np.errstate(invalid='ignore'):  # NaN depths only ever land in the dummy cell
+        np.minimum.at(plane, key.astype(np.intp).reshape(-1), z.reshape(-1))
+    zbuf = plane[:n].reshape(height, width)
+    np.minimum(zbuf[:, 1:], zbuf[:, :-1], out=zbuf[:, 1:])  # numpy buffers the overlapping operands
+    np.minimum(zbuf[1:], zbuf[:-1], out=zbuf[1:])
     return zbuf
 
 
