@@ -164,7 +164,7 @@ def _fit_affine(a: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 #: the RGB images' optical flow is computed at most this wide (cost: DIS at 640x480 is 4-8x that at 320x240)
 MOTION_MAX_WIDTH = 320
-MOTION_PRESET = 1  # cv2.DISOPTICAL_FLOW_PRESET_FAST: synthetic rig 0.243 px vs MEDIUM 0.229 px, 1/3 the cost
+MOTION_PRESET = 1  # cv2.DISOPTICAL_FLOW_PRESET_FAST (its own finest scale 2: 0.243 px vs MEDIUM 0.229 px, 1/3 the cost)
 #: DIS's finest pyramid level (FAST's own: 2, a quarter of the image): at 2 the flow under-estimates the
 #: rig's image motion (the best gain on it was 1.15-1.25); at 1 the seed-777 rig scene goes 0.243 -> 0.230 px
 #: and the demo scene (7.4 ms LWIR lag) 0.508 -> 0.468 px (benchmarks/rig_error_breakdown.py), for about
