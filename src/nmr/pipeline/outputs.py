@@ -347,7 +347,8 @@ def _zero_where_invalid(image: np.ndarray, valid: np.ndarray) -> None:
     if image.dtype != np.uint8 or not image.flags.c_contiguous:
         image[~valid] = 0
         return
-    mask: np.ndarray = valid.view(np.uint8) * np.uint8(255)
+    mask: np.ndarray = valid.astype(np.uint8)  # any bool mask (a view of a non-contiguous one would fail)
+    mask *= np.uint8(255)
     channels = image.shape[2] if image.ndim == 3 else 1
     if channels > 1:
         mask = cv2.merge([mask] * channels)
