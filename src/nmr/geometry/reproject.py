@@ -75,22 +75,45 @@ def _pixel_coords(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     return xs, ys
 
 
+#: rows per block of the projection: its ~15-40 element-wise passes (more with a lens's distortion
+#: polynomial) stay in the CPU cache on blocks of ~16 k pixels; on whole 640x512 images each pass streams
+#: 1.3 MB from memory (a distorted projection was ~1.3x slower whole)
+BLOCK_PIXELS = 16_384
+
+
 def _project(src: CameraModel, dst: CameraModel, pose: Pose,
              depth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(u, v, z)`` HxW float32 in ``dst`` of every src pixel (NaN where no depth or behind dst).
+    """``(u, v, z)`` HxW float32 in ``dst`` of every src pixel (NaN where no depth or behind dst), computed
+    in blocks of rows (``BLOCK_PIXELS``) into the whole-image outputs."""
+    retain_freed_blocks()  # the temporaries below reuse the heap (module docstring)
+    h, w = depth.shape
+    u = np.empty((h, w), np.float32)
+    v = np.empty((h, w), np.float32)
+    z = np.empty((h, w), np.float32)
+    rays = _rotated_rays(src, pose.R.tobytes())
+    step = max(1, BLOCK_PIXELS // max(1, w))
+    for a in range(0, h, step):
+        b = min(h, a + step)
+        _project_rows(dst, pose, rays, depth[a:b], u[a:b], v[a:b], z[a:b], a)
+    return u, v, z
+
+
+def _project_rows(dst: CameraModel, pose: Pose, rays: tuple[np.ndarray, np.ndarray, np.ndarray],
+                  depth: np.ndarray, u: np.ndarray, v: np.ndarray, z: np.ndarray, row: int) -> None:
+    """One block of :func:`_project`, rows ``row:row + len(depth)``, written into ``u, v, z``.
 
     About fifteen passes over the pixels on the cached rotated rays (plus the distortion polynomial when
     ``dst`` has one); NaN carries "no depth" through.
     """
-    retain_freed_blocks()  # the temporaries below reuse the heap (module docstring)
-    ax, ay, az = _rotated_rays(src, pose.R.tobytes())
+    rows = slice(row, row + depth.shape[0])
+    ax, ay, az = (r[rows] for r in rays)
     tx, ty, tz = (np.float32(c) for c in pose.t)
     d = depth.astype(np.float32, copy=False)
     with np.errstate(invalid='ignore', divide='ignore', over='ignore'):
         # no depth (0, NaN, inf) -> NaN (a where on a coherent mask is cheap)
         d = np.where((d > 0) & (d < np.inf), d, np.float32(np.nan))
         # X_dst = R @ (depth * ray) + t = depth * (R @ ray) + t
-        z = az * d
+        np.multiply(az, d, out=z)
         z += tz
         behind = z <= 0
         if behind.any():
@@ -103,11 +126,10 @@ def _project(src: CameraModel, dst: CameraModel, pose: Pose,
         y += ty
         y *= inv
     xd, yd = dst.distort_normalized(x, y)
-    u = xd * np.float32(dst.fx)
+    np.multiply(xd, np.float32(dst.fx), out=u)
     u += np.float32(dst.cx)
-    v = yd * np.float32(dst.fy)
+    np.multiply(yd, np.float32(dst.fy), out=v)
     v += np.float32(dst.cy)
-    return u, v, z
 
 
 def _floor_inside(u: np.ndarray, hi: int) -> tuple[np.ndarray, np.ndarray]:
@@ -194,14 +216,14 @@ def fill_cracks(zbuf: np.ndarray, tol: float = CRACK_TOL) -> np.ndarray:
     # candidates first, on boolean images (cheap): interior holes with some opposite pair both holding a
     # depth; a depth camera's large holes (out of range, shadows) are mostly not candidates
     has = zbuf < np.inf
-    pair = np.zeros((H - 2, W - 2), dtype=bool)
+    pair = np.zeros((H, W), dtype=bool)  # full size with a False border: flat indices directly
+    inner = pair[1:-1, 1:-1]
     for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):  # left/right, up/down and the two diagonals
-        pair |= has[1 - dy:H - 1 - dy, 1 - dx:W - 1 - dx] & has[1 + dy:H - 1 + dy, 1 + dx:W - 1 + dx]
-    pair &= ~has[1:-1, 1:-1]
-    ys, xs = np.nonzero(pair)
-    if ys.size == 0:
+        inner |= has[1 - dy:H - 1 - dy, 1 - dx:W - 1 - dx] & has[1 + dy:H - 1 + dy, 1 + dx:W - 1 + dx]
+    inner &= ~has[1:-1, 1:-1]
+    holes = np.flatnonzero(pair)  # (np.nonzero of a 2-D image costs ~5x more)
+    if holes.size == 0:
         return zbuf
-    holes = (ys + 1) * W + (xs + 1)
     best = np.full(holes.shape, np.inf, dtype=np.float32)
     for step in (1, W, W + 1, W - 1):  # left/right, up/down and the two diagonals
         a, b = flat[holes - step], flat[holes + step]
