@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from nmr.data.bag_reader import IMAGE_TYPES, _check_topics, decode_image, open_bag, raw_header_stamp
+from nmr.data.bag_reader import IMAGE_TYPES, check_topics, decode_image, open_bag, raw_header_stamp
 from nmr.data.encodings import to_rgb
 from nmr.errors import BagError, NmrUserError
 from nmr.geometry.camera import CameraModel
@@ -56,7 +56,7 @@ def index_bag(bag: Path, topics: Mapping[str, str]) -> dict[str, Stream]:
     """Stamps and camera_info of each stream (``name -> topic``) in one bag; BagError (one line) for a
     missing topic, a wrong message type or a topic without messages."""
     with open_bag(bag) as reader:
-        _check_topics(reader, list(topics.values()), bag, IMAGE_TYPES)
+        check_topics(reader, list(topics.values()), bag, IMAGE_TYPES)
         by_topic = {c.topic: c for c in reader.connections}
         out: dict[str, Stream] = {}
         for name, topic in topics.items():

@@ -116,8 +116,10 @@ def list_topics(paths: Paths) -> dict[str, str]:
         return {c.topic: c.msgtype for c in reader.connections}
 
 
-def _check_topics(reader: AnyReader, topics: Sequence[str], paths: Paths,
-                  msgtypes: Sequence[str] | None) -> None:
+def check_topics(reader: AnyReader, topics: Sequence[str], paths: Paths,
+                 msgtypes: Sequence[str] | None) -> None:
+    """Raise one BagError line naming the missing topic (or its wrong type) and the topics the bag has:
+    every reader of image topics (training, calibration) checks before reading, not mid-run."""
     available = {c.topic: c.msgtype for c in reader.connections}
     for topic in topics:
         if topic not in available:
@@ -180,7 +182,7 @@ def iter_images(paths: Paths, topics: Sequence[str], skipped: Counter[str] | Non
     iteration with BagError. `max_pixels` (per topic) refuses larger images like a malformed one.
     """
     with open_bag(paths) as reader:
-        _check_topics(reader, topics, paths, IMAGE_TYPES)
+        check_topics(reader, topics, paths, IMAGE_TYPES)
         conns = [c for c in reader.connections if c.topic in set(topics)]
         messages = reader.messages(connections=conns)
         read: Counter[str] = Counter()
@@ -376,7 +378,7 @@ class BagPairDataset:
         self, slop_ns: int, queue_size: int
     ) -> tuple[list[tuple[_Ref, _Ref]], dict[int, dict[str, _Ref]]]:
         reader = self._open()
-        _check_topics(reader, [self.moving_topic, self.fixed_topic], self.paths, IMAGE_TYPES)
+        check_topics(reader, [self.moving_topic, self.fixed_topic], self.paths, IMAGE_TYPES)
         gt_topics = {c.topic for c in reader.connections} & {self.gt_flow_topic, self.gt_valid_topic}
         wanted = {self.moving_topic, self.fixed_topic} | gt_topics
         conns = [c for c in reader.connections if c.topic in wanted]
