@@ -45,6 +45,7 @@ def test_demo_offline_writes_bag_sheets_and_summary(tmp_path: Path, tiny_models:
     printed = capsys.readouterr().out
     assert 'nmr demo summary' in printed and 'EPE' in printed and str(out) in printed
     assert f'rgb_lwir: {summary["frames"]["rgb_lwir"]["offered"]} LWIR + ' in printed
+    assert 'nmr demo --rig true' in printed  # without a rig file it points to registration through depth
     from nmr.data.bag_reader import list_topics
 
     topics = list_topics(out / 'registered')  # the same topics as nmr register-bag writes, fused included

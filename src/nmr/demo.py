@@ -402,6 +402,9 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
             print(f'{" " * len(pair)}  network only: {net["epe_after_px"]} px '
                   f'({net["epe_percent_of_unregistered"]} % of unregistered)')
     print('(the demo renders its own scene: these numbers are not the evaluation of models/README.md)')
+    if not rig:
+        print('(the network alone; a calibrated rig registers through its depth: nmr demo --rig true, '
+              'README "Calibrate your rig")')
     names = [Path(p).name for p in summary['outputs']['contact_sheets'] + summary['outputs']['flicker_gifs']]
     mcap = ', '.join(str(Path(p).relative_to(out)) for p in summary['outputs']['mcap'])
     print(f'outputs in {out}/: {mcap} (the outputs bag: open it in Foxglove), '
