@@ -20,15 +20,11 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from rig_motion_compensation import read_rig_bag  # the sibling benchmark: the same bag, the same pairing
 
-from nmr.data.bag_reader import iter_images
-from nmr.data.encodings import stamp_ns, to_rgb
+from nmr.data.encodings import to_rgb
 from nmr.geometry.registration import GeometricStage, compensate_motion
 from nmr.geometry.rig import Rig
-
-TOPICS = {'/camera/camera/color/image_raw': 'rgb', '/flir_boson/image_raw': 'lwir',
-          '/camera/camera/depth/image_rect_raw': 'depth', '/nmr_gt/rgb_lwir/flow': 'gt',
-          '/nmr_gt/rgb_lwir/valid': 'valid'}
 
 
 def below_last_valid(valid: np.ndarray) -> np.ndarray:
@@ -43,11 +39,7 @@ def main() -> None:
     parser.add_argument('bag')
     parser.add_argument('rig')
     args = parser.parse_args()
-    frames: dict[str, dict[int, tuple[np.ndarray, str]]] = {k: {} for k in TOPICS.values()}
-    for topic, _r, arr, enc, header in iter_images([args.bag], list(TOPICS)):
-        frames[TOPICS[topic]][stamp_ns(header)] = (np.array(arr), enc)
-    rgb_stamps = np.array(sorted(frames['rgb']))
-    depth_stamps = np.array(sorted(frames['depth']))
+    frames, rgb_stamps, depth_stamps = read_rig_bag(args.bag)
     stage = GeometricStage(Rig.load(args.rig), log=lambda _t: None)
     sums: dict[tuple[str, str], list[float]] = {}  # (compensation, region) -> [error sum, pixels]
     gaps: list[float] = []

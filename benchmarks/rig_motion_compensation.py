@@ -38,6 +38,18 @@ TOPICS = {'/camera/camera/color/image_raw': 'rgb', '/flir_boson/image_raw': 'lwi
           '/nmr_gt/rgb_lwir/valid': 'valid'}
 
 
+Frames = dict[str, dict[int, tuple[np.ndarray, str]]]
+
+
+def read_rig_bag(bag: str) -> tuple[Frames, np.ndarray, np.ndarray]:
+    """Every frame of the synthetic rig's bag by kind and stamp (ns), and the sorted RGB and depth stamps:
+    the pairing both rig benchmarks do (this one and rig_error_breakdown.py)."""
+    frames: Frames = {k: {} for k in TOPICS.values()}
+    for topic, _r, arr, enc, header in iter_images([bag], list(TOPICS)):
+        frames[TOPICS[topic]][stamp_ns(header)] = (np.array(arr), enc)
+    return frames, np.array(sorted(frames['rgb'])), np.array(sorted(frames['depth']))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('bag')
@@ -47,11 +59,7 @@ def main() -> None:
     parser.add_argument('--preset', type=int, default=MOTION_PRESET, help='DIS preset: 0 ultrafast, 1 fast, 2 medium')
     parser.add_argument('--finest-scale', type=int, default=MOTION_FINEST_SCALE, help="DIS's finest pyramid level")
     args = parser.parse_args()
-    frames: dict[str, dict[int, tuple[np.ndarray, str]]] = {k: {} for k in TOPICS.values()}
-    for topic, _r, arr, enc, header in iter_images([args.bag], list(TOPICS)):
-        frames[TOPICS[topic]][stamp_ns(header)] = (np.array(arr), enc)
-    rgb_stamps = np.array(sorted(frames['rgb']))
-    depth_stamps = np.array(sorted(frames['depth']))
+    frames, rgb_stamps, depth_stamps = read_rig_bag(args.bag)
     stage = GeometricStage(Rig.load(args.rig), log=lambda _t: None)
     before: list[float] = []
     after: list[float] = []
