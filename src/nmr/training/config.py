@@ -72,6 +72,8 @@ class AugmentConfig:
     hflip: float = 0.5
     # Misalignment families (nmr.training.families): one drawn per pair. Leave one out to hold it back.
     # 'legacy' = the old affine + 4x4 elastic above (shift_px .. elastic_grid), which carried the border cue.
+    # 'parallax' = a second camera through the depth map (nmr.training.parallax; rgb_depth: the pair's own depth,
+    # rgb_lwir: a random layered depth); not in the default list (the shipped models hold it back).
     families: list[str] = field(
         default_factory=lambda: ['affine', 'homography', 'nonrigid', 'distortion', 'composite']
     )
@@ -192,13 +194,13 @@ class TrainConfig:
             raise ConfigError(f'data.val_fraction {self.data.val_fraction} must be in [0, 1)')
         if self.optim.batch_size < 1 or self.optim.epochs < 1:
             raise ConfigError('optim.batch_size and optim.epochs must be >= 1')
-        from nmr.training.families import FAMILIES
+        from nmr.training.families import TRAINING_FAMILIES
 
         a = self.augment
         if not a.families:
-            raise ConfigError('augment.families is empty: name at least one of ' + ', '.join(FAMILIES))
+            raise ConfigError('augment.families is empty: name at least one of ' + ', '.join(TRAINING_FAMILIES))
         for name in a.families:
-            _choice('augment.families[]', name, FAMILIES)
+            _choice('augment.families[]', name, TRAINING_FAMILIES)
         if len(a.mean_px) != 2 or not 0.0 <= a.mean_px[0] <= a.mean_px[1]:
             raise ConfigError(f'augment.mean_px {a.mean_px} must be [low, high] with 0 <= low <= high')
         if len(a.nonrigid_grids) != 2 or not 2 <= a.nonrigid_grids[0] <= a.nonrigid_grids[1]:

@@ -4,22 +4,32 @@ Each item: the moving and fixed images in network units ([-1, 1]) resized to the
 native-size ground truth (when the data has it, or when synthetic misalignment made it) for validation
 EPE. Misalignment is seeded by (seed, epoch, index), so every epoch sees new fields, validation always
 the same ones, and a resumed run the same as an uninterrupted one.
+
+Families (`augment.families`, one drawn per item): the smooth ones of `nmr.training.families` through
+`cue_free_pair`, and `parallax` (`nmr.training.parallax.parallax_pair`), which needs the FIXED camera's depth
+in metres: for rgb_depth pairs the pair's own depth (the fixed tensor is normalised inverse depth, per-image
+robust scaled, so it cannot be inverted: the raw depth is decoded once more and cached next to the pair, at
+canvas size by nearest-neighbour sampling, so that holes stay holes and no depth edge is blurred into
+"flying" depths; one float per canvas pixel, only when `parallax` is listed), for rgb_lwir pairs a random
+layered depth (`layered_depth`) drawn per item.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from nmr.data.preprocess import resize_to
 from nmr.training.config import AugmentConfig
-from nmr.training.families import cue_free_pair, random_borders
+from nmr.training.families import CueFreePair, choose_family, cue_free_pair, random_borders
+from nmr.training.parallax import layered_depth, parallax_pair
 
 TRAIN_INVERSE_STRIDE = 4
 
@@ -49,6 +59,7 @@ class TrainingPairs(Dataset):
         # and misaligned there, ~10x cheaper than at native size.
         self.net_grid_truth = net_grid_truth
         self._net_cache: dict[int, tuple[torch.Tensor, ...]] = {}
+        self._depth_cache: dict[int, np.ndarray] = {}  # canvas-size depth (m) of rgb_depth pairs, for parallax
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -87,8 +98,8 @@ class TrainingPairs(Dataset):
             # Cue-free (nmr.training.families): the field is drawn on the whole image and the centre of BOTH
             # images is kept. Training never reads this ground truth, so its inverse may be solved on a
             # coarse grid (~0.03 px off); validation keeps the exact one for EPE.
-            pair = cue_free_pair(moving, fixed, self.augment, g, strength=strength,
-                                 stride=1 if self.deterministic else TRAIN_INVERSE_STRIDE)
+            pair = self._misaligned(moving, fixed, lambda: depth_metres_at(fp, None), g, strength,
+                                    stride=1 if self.deterministic else TRAIN_INVERSE_STRIDE)
             moving, fixed, gt, valid = pair.moving, pair.fixed, pair.flow, pair.valid[0]
         item: dict[str, Any] = {
             'name': fp.name,
@@ -131,6 +142,9 @@ class TrainingPairs(Dataset):
                 valid = torch.ones(1, *self.net_hw, dtype=torch.bool)
         hw = self.net_hw if fp.gt_flow is not None else self.canvas_hw()
         cached = (resize_to(moving[None], hw)[0], resize_to(fixed[None], hw)[0], gt, valid)
+        if fp.gt_flow is None and self.fixed_kind == 'depth' and self.augment is not None \
+                and 'parallax' in self.augment.families:
+            self._depth_cache[i] = depth_metres_at(fp, hw)
         self._net_cache[i] = cached
         return cached
 
@@ -145,8 +159,8 @@ class TrainingPairs(Dataset):
                 )
             g = torch.Generator().manual_seed(self._item_seed(i, epoch))
             strength = warmup_strength(self.augment, epoch)
-            pair = cue_free_pair(moving, fixed, self.augment, g, strength=strength, stride=TRAIN_INVERSE_STRIDE,
-                                 out_hw=self.net_hw)
+            pair = self._misaligned(moving, fixed, lambda: self._depth_cache[i], g, strength,
+                                    stride=TRAIN_INVERSE_STRIDE, out_hw=self.net_hw)
             moving, fixed, valid = random_borders(pair.moving, pair.fixed, pair.valid, self.augment, g)
             gt = pair.flow
         return {
@@ -160,6 +174,29 @@ class TrainingPairs(Dataset):
             'gt_net': gt,
             'valid_net': valid,
         }
+
+    def _misaligned(
+        self,
+        moving: torch.Tensor,
+        fixed: torch.Tensor,
+        depth_m: Callable[[], np.ndarray],
+        g: torch.Generator,
+        strength: float,
+        stride: int,
+        out_hw: tuple[int, int] | None = None,
+    ) -> CueFreePair:
+        """A cue-free misaligned pair of one family drawn from `augment.families`. The family is drawn first,
+        as `cue_free_pair` itself would, so the smooth families' fields per seed are as before `parallax`
+        existed. `depth_m`: the fixed camera's depth (metres, 0 = none) at the tensors' size, asked only for
+        an rgb_depth item that draws `parallax`."""
+        assert self.augment is not None
+        name = choose_family(self.augment, g)
+        if name != 'parallax':
+            return cue_free_pair(moving, fixed, self.augment, g, family=name, strength=strength, stride=stride,
+                                 out_hw=out_hw)
+        h, w = moving.shape[-2:]
+        depth = depth_m() if self.fixed_kind == 'depth' else layered_depth(h, w, g)
+        return parallax_pair(moving, fixed, depth, scaled(self.augment, strength), g, out_hw=out_hw)
 
     def _item_seed(self, i: int, epoch: int) -> int:
         epoch = 0 if self.deterministic else epoch
@@ -217,6 +254,19 @@ def scaled(cfg: AugmentConfig, strength: float) -> AugmentConfig:
         mean_px=[v * strength for v in cfg.mean_px],
         peak_px=cfg.peak_px * strength,
     )
+
+
+def depth_metres_at(fp: Any, hw: Sequence[int] | None) -> np.ndarray:
+    """The fixed depth of FramePair `fp` in metres (float32, 0 where there is none: holes, NaN, inf), at `hw`
+    by nearest-neighbour sampling at pixel centres (the grid `resize_to` uses; holes stay holes, no blended
+    depths across edges), or at native size for `hw=None`."""
+    from nmr.data.preprocess import depth_metres
+
+    m = depth_metres(fp.fixed, fp.fixed_encoding)
+    m = torch.where(torch.isfinite(m) & (m > 0), m, torch.zeros_like(m))
+    if hw is not None and tuple(m.shape) != (int(hw[0]), int(hw[1])):
+        m = F.interpolate(m[None, None], size=(int(hw[0]), int(hw[1])), mode='nearest-exact')[0, 0]
+    return np.ascontiguousarray(m.numpy(), dtype=np.float32)
 
 
 def truth_inside(gt: torch.Tensor) -> torch.Tensor:

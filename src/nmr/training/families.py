@@ -42,6 +42,10 @@ from nmr.training.config import AugmentConfig
 
 BASE_FAMILIES = ('affine', 'homography', 'nonrigid', 'distortion')
 FAMILIES = (*BASE_FAMILIES, 'composite', 'legacy')
+# Families that are not a smooth field and need the fixed camera's depth (nmr.training.parallax): the trainer
+# (nmr.training.data.TrainingPairs) draws them, `cue_free_pair` cannot; `composite` never composes them.
+DEPTH_FAMILIES = ('parallax',)
+TRAINING_FAMILIES = (*FAMILIES, *DEPTH_FAMILIES)
 
 
 @dataclass
@@ -205,6 +209,9 @@ def _shape(name: str, h: int, w: int, g: torch.Generator, cfg: AugmentConfig) ->
         raw = torch.rand(k, generator=g, dtype=torch.float64) + 0.3
         weights = (raw / raw.sum()).tolist()
         return lambda gain: Composed(h, w, [s(gain * wt) for s, wt in zip(shapes, weights)])
+    if name in DEPTH_FAMILIES:
+        raise ValueError(f'misalignment family {name!r} needs a depth map: use nmr.training.parallax.parallax_pair '
+                         '(TrainingPairs does), not cue_free_pair')
     raise ValueError(f'unknown misalignment family {name!r}: use one of {", ".join(FAMILIES)}')
 
 
