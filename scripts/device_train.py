@@ -39,7 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE_FAMILIES = ('affine', 'homography', 'nonrigid', 'distortion')
+sys.path.insert(0, str(ROOT / 'src'))  # a bare GPU machine has the checkout, not an installed nmr
+
+from nmr.training.families import BASE_FAMILIES  # noqa: E402 (after the path above)
+
 SNAPSHOTS = 4  # R_Phi snapshots per main run (epoch_*.pt); the last one is shipped
 
 
