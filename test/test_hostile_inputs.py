@@ -637,7 +637,8 @@ def test_sigterm_to_synth_and_train_ends_with_one_line_and_no_bag_that_looks_com
 
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGKILL], ids=['SIGTERM', 'SIGKILL'])
 def test_recover_bag_killed_mid_copy_leaves_no_bag_at_its_output(rig: Path, tmp_path: Path, sig: int) -> None:
-    """SIGTERM: the copy is removed; SIGKILL: only the hidden staging folder is left (its name says partial),
+    """SIGTERM: the copy is removed; SIGKILL: only the hidden staging folder is left (its name says partial;
+    the next run of the same command removes it),
     nothing at --out. The copy is slowed down so that the signal lands in the middle of it."""
     out = tmp_path / 'recovered'
     child = ('import sys, time\n'
@@ -665,6 +666,11 @@ def test_recover_bag_killed_mid_copy_leaves_no_bag_at_its_output(rig: Path, tmp_
         assert not list(tmp_path.glob('.recovered.partial-*'))
     else:
         assert list(tmp_path.glob('.recovered.partial-*'))
+        # the next run of the same command finishes the bag and removes the killed writer's staging folder
+        again = subprocess.run([sys.executable, '-m', 'nmr.cli.main', 'recover-bag', str(rig), '--out', str(out)],
+                               capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert (out / 'metadata.yaml').is_file() and not list(tmp_path.glob('.recovered.partial-*'))
 
 
 # -- 10: FIFOs -------------------------------------------------------------------------------------------------

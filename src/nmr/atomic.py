@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -71,16 +72,48 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def remove_stale_stages(folder: Path, prefix: str) -> None:
+    """Remove the `PREFIX<pid>-...` staging files and folders in `folder` whose writer process is gone.
+
+    A run killed with SIGKILL or by a power loss cannot remove its own staging file; its name carries its
+    process id, so the next writer of the same path clears it. Stages of live writers (and names without a
+    process id) are left alone.
+    """
+    with contextlib.suppress(OSError):
+        for stage in folder.iterdir():
+            pid_text = stage.name[len(prefix):].split('-', 1)[0] if stage.name.startswith(prefix) else ''
+            if pid_text.isdigit() and not _process_alive(int(pid_text)):
+                if stage.is_dir() and not stage.is_symlink():
+                    shutil.rmtree(stage, ignore_errors=True)
+                else:
+                    stage.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, owned by another user
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def staged_path(path: str | os.PathLike[str], durable: bool = False, keep_suffix: bool = False) -> Iterator[Path]:
-    """A temporary path next to `path` (`.NAME.XXXX.tmp`; `keep_suffix` appends the path's suffix, for
+    """A temporary path next to `path` (`.NAME.PID-XXXX.tmp`; `keep_suffix` appends the path's suffix, for
     writers that pick the format from it) that replaces `path` when the block ends without error; removed
     otherwise. OSError and torch's disk-full RuntimeError become one WriteError naming `path`."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         suffix = f'.tmp{path.suffix}' if keep_suffix else '.tmp'
-        fd, name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix=suffix, dir=path.parent)
+        prefix = f'.{path.name}.{os.getpid()}-'
+        if durable:  # checkpoints: a killed trainer's staged copy is megabytes; clear it on the next save
+            remove_stale_stages(path.parent, f'.{path.name}.')
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
         os.close(fd)
         os.chmod(name, _DEFAULT_FILE_MODE)  # mkstemp's 0600 would make every output private to its writer
     except OSError as err:

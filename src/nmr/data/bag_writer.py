@@ -36,6 +36,7 @@ from rosbags.rosbag2.storage_mcap import (
 )
 from rosbags.typesys import Stores, get_typestore
 
+from nmr import atomic
 from nmr.data.encodings import numpy_to_image_fields
 from nmr.errors import BagError
 
@@ -330,7 +331,8 @@ class BagWriter:
 
         The bag appears at its path only when it is finished (close renames it there), so a run killed in
         any way (SIGKILL, power loss) never leaves something at the output path that looks like a bag; what
-        it leaves is the hidden staging folder, whose name says it is partial.
+        it leaves is the hidden staging folder, whose name says it is partial and carries the writer's
+        process id: the next writer of the same bag removes the folders of writers that no longer run.
         """
         if self.path.exists():
             if self.overwrite and not (self.path / 'metadata.yaml').is_file():
@@ -340,7 +342,9 @@ class BagWriter:
         if not self.path.parent.is_dir():
             raise BagError(f'cannot write bag {self.path}: {_missing_folder(self.path.parent)}')
         try:
-            self._stage = Path(tempfile.mkdtemp(prefix=f'.{self.path.name}.partial-', dir=self.path.parent))
+            atomic.remove_stale_stages(self.path.parent, f'.{self.path.name}.partial-')
+            self._stage = Path(tempfile.mkdtemp(prefix=f'.{self.path.name}.partial-{os.getpid()}-',
+                                                dir=self.path.parent))
             self._writer = _Rosbag2Writer(self._stage / self.path.name, version=9,
                                           storage_plugin=STORAGES[self.storage])
             self._writer.open()

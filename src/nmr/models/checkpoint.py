@@ -73,8 +73,7 @@ def save_checkpoint(
     except WriteError as err:  # disk full (torch says RuntimeError), quota, read-only: the previous file is whole
         raise ModelFileError(f'cannot write checkpoint {path} ({err.reason}); the previous one is '
                              'unchanged: free disk space or write elsewhere') from None
-    for stale in path.parent.glob(f'.{path.name}.*.tmp'):  # left by a process killed mid-write
-        stale.unlink(missing_ok=True)
+    # staged copies left by trainers killed mid-write are cleared by staged_path (durable writes)
 
 
 def _to_cpu(obj: Any) -> Any:
