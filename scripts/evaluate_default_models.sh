@@ -7,6 +7,8 @@
 # the field drawn on the whole image and both images cropped to the centre (no border cue, issue 19):
 #   roadscene_<family>  roadscene validation scenes (47), RGB-LWIR, one manifest per family
 #   llvip_mixed         llvip scene 01 (never trained on; 32 pairs), RGB-LWIR, families mixed
+#   roadscene_raw       roadscene validation scenes' RAW thermal frames vs their RGB crops (42 pairs): a real
+#                       field-of-view difference with an affine ground truth (make_roadscene_raw_manifest.py)
 #   rgbdd_<family>      rgbdd validation blocks (69), RGB-depth, one manifest per family
 #   rig777_lwir/depth   the synthetic rig rendered with seed 777 (never trained on): its own true parallax
 #   *_parallax          the depth-parallax family (a second camera beside the first, through a depth map):
@@ -45,6 +47,11 @@ done
   --pairs "$data/llvip/visible" "$data/llvip/infrared" --scene-prefix 2 --val-fraction 0.3 --seed 2200 \
   --out "$sets/llvip_mixed"
 lwir_sets+=(llvip_mixed)
+# a REAL misalignment from no generator of ours: roadscene's raw thermal frame vs its RGB crop (different
+# fields of view, affine ground truth recovered thermal-to-thermal; held-out scenes)
+[ -f "$sets/roadscene_raw/manifest.csv" ] || $py scripts/make_roadscene_raw_manifest.py --data "$data/roadscene" \
+  --out "$sets/roadscene_raw"
+lwir_sets+=(roadscene_raw)
 if [ -f src/nmr/geometry/__init__.py ]; then   # the parallax family needs nmr.geometry
   [ -f "$sets/roadscene_parallax/manifest.csv" ] || $py scripts/make_misaligned_manifest.py --kind lwir \
     --pairs "$data/roadscene/crop_LR_visible" "$data/roadscene/cropinfrared" --family parallax --seed 2300 \
