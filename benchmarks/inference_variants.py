@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Inference-time variants of one model on manifests with ground truth (issue 19; none is in the pipeline).
+
+- `once`: the network once (what the pipeline does);
+- `iterate-K`: pre-warp the moving image by the flow so far (borders replicated, so no wedge appears),
+  register what is left, compose (nmr.flow.compose); K passes in all;
+- `flips`: the mean of the flows of the pair as is, flipped left-right, upside-down and both (4x cost);
+- `homography` / `blend`: a homography fitted (RANSAC, every 8th pixel) to the network's flow / the mean of it
+  and the flow.
+EPE as % of the unregistered EPE per variant and manifest (the reference of `nmr evaluate`).
+
+    .venv/bin/python benchmarks/inference_variants.py --model models/rgb_lwir.onnx \
+        --manifest runs/val_lwir/manifest.csv runs/eval/sets/roadscene_nonrigid/manifest.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+
+from nmr import flow as nmr_flow
+from nmr.data.pairs import read_manifest
+from nmr.evaluation.baselines import identity_flow
+from nmr.evaluation.metrics import PairResult, evaluate_pair, summarise
+from nmr.inference.model_file import read_model_info
+from nmr.inference.select import create_registrar
+
+Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def flipped(predict: Predict, moving: np.ndarray, fixed: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """The flow of the pair flipped along `axes` (0 = upside-down, 1 = left-right), flipped back."""
+    flow = predict(np.ascontiguousarray(np.flip(moving, axes)), np.ascontiguousarray(np.flip(fixed, axes)))
+    flow = np.flip(flow, axes).copy()
+    for axis in axes:
+        flow[..., 0 if axis == 1 else 1] *= -1
+    return flow
+
+
+def iterate(predict: Predict, moving: np.ndarray, fixed: np.ndarray, passes: int) -> list[np.ndarray]:
+    """The composed flow after each of `passes` passes."""
+    flow = predict(moving, fixed)
+    out = [flow]
+    for _ in range(passes - 1):
+        map_x, map_y = nmr_flow.sample_maps(flow)
+        prewarped = cv2.remap(moving, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        flow = nmr_flow.compose(predict(prewarped, fixed), flow)
+        out.append(flow)
+    return out
+
+
+def fitted_homography(flow: np.ndarray, step: int = 8) -> np.ndarray:
+    h, w = flow.shape[:2]
+    ys, xs = np.mgrid[0:h:step, 0:w:step].astype(np.float32)
+    src = np.stack([xs.ravel(), ys.ravel()], 1)
+    homography, _ = cv2.findHomography(src, src + flow[::step, ::step].reshape(-1, 2), cv2.RANSAC, 3.0)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    points = np.stack([xx, yy, np.ones_like(xx)], 2) @ homography.T
+    return (points[..., :2] / points[..., 2:3] - np.stack([xx, yy], 2)).astype(np.float32)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--model', required=True)
+    parser.add_argument('--manifest', nargs='+', required=True)
+    parser.add_argument('--passes', type=int, default=3, help='iterate up to this many passes')
+    parser.add_argument('--backend', default='onnxruntime')
+    args = parser.parse_args()
+    meta = read_model_info(args.model).metadata
+    registrar = create_registrar(args.model, backend=args.backend, device='cpu', net_hw=None,
+                                 log=lambda *_: None, expected_pair=meta.pair)
+    table = {}
+    for manifest in args.manifest:
+        rows = read_manifest(manifest, fixed_kind=meta.fixed_kind)
+        results: dict[str, list[PairResult]] = {}
+        for i in range(len(rows)):
+            fp = rows[i]
+
+            def predict(moving: np.ndarray, fixed: np.ndarray, fp=fp) -> np.ndarray:
+                return registrar.register(moving, fixed, fp.fixed_encoding).flow
+
+            passes = iterate(predict, fp.moving, fp.fixed, args.passes)
+            flips = [passes[0]] + [flipped(predict, fp.moving, fp.fixed, axes) for axes in ((1,), (0,), (0, 1))]
+            homography = fitted_homography(passes[0])
+            variants = {'once': passes[0], **{f'iterate-{k + 1}': f for k, f in enumerate(passes) if k > 0},
+                        'flips': np.mean(flips, axis=0).astype(np.float32), 'homography': homography,
+                        'blend': (0.5 * (passes[0] + homography)).astype(np.float32)}
+            ident = identity_flow(fp.fixed.shape[:2], fp.moving.shape[:2])
+            valid = None if fp.valid is None else np.asarray(fp.valid).astype(bool)
+            for name, flow in variants.items():
+                results.setdefault(name, []).append(evaluate_pair(
+                    fp.name, flow, ident, fp.gt_flow, valid, fp.landmarks, fp.moving.shape[:2], 0.0, {}))
+        table[manifest] = {name: round(summarise(r)['epe_ratio'], 1) for name, r in results.items()}
+        print(manifest, json.dumps(table[manifest]), flush=True)
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
