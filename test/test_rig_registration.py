@@ -156,6 +156,51 @@ def test_a_bag_without_depth_falls_back_to_the_plane_model_and_says_so(scene: Sc
     assert np.isfinite(got['flow'][0]).all() and np.abs(got['flow'][0][~inside]).max() > 0  # kept, not zeroed
 
 
+def test_a_rig_without_the_lwir_camera_registers_depth_through_it_and_lwir_with_the_network(
+        scene: Scene, rig_file: Path, tmp_path: Path, capsys: Any) -> None:
+    """A rig file with RGB and depth only (what the RealSense's camera_info and /tf_static give, with no
+    calibration): rgb_depth goes through the rig, rgb_lwir through its model, exactly as without a rig."""
+    from nmr.ros.testing import make_tiny_model
+
+    rig = Rig.load(rig_file)
+    del rig.cameras['lwir']
+    depth_rig = tmp_path / 'depth_only.yaml'
+    rig.save(depth_rig)
+    model = make_tiny_model(tmp_path / 'rgb_lwir.pt', 'rgb_lwir')
+    bag = _write_bag(tmp_path / 'in', scene)
+    result = _register(bag, tmp_path / 'out', '--rig', str(depth_rig), '--residual', 'off',
+                       '--model-rgb-lwir', str(model), '--backend', 'torch', '--device', 'cpu')
+    assert result['geometric'] == {'rgb_depth depth': 2}
+    err = capsys.readouterr().err
+    assert err.count('has no lwir camera: rgb_lwir is registered by its network') == 1, err
+    depth = _outputs(tmp_path / 'out', 'rgb_depth')
+    _check_against_truth(scene, 'rgb_depth', depth['flow'][0], depth['valid'][0] > 0)
+    _register(bag, tmp_path / 'plain', '--pairs', 'rgb_lwir', '--model-rgb-lwir', str(model), '--backend', 'torch',
+              '--device', 'cpu')
+    from nmr.data.bag_reader import iter_images
+
+    def flows(out: Path) -> list[np.ndarray]:
+        return [np.array(arr) for _t, _r, arr, _e, _h in iter_images(out, ['/nmr/rgb_lwir/flow'])]
+
+    through_network = flows(tmp_path / 'out')
+    assert len(through_network) == 2
+    for got, plain in zip(through_network, flows(tmp_path / 'plain'), strict=True):
+        np.testing.assert_array_equal(got, plain)
+
+
+def test_a_rig_with_no_configured_pairs_camera_is_refused(rig_file: Path, tmp_path: Path) -> None:
+    from nmr.errors import ConfigError
+    from nmr.pipeline.settings import load_geometry, validate
+
+    rig = Rig.load(rig_file)
+    del rig.cameras['lwir']
+    depth_rig = tmp_path / 'depth_only.yaml'
+    rig.save(depth_rig)
+    settings = validate({'pairs': ['rgb_lwir'], 'rig': str(depth_rig)})
+    with pytest.raises(ConfigError, match='has no lwir camera but pair rgb_lwir is configured'):
+        load_geometry(settings, log=print)
+
+
 def test_the_stage_says_when_depth_stops_and_comes_back(scene: Scene, rig_file: Path) -> None:
     said: list[str] = []
     stage = GeometricStage(Rig.load(rig_file), log=said.append)

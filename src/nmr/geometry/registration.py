@@ -247,6 +247,11 @@ class GeometricStage:
         self._planes: dict[tuple[object, ...], tuple[np.ndarray, np.ndarray]] = {}
         self._fallback: dict[str, bool] = {}
 
+    def covers(self, pair: str) -> bool:
+        """Whether the rig has the fixed camera of `pair` (a rig file may hold only the depth camera, e.g.
+        from the RealSense's /tf_static; the other pair is then registered by its network)."""
+        return pair.split('_', 1)[1] in self.rig.cameras
+
     def check_pairs(self, pairs: tuple[str, ...] | list[str]) -> None:
         """ConfigError when the rig lacks the fixed camera of a configured pair."""
         for pair in pairs:

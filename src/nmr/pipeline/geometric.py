@@ -18,5 +18,6 @@ def core_rig_options(geometry: GeometricStage | None, settings: Any) -> dict[str
         return {}
     rig = geometry.rig
     offsets = {name: round(rig.time_offset_s(name) * 1e9) for name in rig.names()}
-    return {'depth_aux': 'depth' in rig.cameras, 'offsets_ns': offsets,
+    # depth is an auxiliary input of rgb_lwir only when that pair goes through the rig
+    return {'depth_aux': 'depth' in rig.cameras and 'lwir' in rig.cameras, 'offsets_ns': offsets,
             'depth_max_age_ns': settings.rig_depth_max_age_ns}

@@ -38,6 +38,7 @@ from nmr.pipeline.settings import (
     NodeSettings,
     camera_info_topic,
     create_registrar,
+    geometry_for,
     load_geometry,
     make_processor,
     model_path,
@@ -246,8 +247,9 @@ def make_processors(settings: NodeSettings, log: Callable[[str], None] = print,
     """One PairProcessor per configured pair (ModelFileError naming a missing or wrong model)."""
     processors = {}
     for pair in settings.pairs:
-        if geometry is not None and not settings.residual:  # geometry only: no network
-            processors[pair] = make_processor(None, pair, settings, geometry)
+        pair_geometry = geometry_for(geometry, pair)
+        if pair_geometry is not None and not settings.residual:  # geometry only: no network
+            processors[pair] = make_processor(None, pair, settings, pair_geometry)
             continue
         path = model_path(settings, pair)
         if not path.is_file():
@@ -255,7 +257,7 @@ def make_processors(settings: NodeSettings, log: Callable[[str], None] = print,
             raise ModelFileError(f'model file {path} for {pair} does not exist: pass {option} or run only '
                                  'the other pair (--pairs)')
         registrar = create_registrar(path, settings, pair, log)
-        processors[pair] = make_processor(registrar, pair, settings, geometry)
+        processors[pair] = make_processor(registrar, pair, settings, pair_geometry)
     return processors
 
 
@@ -295,7 +297,7 @@ def register_bag(args: argparse.Namespace) -> dict[str, Any]:
     infos, info_problem = read_camera_infos(args.inputs, info_topics)
     backend_log = BackendLog('nmr register-bag', getattr(args, 'verbose', False))
     geometry = load_geometry(settings, log=lambda text: print(f'nmr register-bag: {text}', file=sys.stderr))
-    if geometry is not None and 'rgb_lwir' in settings.pairs and 'depth' not in streams:
+    if geometry_for(geometry, 'rgb_lwir') is not None and 'rgb_lwir' in settings.pairs and 'depth' not in streams:
         depth_topic = settings.inputs['depth'].subscribed_topic
         if depth_topic in list_topics(args.inputs):
             streams['depth'] = 1

@@ -449,7 +449,8 @@ def make_processor(registrar: RegistrarProtocol | None, pair: str, settings: Nod
 
 def load_geometry(settings: NodeSettings, log: Callable[[str], None]) -> GeometricStage | None:
     """The geometric stage of the settings' rig file (None without one); ConfigError for a bad rig file or a
-    rig that lacks a configured pair's camera."""
+    rig that has the camera of none of the configured pairs. A pair whose camera the rig lacks is registered
+    by its network (said once here)."""
     if not settings.rig:
         return None
     from nmr.geometry.registration import GeometricStage
@@ -457,5 +458,15 @@ def load_geometry(settings: NodeSettings, log: Callable[[str], None]) -> Geometr
 
     rig = Rig.load(Path(settings.rig).expanduser())
     stage = GeometricStage(rig, settings.rig_plane_distance_m, log=log, motion=settings.rig_motion)
-    stage.check_pairs(settings.pairs)
+    if not any(stage.covers(pair) for pair in settings.pairs):
+        stage.check_pairs(settings.pairs)  # raises, naming the first missing camera
+    for pair in settings.pairs:
+        if not stage.covers(pair):
+            log(f'rig file {settings.rig} has no {pair.split("_", 1)[1]} camera: {pair} is registered by its '
+                f'network (models.{pair}), the other pairs through the rig')
     return stage
+
+
+def geometry_for(geometry: GeometricStage | None, pair: str) -> GeometricStage | None:
+    """The rig's stage for `pair`, or None when there is no rig or it lacks the pair's camera."""
+    return geometry if geometry is not None and geometry.covers(pair) else None

@@ -72,6 +72,7 @@ from nmr.pipeline.settings import (
     camera_info_topic,
     configure_threads,
     create_registrar,
+    geometry_for,
     load_geometry,
     make_processor,
     model_path,
@@ -413,7 +414,7 @@ class RegisterNode(Node):
         """Load each pair's model when it is first needed, and again when its file appears or changes."""
         now = time.monotonic()
         for pair in (self.pairs.values() if pairs is None else pairs):
-            if self.geometry is not None and not self.settings.residual:
+            if geometry_for(self.geometry, pair.name) is not None and not self.settings.residual:
                 self._geometry_only(pair)
                 continue
             if now - pair.model_checked < self.settings.model_retry_s:
@@ -459,7 +460,7 @@ class RegisterNode(Node):
 
             registrar = create_registrar(path, s, pair.name, log=log, parallel=len(self.pairs))  # refuses
             # another pair's model
-            pair.processor = make_processor(registrar, pair.name, s, self.geometry)
+            pair.processor = make_processor(registrar, pair.name, s, geometry_for(self.geometry, pair.name))
         except NmrUserError as err:
             pair.processor = None
             pair.stats.state, pair.stats.level = f'idle: {err}', ERROR
