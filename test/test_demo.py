@@ -45,11 +45,29 @@ def test_demo_offline_writes_bag_sheets_and_summary(tmp_path: Path, tiny_models:
     printed = capsys.readouterr().out
     assert 'nmr demo summary' in printed and 'EPE' in printed and str(out) in printed
     assert f'rgb_lwir: {summary["frames"]["rgb_lwir"]["offered"]} LWIR + ' in printed
-    assert 'nmr demo --rig true' in printed  # without a rig file it points to registration through depth
+    # by default the rig the drivers publish (RGB + depth camera_info, /tf_static): depth through the rig,
+    # LWIR by its network, compared with the networks alone
+    assert summary['rig_cameras'] == ['rgb', 'depth'] and (out / 'rig_drivers.yaml').is_file()
+    assert 'registered through the rig (geometry only)' in printed.split('rgb_depth: ', 2)[-1]
+    assert 'registered by the network (the rig has no lwir camera)' in printed
+    assert set(summary['alignment_network_only']) == {'rgb_lwir', 'rgb_depth'}
+    assert summary['alignment']['rgb_depth']['epe_percent_of_unregistered'] < 10  # exact up to depth holes
     from nmr.data.bag_reader import list_topics
 
     topics = list_topics(out / 'registered')  # the same topics as nmr register-bag writes, fused included
     assert {'/nmr/fused/rgb', '/nmr/fused/lwir', '/nmr/fused/depth', '/nmr/rgb_lwir/flow'} <= set(topics)
+
+
+def test_demo_with_rig_none_runs_the_networks_alone_and_points_to_the_rig(
+        tmp_path: Path, tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / 'demo'
+    code = main(['demo', '--out', str(out), '--mode', 'offline', '--duration', '0.2', '--size-scale', '0.25',
+                 '--rig', 'none', '--model-rgb-lwir', str(tiny_models['rgb_lwir']),
+                 '--model-rgb-depth', str(tiny_models['rgb_depth']), '--sheets', '1'])
+    assert code == 0
+    summary = json.loads((out / 'summary.json').read_text())
+    assert 'rig' not in summary and not (out / 'registered_network').exists()
+    assert 'nmr demo --rig drivers' in capsys.readouterr().out
 
 
 def test_demo_without_models_names_the_missing_file(tmp_path: Path) -> None:

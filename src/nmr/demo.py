@@ -5,10 +5,15 @@
    outputs recorded into a bag) or, where DDS is unavailable or `--mode offline`, `nmr register-bag`;
 3. the outputs are scored against the rig's ground truth and drawn as Figure-4 contact sheets.
 
-With `--rig true` (the synthetic rig's true geometry, written to `rig_true.yaml`) or `--rig RIG.yaml` the
-pipeline registers through depth (the node's `rig` parameter; `--residual` adds the network's residual),
-and the network alone is run as well (offline, `registered_network/`), so that the summary compares the
-geometric flow with the network's on the same frames.
+By default (`--rig drivers`) the pairs whose camera the bag's drivers describe are registered through
+depth: the RealSense publishes its colour and depth camera_info and the depth-colour extrinsics on
+/tf_static (nmr.calibration.drivers writes them as `rig_drivers.yaml`), so rgb_depth needs no calibration;
+rgb_lwir stays with its network (no driver relates the LWIR camera to the RealSense). `--rig true` (the
+synthetic rig's true geometry, `rig_true.yaml`) or `--rig RIG.yaml` (nmr calibrate) register both pairs
+through depth; `--rig none` runs the networks alone. With a rig the node's `rig` parameter is set
+(`--residual` adds the network's residual), and the networks alone are run as well (offline,
+`registered_network/`), so that the summary compares the geometric flow with the network's on the same
+frames.
 
 Everything it writes goes under `--out`: `input_rig/` (the synthetic rosbag2 bag), `registered/` (rosbag2
 bag, mcap storage: the node's outputs; its .mcap file opens in Foxglove), `contact_<pair>.png`,
@@ -62,9 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--rate', type=float, default=None,
                         help='live mode: playback rate factor (default 1; refused with --mode offline)')
     parser.add_argument('--sheets', type=int, default=4, help='frames per contact sheet (default 4)')
-    parser.add_argument('--rig', default=None, metavar='true|RIG.yaml',
-                        help="register through depth with a rig file: 'true' = the synthetic rig's true geometry; "
-                             'the summary then compares it with the network alone')
+    parser.add_argument('--rig', default='drivers', metavar='drivers|none|true|RIG.yaml',
+                        help="register through depth with a rig: 'drivers' (default) = what the bag's camera "
+                             "drivers publish (RGB and depth camera_info, the RealSense's /tf_static; LWIR, which "
+                             "no driver relates to the RealSense, stays with the network), 'none' = the networks "
+                             "alone, 'true' = the synthetic rig's true geometry, or a rig file (nmr calibrate); "
+                             'the summary compares the rig with the network alone')
     parser.add_argument('--residual', action='store_true',
                         help='with --rig: also compose the network\'s residual on the pre-warped pair')
     parser.add_argument('--overwrite', action='store_true',
@@ -73,7 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 #: What a demo run writes into --out (and what --overwrite replaces); anything else there is left alone.
-OUTPUT_NAMES = ('input_rig', 'registered', 'registered_network', 'rig_true.yaml', 'summary.json', 'register_node.log',
+OUTPUT_NAMES = ('input_rig', 'registered', 'registered_network', 'rig_true.yaml', 'rig_drivers.yaml', 'summary.json',
+                'register_node.log',
                 'contact_*.png', 'flicker_*.gif')
 
 
@@ -152,21 +161,40 @@ def make_rig(args: argparse.Namespace, bag: Path) -> None:
 
 
 def rig_file(args: argparse.Namespace, out: Path) -> Path | None:
-    """The rig file of `--rig`: 'true' writes the synthetic rig's true geometry to out/rig_true.yaml."""
+    """The rig file of `--rig`: 'true' writes the synthetic rig's true geometry to out/rig_true.yaml;
+    'drivers' names out/rig_drivers.yaml, written from the rendered bag by `drivers_rig`."""
     from nmr.geometry.rig import Rig
     from nmr.synth.cameras import default_rig
 
-    if args.rig is None:
+    if args.rig is None or args.rig.lower() == 'none':
         return None
+    if args.rig.lower() == 'drivers':
+        return out / 'rig_drivers.yaml'
     if args.rig.lower() == 'true':
         path = out / 'rig_true.yaml'
         Rig.from_synth(default_rig(args.size_scale)).save(path)
         return path
     path = Path(args.rig)
     if not path.is_file():
-        raise ConfigError(f"--rig {path}: no such file; give a RIG.yaml or 'true' (the synthetic rig's own)")
+        raise ConfigError(f"--rig {path}: no such file; give a RIG.yaml, 'drivers' (what the camera drivers "
+                          "publish) or 'true' (the synthetic rig's own)")
     Rig.load(path)  # a bad rig file fails here, before anything is rendered (one-line ConfigError)
     return path
+
+
+def drivers_rig(bag: Path, path: Path) -> None:
+    """Write the rig the bag's drivers describe (nmr.calibration.drivers: camera_info and /tf_static)."""
+    from nmr.calibration.drivers import rig_from_drivers
+
+    rig, notes = rig_from_drivers([bag], DEFAULT_TOPICS)
+    rig.save(path)
+    print(f'[1b/3] rig from the drivers (camera_info, /tf_static) -> {path}: ' + '; '.join(notes))
+
+
+def rig_cameras(rig: Path | None) -> list[str]:
+    from nmr.geometry.rig import Rig
+
+    return Rig.load(rig).names() if rig is not None else []
 
 
 def run_offline(args: argparse.Namespace, bag: Path, models: dict[str, Path], out_bag: Path,
@@ -288,6 +316,9 @@ def run(args: argparse.Namespace) -> int:
     rig = rig_file(args, out)
     start = time.monotonic()
     make_rig(args, bag)
+    if rig is not None and args.rig.lower() == 'drivers':
+        drivers_rig(bag, rig)
+    cameras = rig_cameras(rig)
     if args.mode == 'offline':
         run_info = run_offline(args, bag, models, out_bag, rig)
     else:
@@ -309,12 +340,14 @@ def run(args: argparse.Namespace) -> int:
     print('[3/3] scoring against the rig ground truth and drawing contact sheets')
     backend = run_info.get('backend', 'see log')
     how = f'   rig {rig}' + (' + residual' if args.residual else ' (geometry)') if rig is not None else ''
-    titles = {p: f'nmr demo   pair {p}   model {models[p]}   backend {backend}{how}' for p in PAIRS}
+    titles = {p: f'nmr demo   pair {p}   model {models[p]}   backend {backend}'
+                 f'{how if PAIR_FIXED_KIND[p] in cameras else ""}' for p in PAIRS}
     scores, figures = score_and_draw(bag, out_bag, out, args.sheets, titles)
     frames = frame_counts(bag, run_info.pop('node_counts', {}), run_info.pop('processed_per_pair', {}))
     summary = {'models': {p: str(m) for p, m in models.items()}, **run_info, 'frames': frames,
                'alignment': scores,
-               **({'rig': str(rig), 'residual': bool(args.residual), 'alignment_network_only': network_scores}
+               **({'rig': str(rig), 'rig_cameras': cameras, 'residual': bool(args.residual),
+                   'alignment_network_only': network_scores}
                   if rig is not None else {}),
                'outputs': {'bag': str(out_bag), 'mcap': [str(p) for p in sorted(out_bag.glob('*.mcap'))],
                            'contact_sheets': [str(f) for f in figures if f.suffix == '.png'],
@@ -392,19 +425,24 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
             print(f'{key.replace("_", " ")}: {summary[key]}')
     rig = summary.get('rig')
     how = ('through the rig' + (' + residual' if summary.get('residual') else ' (geometry only)')) if rig else ''
+    cameras = summary.get('rig_cameras', [])
     for pair, s in summary['alignment'].items():
+        covered = bool(how) and PAIR_FIXED_KIND[pair] in cameras
+        pair_how = how if covered else (
+            f'by the network (the rig has no {PAIR_FIXED_KIND[pair]} camera)' if how else '')
         print(f'{pair}: {s["frames"]} frames scored, EPE {s["epe_before_px"]} px unregistered -> '
-              f'{s["epe_after_px"]} px registered{" " + how if how else ""} '
+              f'{s["epe_after_px"]} px registered{" " + pair_how if pair_how else ""} '
               f'({s["epe_percent_of_unregistered"]} % of unregistered: '
               f'{verdict(s["epe_percent_of_unregistered"])})')
         net = (summary.get('alignment_network_only') or {}).get(pair)
-        if net:
+        if net and covered:
             print(f'{" " * len(pair)}  network only: {net["epe_after_px"]} px '
                   f'({net["epe_percent_of_unregistered"]} % of unregistered)')
     print('(the demo renders its own scene: these numbers are not the evaluation of models/README.md)')
     if not rig:
-        print('(the network alone; a calibrated rig registers through its depth: nmr demo --rig true, '
-              'README "Calibrate your rig")')
+        print('(the networks alone; with the rig the drivers publish, depth is registered through its own '
+              'measurement: nmr demo --rig drivers (the default); a calibrated rig does LWIR too: README '
+              '"Calibrate your rig")')
     names = [Path(p).name for p in summary['outputs']['contact_sheets'] + summary['outputs']['flicker_gifs']]
     mcap = ', '.join(str(Path(p).relative_to(out)) for p in summary['outputs']['mcap'])
     print(f'outputs in {out}/: {mcap} (the outputs bag: open it in Foxglove), '

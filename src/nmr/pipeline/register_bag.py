@@ -304,8 +304,11 @@ def register_bag(args: argparse.Namespace) -> dict[str, Any]:
             topic_stream[depth_topic] = 'depth'
         # else: the geometric stage says once that it falls back to the plane model
     processors = make_processors(settings, log=backend_log, geometry=geometry)
+    networked = [p for p in settings.pairs if processors[p].registrar is not None]
     if not backend_log.verbose and backend_log.chosen:
-        print(f'nmr register-bag: {backend_log.summary(list(settings.pairs))} (-v: the backends passed over)',
+        through_rig = [p for p in settings.pairs if p not in networked]
+        rig_text = f'; {", ".join(through_rig)} through the rig' if through_rig else ''
+        print(f'nmr register-bag: {backend_log.summary(networked)}{rig_text} (-v: the backends passed over)',
               file=sys.stderr)
     progress = _Progress(count_messages(args.inputs, list(topic_stream)), args.quiet)
     state = _Run(FrameSetCore(settings.pairs, settings.sync_slop_ns, settings.sync_queue_size, keep='all',
