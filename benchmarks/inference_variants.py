@@ -36,8 +36,9 @@ def flipped(predict: Predict, moving: np.ndarray, fixed: np.ndarray, axes: tuple
     """The flow of the pair flipped along `axes` (0 = upside-down, 1 = left-right), flipped back."""
     flow = predict(np.ascontiguousarray(np.flip(moving, axes)), np.ascontiguousarray(np.flip(fixed, axes)))
     flow = np.flip(flow, axes).copy()
-    for axis in axes:
-        flow[..., 0 if axis == 1 else 1] *= -1
+    for axis in axes:  # v' = S_f - 1 - v and m' = S_m - 1 - m give phi = (S_m - S_f) - phi' (sizes may differ)
+        channel = 0 if axis == 1 else 1
+        flow[..., channel] = (moving.shape[axis] - fixed.shape[axis]) - flow[..., channel]
     return flow
 
 
