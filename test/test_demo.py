@@ -107,7 +107,7 @@ def test_the_summary_says_in_words_when_the_model_made_alignment_worse() -> None
     from nmr.demo import verdict
 
     assert verdict(117.6).startswith('WORSE than no registration')
-    assert verdict(9.7) == 'the model removed 90 % of the misalignment'
+    assert verdict(9.7) == 'registration removed 90 % of the misalignment'
     assert 'did not help' in verdict(100.4)
 
 

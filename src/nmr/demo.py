@@ -399,14 +399,14 @@ def frames_line(pair: str, c: dict[str, Any]) -> str:
 
 
 def verdict(percent: float | None) -> str:
-    """The alignment change in words: a percentage above 100 means the model made it worse."""
+    """The alignment change in words (network or rig): above 100 % the registration made it worse."""
     if percent is None or not math.isfinite(percent):
         return 'no ground truth to compare with'
     if percent > 102.0:
-        return 'WORSE than no registration: the model added misalignment'
+        return 'WORSE than no registration: registration added misalignment'
     if percent >= 98.0:
-        return 'about the same as no registration: the model did not help'
-    return f'the model removed {100.0 - percent:.0f} % of the misalignment'
+        return 'about the same as no registration: registration did not help'
+    return f'registration removed {100.0 - percent:.0f} % of the misalignment'
 
 
 def print_summary(summary: dict[str, Any], out: Path) -> None:
