@@ -46,6 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='refine the poses read from /tf_static too (default: keep them as given)')
     parser.add_argument('--ignore-tf-static', action='store_true',
                         help='do not read /tf_static: estimate every pose from the images')
+    parser.add_argument('--lwir-translation', default=None, metavar='X,Y,Z',
+                        help='the LWIR camera\'s position in the RGB optical frame (metres: x right, y down, '
+                             'z forward), e.g. from the CAD drawing or a tape measure: the start of the fit '
+                             'and a Gaussian prior on it (the images alone hardly determine the baseline); '
+                             'write --lwir-translation=-0.06,0,0 when X is negative')
+    parser.add_argument('--lwir-translation-sigma', type=float, default=None, metavar='S',
+                        help='standard deviation of --lwir-translation in metres (default 0.01: a tape '
+                             'measure); smaller holds the translation closer to it')
     parser.add_argument('--no-time-offset', action='store_true',
                         help='keep the LWIR time offset at 0 (e.g. hardware-triggered cameras)')
     parser.add_argument('--seed', type=int, default=0, help='seed (the result is deterministic for a seed)')
@@ -67,7 +75,8 @@ def _signature(args: argparse.Namespace, topics: dict[str, str]) -> str:
                 files.append([str(f.resolve()), st.st_size, int(st.st_mtime)])
     doc = {'v': METHOD_VERSION, 'files': files, 'topics': topics, 'frames': args.frames,
            'refine': args.refine_intrinsics, 'dt': not args.no_time_offset, 'seed': args.seed,
-           'refine_ext': args.refine_extrinsics, 'tf': not args.ignore_tf_static}
+           'refine_ext': args.refine_extrinsics, 'tf': not args.ignore_tf_static,
+           'lwir_t': args.lwir_translation, 'lwir_t_sigma': args.lwir_translation_sigma}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -93,7 +102,40 @@ def _resolve_streams(args: argparse.Namespace) -> tuple[dict[str, str], list[str
     return topics, notes
 
 
+DEFAULT_TRANSLATION_SIGMA_M = 0.01
+MAX_BASELINE_M = 0.4  # the solver's bound on a translation (solver.BOUNDS)
+
+
+def parse_translation(text: str | None, sigma: float | None) -> tuple[tuple[float, float, float] | None, float]:
+    """``--lwir-translation X,Y,Z`` and ``--lwir-translation-sigma S`` checked: (metres, sigma), or
+    (None, default sigma) when no translation is given; one-line ConfigError otherwise."""
+    if text is None:
+        if sigma is not None:
+            raise ConfigError(f'--lwir-translation-sigma {sigma:g} needs --lwir-translation X,Y,Z (the LWIR '
+                              'position in metres it is the uncertainty of)')
+        return None, DEFAULT_TRANSLATION_SIGMA_M
+    parts = text.replace(' ', '').split(',')
+    try:
+        xyz = [float(v) for v in parts]
+    except ValueError:
+        xyz = []
+    if len(xyz) != 3 or not all(math.isfinite(v) for v in xyz):
+        raise ConfigError(f'--lwir-translation {text!r}: give three numbers X,Y,Z in metres (e.g. 0.06,0,0 for a '
+                          'LWIR camera 6 cm to the right of the RGB camera)')
+    if max(abs(v) for v in xyz) > MAX_BASELINE_M:
+        raise ConfigError(f'--lwir-translation {text}: {max(abs(v) for v in xyz):g} m is beyond a rig\'s '
+                          f'{MAX_BASELINE_M:g} m; the values are metres, not millimetres (e.g. 0.06,0,0)')
+    s = DEFAULT_TRANSLATION_SIGMA_M if sigma is None else sigma
+    if not math.isfinite(s) or s <= 0:
+        raise ConfigError(f'--lwir-translation-sigma {s:g}: give a positive standard deviation in metres '
+                          f'(e.g. {DEFAULT_TRANSLATION_SIGMA_M:g} for a tape measure)')
+    if s < 1e-4:
+        raise ConfigError(f'--lwir-translation-sigma {s:g}: under 0.1 mm; give at least 0.0001 m')
+    return (xyz[0], xyz[1], xyz[2]), s
+
+
 def run(args: argparse.Namespace) -> int:
+    lwir_translation, lwir_sigma = parse_translation(args.lwir_translation, args.lwir_translation_sigma)
     for bag in args.bag:
         if not Path(bag).exists():
             raise ConfigError(f'bag {bag} does not exist; check the path')
@@ -118,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
     streams = [bagdata.index_bag(Path(b), topics) for b in args.bag]
     use_depth = 'depth' in topics
     options = Options(refine_intrinsics=args.refine_intrinsics, time_offset=not args.no_time_offset,
-                      seed=args.seed, quiet=args.quiet, refine_extrinsics=args.refine_extrinsics)
+                      seed=args.seed, quiet=args.quiet, refine_extrinsics=args.refine_extrinsics,
+                      lwir_translation=lwir_translation, lwir_translation_sigma=lwir_sigma)
     # poses the drivers already publish (/tf_static), between the first bag's camera frames
     given: dict[str, Any] = {}
     if not args.ignore_tf_static:
@@ -130,6 +173,18 @@ def run(args: argparse.Namespace) -> int:
                          f'{frames.get("rgb")} and the other cameras\' frames '
                          f'({", ".join(f"{k}: {v}" for k, v in frames.items() if k != "rgb")}): poses estimated')
     options.given_poses = set(given)
+    if lwir_translation is not None:
+        if 'lwir' not in topics:
+            raise ConfigError(f'--lwir-translation: the bag(s) have no LWIR topic {DEFAULT_TOPICS["lwir"]}; '
+                              'give --lwir-topic or drop the option')
+        if 'lwir' in given:
+            raise ConfigError(f'--lwir-translation: {tfstatic.TF_STATIC_TOPIC} already gives the LWIR pose '
+                              f'({" -> ".join(given["lwir"][1])}); drop the option or add --ignore-tf-static')
+        if use_depth:
+            notes.append(f'LWIR translation starts at [{", ".join(f"{1000 * v:+.1f}" for v in lwir_translation)}] '
+                         f'mm with a Gaussian prior of {1000 * lwir_sigma:g} mm (--lwir-translation)')
+        else:
+            notes.append('LWIR translation kept at --lwir-translation (without depth it is not estimated)')
     for cam, (_, chain) in given.items():
         how = 'refined from there (--refine-extrinsics)' if args.refine_extrinsics else 'kept fixed'
         notes.append(f'{cam} pose from {tfstatic.TF_STATIC_TOPIC} ({" -> ".join(chain)}), {how}')
@@ -206,6 +261,8 @@ def run(args: argparse.Namespace) -> int:
     init = initial_params()
     for cam, (pose, _) in given.items():
         init[f'{cam}_rot'], init[f'{cam}_trans'] = params_from_pose(pose.rotvec(), pose.t)
+    if lwir_translation is not None:  # the given position, no rotation (searched for next)
+        init['lwir_rot'], init['lwir_trans'] = params_from_pose([0.0, 0.0, 0.0], lwir_translation)
     params = dict(init)
     if use_depth:
         params = stage('rgb_depth', solver.stage_rgb_depth, params)
@@ -271,7 +328,11 @@ def parameter_sources(topics: dict[str, str], streams: dict[str, Any], given: di
         elif name in given:
             src['pose'] = 'tf_static, refined' if options.refine_extrinsics else 'tf_static'
         elif name == 'lwir' and 'depth' not in topics:
-            src['pose'] = 'estimated (rotation only; translation 0)'
+            src['pose'] = ('estimated (rotation only; translation from --lwir-translation)'
+                           if options.lwir_translation is not None else 'estimated (rotation only; translation 0)')
+        elif name == 'lwir' and options.lwir_translation is not None:
+            sigma = options.lwir_translation_sigma
+            src['pose'] = f'estimated (translation prior: --lwir-translation, sigma {sigma:g} m)'
         else:
             src['pose'] = 'estimated'
         if name == 'lwir':

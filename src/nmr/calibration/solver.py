@@ -32,7 +32,7 @@ import torch
 
 from nmr.atomic import write_text
 from nmr.calibration.bagdata import Moment
-from nmr.calibration.objective import Cameras, LevelMoment, moment_scores, prepare
+from nmr.calibration.objective import Cameras, LevelMoment, moment_scores, param_unit, prepare
 from nmr.geometry.pose import matrix_to_rotvec, rotvec_to_matrix
 
 LEVELS = (8.0, 4.0, 2.0, 1.0)
@@ -44,6 +44,11 @@ BLOCKS = 3
 BLOCK_ITERS = 25
 MAX_POINTS = 60_000  # per moment and level: the grid step grows for bigger depth images
 SCORE_SCALE = 100.0  # the score moves ~0.01 per parameter unit: scaled, the gradients are O(1) for L-BFGS
+#: the translation prior's weight: a deviation of ``k`` sigma from the given translation costs as much as a
+#: drop of ``PRIOR_SCORE_PER_SIGMA2 * k^2 / 2`` of the mean NGF score. Why this size: the score's translation
+#: signal is weak (truth vs the zero-baseline fit 0.003 apart at the finest level on the development rig,
+#: 4 cm apart), so the prior should dominate beyond a sigma or two but leave the data room within one
+PRIOR_SCORE_PER_SIGMA2 = 0.002
 
 
 class Progress:
@@ -83,6 +88,10 @@ class Options:
     #: start of a fit at the two finest levels instead (no search: the given pose is close)
     given_poses: set[str] = field(default_factory=set)
     refine_extrinsics: bool = False
+    #: a known LWIR translation (metres, RGB optical frame; e.g. from the CAD drawing or a tape measure) and
+    #: its standard deviation: the start of the fit and a Gaussian prior on it (:meth:`Solver.prior`)
+    lwir_translation: tuple[float, float, float] | None = None
+    lwir_translation_sigma: float = 0.01
 
     def pose_fixed(self, cam: str) -> bool:
         return cam in self.given_poses and not self.refine_extrinsics
@@ -184,7 +193,7 @@ class Solver:
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
-            loss = -SCORE_SCALE * moment_scores(lms, self.pb.cams, p, pairs).mean() + _barrier(p)
+            loss = -SCORE_SCALE * moment_scores(lms, self.pb.cams, p, pairs).mean() + _barrier(p) + self.prior(p)
             loss.backward()
             calls[0] += 1
             if calls[0] <= iters:
@@ -195,6 +204,18 @@ class Solver:
         if calls[0] < iters:
             self.progress.step(iters - calls[0], label)
         return _lists(p)
+
+    def prior(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The Gaussian prior on the LWIR translation (``Options.lwir_translation``), in loss units:
+        ``SCORE_SCALE * PRIOR_SCORE_PER_SIGMA2 * |t - t0|^2 / sigma^2 / 2``; 0 when none is given or the
+        translation is not free."""
+        opt = self.pb.options
+        t = p.get('lwir_trans')
+        if opt.lwir_translation is None or t is None or not t.requires_grad:
+            return torch.zeros(())
+        d = (t * param_unit('lwir_trans') - torch.tensor(opt.lwir_translation, dtype=t.dtype))
+        d = d / opt.lwir_translation_sigma
+        return 0.5 * SCORE_SCALE * PRIOR_SCORE_PER_SIGMA2 * (d * d).sum()
 
     def reject_outliers(self, params: dict[str, list[float]], pairs: Sequence[str], lev: float) -> None:
         s = self.scores(params, pairs, lev)
