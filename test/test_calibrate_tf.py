@@ -178,3 +178,20 @@ def test_a_bag_whose_tf_static_does_not_link_the_cameras_is_estimated(rig_bag: P
                    '--no-time-offset'])
     assert report['sources']['depth']['pose'] == 'estimated'
     assert 'no transform between the RGB frame camera_color_optical_frame' in capsys.readouterr().err
+
+
+def test_drivers_only_writes_rgb_and_depth_as_published_and_nothing_else(
+        rig_bag: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--drivers-only`: the depth camera exactly as camera_info and /tf_static give it; the LWIR camera
+    (no transform to the RealSense) is left out, and the output says so."""
+    truth = Rig.load(rig_bag / RIG_TRUE_FILE)
+    out = tmp_path / 'drivers.yaml'
+    assert main(['calibrate', '--bag', str(rig_bag), '--out', str(out), '--drivers-only']) == 0
+    rig = Rig.load(out)
+    assert rig.names() == ['rgb', 'depth']
+    assert rig.pose('depth').allclose(truth.pose('depth'), atol=1e-9)
+    assert rig.camera('depth') == truth.camera('depth') and rig.camera('rgb') == truth.camera('rgb')
+    printed = capsys.readouterr().out
+    assert 'lwir: no /tf_static transform' in printed and 'nothing estimated' in printed
+    assert main(['calibrate', '--bag', str(rig_bag), '--out', str(out), '--drivers-only', '--ignore-tf-static']) == 2
+    assert '--drivers-only takes the poses from /tf_static' in capsys.readouterr().err

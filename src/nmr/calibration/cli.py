@@ -62,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='before/after overlay PNG (default: next to --out, RIG_overlay.png)')
     parser.add_argument('--fresh', action='store_true', help='ignore saved stage results and start over')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    parser.add_argument('--drivers-only', action='store_true',
+                        help='estimate nothing: write the cameras the drivers describe (camera_info and a '
+                             '/tf_static pose to RGB; a RealSense: RGB and depth), in seconds; pairs of the '
+                             'cameras left out are registered by their network')
 
 
 def _signature(args: argparse.Namespace, topics: dict[str, str]) -> str:
@@ -145,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f'--threads {args.threads}: use 1 or more')
     if args.out.suffix not in ('.yaml', '.yml'):
         raise ConfigError(f'--out {args.out}: give a .yaml file name for the rig')
+    if args.drivers_only:
+        return _drivers_only(args)
     import torch
 
     from nmr.calibration import bagdata, tfstatic
@@ -310,6 +316,23 @@ def run(args: argparse.Namespace) -> int:
             line += ' | spread over blocks: ' + ', '.join(f'{k} {v:.3g}' for k, v in sp.items())
         log(line)
     log(f'  figure: {figure}; report: {args.out.with_name(args.out.stem + ".report.json")}')
+    return 0
+
+
+def _drivers_only(args: argparse.Namespace) -> int:
+    """`--drivers-only`: the rig of nmr.calibration.drivers (nothing estimated)."""
+    from nmr.calibration.drivers import rig_from_drivers
+
+    if args.ignore_tf_static or args.lwir_translation is not None:
+        raise ConfigError('--drivers-only takes the poses from /tf_static and estimates nothing: drop '
+                          '--ignore-tf-static / --lwir-translation, or drop --drivers-only')
+    topics = {name: getattr(args, f'{name}_topic') or DEFAULT_TOPICS[name] for name in ('rgb', 'lwir', 'depth')}
+    rig, notes = rig_from_drivers([Path(b) for b in args.bag], topics)
+    rig.save(args.out)
+    for note in notes:
+        print(f'nmr calibrate: {note}')
+    print(f'nmr calibrate: wrote {args.out} ({", ".join(rig.names())}; nothing estimated): the pairs of the '
+          'cameras in it register through depth, the others by their network')
     return 0
 
 
