@@ -27,7 +27,7 @@ import numpy as np
 from nmr.domain import DEFAULT_TOPICS
 from nmr.errors import BagError, ConfigError
 
-METHOD_VERSION = 2
+METHOD_VERSION = 3  # 3: the depth pose from depth edges (nmr.calibration.edges)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,9 +2,12 @@
 
 Stages (each saved atomically when done, so an interrupted run resumes after the last finished stage):
 
-1. ``rgb_depth``: the depth camera's pose ``T_rgb_depth`` (6 parameters). A grid search over small
-   rotations at the coarsest level finds the basin (rigs are mounted within a few degrees), then Adam
-   at four blur levels maximises the NGF of RGB vs inverse depth.
+1. ``rgb_depth``: the depth camera's pose ``T_rgb_depth`` (6 parameters), when ``/tf_static`` does not
+   give it: the near sides of the depth discontinuities matched to RGB edges, pooled over the moments
+   (nmr.calibration.edges: a rotation grid, then point-to-line ICP). The NGF of RGB vs inverse depth,
+   which this stage used to maximise, ranks wrong poses above the true one (docs/results.md); it is
+   still the fallback when fewer than 3 moments show depth edges, and what ``--refine-extrinsics``
+   refines a given pose with.
 2. ``lwir``: the LWIR pose ``T_rgb_lwir`` through the depth (RGB vs depth is fixed now), its focal scale
    (``refine_intrinsics``) and its time offset. The time offset is first searched on a grid of
    ``TIME_GRID_S`` (each candidate gets a short pose fit at the coarsest level: the offset and a shift
@@ -31,9 +34,18 @@ import numpy as np
 import torch
 
 from nmr.atomic import write_text
+from nmr.calibration import edges
 from nmr.calibration.bagdata import Moment
-from nmr.calibration.objective import Cameras, LevelMoment, moment_scores, param_unit, prepare
-from nmr.geometry.pose import matrix_to_rotvec, rotvec_to_matrix
+from nmr.calibration.objective import (
+    Cameras,
+    LevelMoment,
+    moment_scores,
+    param_unit,
+    params_from_pose,
+    pose_of,
+    prepare,
+)
+from nmr.geometry.pose import Pose, matrix_to_rotvec, rotvec_to_matrix
 
 LEVELS = (8.0, 4.0, 2.0, 1.0)
 ITERS = (40, 40, 60, 80)
@@ -157,6 +169,8 @@ class Solver:
         self.progress = progress
         self.log = log
         self._levels: dict[tuple[float, tuple[int, ...]], list[LevelMoment]] = {}
+        self._edges: list[Any] | None = None
+        self._edges_failed = False
 
     # ------------------------------------------------------------------ plumbing
     def level(self, lev: float, which: Sequence[int] | None = None) -> list[LevelMoment]:
@@ -251,19 +265,45 @@ class Solver:
         return params
 
     # ------------------------------------------------------------------ stages
+    def edge_moments(self) -> list[Any]:
+        """The moments prepared for the edge measure (nmr.calibration.edges), once."""
+        if self._edges is None:
+            rgb, depth = self.pb.cams.rgb, self.pb.cams.depth
+            assert depth is not None
+            out = []
+            for m in self.pb.moments:
+                assert m.depth is not None
+                alpha = (m.t - m.rgb_t[0]) / max(m.rgb_t[1] - m.rgb_t[0], 1e-6)
+                out.append(edges.prepare(m.depth, m.rgb[0], m.rgb_flow, alpha, depth, rgb))
+                self.progress.step(1, 'rgb-depth: edges')
+            self._edges = out
+        return self._edges
+
+    def depth_by_edges(self) -> bool:
+        """Whether the depth pose is estimated by the edge measure (not given by /tf_static)."""
+        return self.pb.has_depth and not self.pb.options.pose_given('depth') and not self._edges_failed
+
+    def ngf_depth_blocks(self) -> bool:
+        """Whether the blocks refit the depth pose by NGF (a given pose refined, or the edge fit failed)."""
+        opt = self.pb.options
+        if not self.pb.has_depth or opt.pose_fixed('depth'):
+            return False
+        return opt.pose_given('depth') or self._edges_failed
+
     def work_units(self) -> dict[str, int]:
         fit = sum(ITERS)
         opt = self.pb.options
         search = len(ROT_GRID_DEG) ** 2
         units = {'rgb_depth': 0}
         if self.pb.has_depth and not opt.pose_fixed('depth'):
-            units['rgb_depth'] = sum(ITERS[2:]) if opt.pose_given('depth') else search + fit
+            units['rgb_depth'] = sum(ITERS[2:]) if opt.pose_given('depth') else len(self.pb.moments) + edges.FIT_STEPS
         if self.pb.has_lwir:
             units['lwir'] = (sum(ITERS[2:]) if opt.pose_given('lwir') else search + fit) if self.lwir_free() else 0
             if 'lwir_dt' in self.lwir_free():
                 units['lwir'] += len(TIME_GRID_S)
-        fits = int(self.pb.has_depth and not opt.pose_fixed('depth')) + int(self.pb.has_lwir and bool(self.lwir_free()))
-        units['blocks'] = BLOCKS * BLOCK_ITERS * 2 * fits
+        fits = int(self.ngf_depth_blocks())
+        fits += int(self.pb.has_lwir and bool(self.lwir_free()))
+        units['blocks'] = BLOCKS * BLOCK_ITERS * 2 * fits + (BLOCKS * edges.FIT_STEPS if self.depth_by_edges() else 0)
         return units
 
     def stage_rgb_depth(self, params: dict[str, list[float]]) -> dict[str, list[float]]:
@@ -273,8 +313,27 @@ class Solver:
             return params
         if self.pb.options.pose_given('depth'):  # --refine-extrinsics: from the given pose, fine levels only
             return self.coarse_to_fine(params, free, pairs, 'rgb-depth (refine)', start=2)
-        params = self.rotation_search(params, 'depth', pairs)
-        return self.coarse_to_fine(params, free, pairs, 'rgb-depth')
+        ems = self.edge_moments()
+        try:
+            pose, kept = edges.fit_depth_pose(ems, self.pb.cams.rgb,
+                                              step=lambda: self.progress.step(1, 'rgb-depth: edges'))
+        except ValueError as err:
+            self._edges_failed = True
+            self.log(f'  rgb-depth: {err}; falling back to the NGF of RGB vs inverse depth (less reliable)')
+            return self.stage_rgb_depth_ngf(params)
+        tau = edges.TAUS[-1] * self.pb.cams.rgb.width / 640.0
+        before = edges.chamfer_score([ems[i] for i in kept], self.pb.cams.rgb, Pose.identity(), tau)
+        after = edges.chamfer_score([ems[i] for i in kept], self.pb.cams.rgb, pose, tau)
+        self.log(f'  rgb-depth from depth edges on {len(kept)} of {len(ems)} moments: mean distance to the '
+                 f'nearest RGB edge {before:.2f} -> {after:.2f} px (truncated at {tau:.1f} px)')
+        out = dict(params)
+        out['depth_rot'], out['depth_trans'] = params_from_pose(pose.rotvec().tolist(), pose.t.tolist())
+        return out
+
+    def stage_rgb_depth_ngf(self, params: dict[str, list[float]]) -> dict[str, list[float]]:
+        """The depth pose by the NGF of RGB vs inverse depth: a rotation search, then coarse to fine."""
+        params = self.rotation_search(params, 'depth', ['rgb_depth'])
+        return self.coarse_to_fine(params, ['depth_rot', 'depth_trans'], ['rgb_depth'], 'rgb-depth')
 
     def lwir_free(self) -> list[str]:
         if self.pb.options.pose_fixed('lwir'):
@@ -333,8 +392,10 @@ class Solver:
         for b in range(BLOCKS):
             ids = kept[b * len(kept) // BLOCKS:(b + 1) * len(kept) // BLOCKS]
             p = dict(params)
+            if self.depth_by_edges():  # the edge measure on the block's moments, from the result
+                p['depth_rot'], p['depth_trans'] = self.edge_block(params, ids)
             for lev in LEVELS[-2:]:
-                if self.pb.has_depth and not self.pb.options.pose_fixed('depth'):
+                if self.ngf_depth_blocks():
                     p = self.adam(p, ['depth_rot', 'depth_trans'], ['rgb_depth'], lev, BLOCK_ITERS, LR[-1], ids,
                                   f'block {b + 1}/{BLOCKS}')
                 if self.pb.has_lwir and self.lwir_free():
@@ -342,6 +403,19 @@ class Solver:
                                   f'block {b + 1}/{BLOCKS}')
             out.append(p)
         return out
+
+    def edge_block(self, params: dict[str, list[float]], ids: Sequence[int]) -> tuple[list[float], list[float]]:
+        """The depth pose refitted by the edge measure on the moments ``ids`` from ``params``' pose."""
+        with torch.no_grad():
+            R, t = pose_of(_tensors(params, ()), 'depth')
+        start = Pose(R.double().numpy(), t.double().numpy())
+        ems = self.edge_moments()
+        try:
+            pose, _ = edges.fit_depth_pose([ems[i] for i in ids], self.pb.cams.rgb, start, search=False,
+                                           step=lambda: self.progress.step(1, 'blocks: depth edges'))
+        except ValueError:  # too few moments with edges in this block: no spread from it
+            return params['depth_rot'], params['depth_trans']
+        return params_from_pose(pose.rotvec().tolist(), pose.t.tolist())
 
     def pair_scores(self, params: dict[str, list[float]]) -> dict[str, float]:
         """Mean NGF score per compared pair at the finest level over the kept moments."""

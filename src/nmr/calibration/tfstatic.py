@@ -94,6 +94,8 @@ def read_static_tree(bags: Iterable[Path], topic: str = TF_STATIC_TOPIC) -> Stat
             for c in conns:
                 if c.msgtype != TF_MSGTYPE:
                     raise BagError(f'topic {topic} in {bag} is {c.msgtype}, not {TF_MSGTYPE}: rename or drop it')
+            if not conns:  # (an empty connection list would read every message of the bag)
+                continue
             for conn, _, raw in reader.messages(connections=conns):
                 msg: Any = reader.deserialize(raw, conn.msgtype)
                 for ts in msg.transforms:
