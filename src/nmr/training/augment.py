@@ -108,9 +108,13 @@ def inverse_on_grid(mis: Field, iterations: int = 30, stride: int = 1, tol: floa
         torch.linspace(0, mis.w - 1, wc, dtype=torch.float64),
         indexing='ij',
     )
-    d = -mis.at(xs, ys)
+    d = torch.nan_to_num(-mis.at(xs, ys), nan=0.0, posinf=0.0, neginf=0.0)
     for _ in range(iterations):
         nxt = -mis.at(xs + d[..., 0], ys + d[..., 1])
+        # where the iteration runs away (a strong local stretch: the field's Jacobian near or above 1) it can
+        # reach inf and NaN (a training item went NaN at epoch 87 of two runs): such points keep their last
+        # finite estimate, so the misaligned image stays finite (approximate there, the truth stays exact)
+        nxt = torch.where(torch.isfinite(nxt), nxt, d)
         change = float((nxt - d).abs().max())
         d = nxt
         if change < tol:
