@@ -17,11 +17,11 @@ from nmr.ros.testing import (  # noqa: E402 - after the importorskip
     INPUT_TOPICS,
     RosHarness,
     diagnostic_values,
+    end_node_fixture,
     make_frames,
     make_tiny_model,
     ros_env,
     start_node,
-    stop_node,
 )
 
 NS = '/nmr_nonfinite'
@@ -63,12 +63,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, RosHar
         harness.wait_matched(30.0)
         yield proc, harness, log
     finally:
-        harness.close()
-        rclpy.try_shutdown()
-        code = stop_node(proc)
-        text = log.read_text()
-        assert 'Traceback' not in text, text[-3000:]
-        assert code == 0, text[-2000:]
+        end_node_fixture(proc, harness, log)
 
 
 def _pair_values(harness: RosHarness) -> dict[str, str]:

@@ -288,6 +288,19 @@ def stop_node(proc: subprocess.Popen, timeout_s: float = 10.0) -> int:
     return int(proc.returncode)
 
 
+def end_node_fixture(proc: subprocess.Popen, harness: RosHarness, log_path: Path) -> None:
+    """The teardown of a live-node test fixture: close the harness and rclpy, stop the node (SIGINT), and
+    fail unless it exited 0 without a traceback in its log."""
+    import rclpy
+
+    harness.close()
+    rclpy.try_shutdown()
+    code = stop_node(proc)
+    text = log_path.read_text()
+    assert 'Traceback' not in text, text[-3000:]
+    assert code == 0, text[-2000:]
+
+
 def diagnostic_values(msg: Any) -> dict[str, dict[str, str]]:
     """DiagnosticArray -> {status name suffix: {key: value, 'level': .., 'message': ..}}."""
     out: dict[str, dict[str, str]] = {}
