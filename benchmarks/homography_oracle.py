@@ -22,8 +22,10 @@ from nmr.evaluation.baselines import identity_flow
 from nmr.evaluation.metrics import endpoint_error, ratio_percent
 
 
-def homography_flow(gt: np.ndarray, valid: np.ndarray | None, max_points: int = 20000) -> np.ndarray:
-    """The flow of the least-squares homography through the ground-truth correspondences (HxWx2)."""
+def homography_flow(gt: np.ndarray, valid: np.ndarray | None, max_points: int = 20000, method: int = 0,
+                    threshold: float = 3.0) -> np.ndarray:
+    """The flow of the homography through the correspondences v -> v + gt(v) (HxWx2): least squares, or
+    `method=cv2.RANSAC` with `threshold` px (benchmarks/inference_variants.py fits it to a network's flow)."""
     h, w = gt.shape[:2]
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
     mask = np.ones((h, w), bool) if valid is None else valid.astype(bool)
@@ -32,7 +34,7 @@ def homography_flow(gt: np.ndarray, valid: np.ndarray | None, max_points: int = 
     if len(src) > max_points:
         pick = np.random.default_rng(0).choice(len(src), max_points, replace=False)
         src, dst = src[pick], dst[pick]
-    H, _ = cv2.findHomography(src, dst, 0)
+    H, _ = cv2.findHomography(src, dst, method, threshold)
     grid = np.stack((xs, ys), axis=-1).reshape(-1, 1, 2)
     mapped = cv2.perspectiveTransform(grid, H).reshape(h, w, 2)
     return (mapped - np.stack((xs, ys), axis=-1)).astype(np.float32)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import cv2
 import numpy as np
+from homography_oracle import homography_flow  # the sibling benchmark: the same fit
 
 from nmr import flow as nmr_flow
 from nmr.data.pairs import read_manifest
@@ -55,13 +56,10 @@ def iterate(predict: Predict, moving: np.ndarray, fixed: np.ndarray, passes: int
 
 
 def fitted_homography(flow: np.ndarray, step: int = 8) -> np.ndarray:
-    h, w = flow.shape[:2]
-    ys, xs = np.mgrid[0:h:step, 0:w:step].astype(np.float32)
-    src = np.stack([xs.ravel(), ys.ravel()], 1)
-    homography, _ = cv2.findHomography(src, src + flow[::step, ::step].reshape(-1, 2), cv2.RANSAC, 3.0)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    points = np.stack([xx, yy, np.ones_like(xx)], 2) @ homography.T
-    return (points[..., :2] / points[..., 2:3] - np.stack([xx, yy], 2)).astype(np.float32)
+    """A homography fitted (RANSAC, 3 px) to every `step`-th pixel's flow."""
+    every = np.zeros(flow.shape[:2], bool)
+    every[::step, ::step] = True
+    return homography_flow(flow, every, method=cv2.RANSAC, threshold=3.0)
 
 
 def main() -> int:
