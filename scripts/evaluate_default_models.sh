@@ -7,6 +7,7 @@
 # the field drawn on the whole image and both images cropped to the centre (no border cue, issue 19):
 #   roadscene_<family>  roadscene validation scenes (47), RGB-LWIR, one manifest per family
 #   llvip_mixed         llvip scene 01 (never trained on; 32 pairs), RGB-LWIR, families mixed
+#   roadscene_fov, llvip_fov  the field-of-view family (zoom 0.9-1.7), RGB-LWIR
 #   roadscene_raw       roadscene validation scenes' RAW thermal frames vs their RGB crops (42 pairs): a real
 #                       field-of-view difference with an affine ground truth (make_roadscene_raw_manifest.py)
 #   rgbdd_<family>      rgbdd validation blocks (69), RGB-depth, one manifest per family
@@ -47,6 +48,15 @@ done
   --pairs "$data/llvip/visible" "$data/llvip/infrared" --scene-prefix 2 --val-fraction 0.3 --seed 2200 \
   --out "$sets/llvip_mixed"
 lwir_sets+=(llvip_mixed)
+# the field-of-view family (nmr.training.families `fov`, zoom 0.9-1.7: a second camera with another lens), new
+# in session 5's rgb_lwir; RGB-LWIR only (the rgb_depth model never trained on it)
+[ -f "$sets/roadscene_fov/manifest.csv" ] || $py scripts/make_misaligned_manifest.py --kind lwir \
+  --pairs "$data/roadscene/crop_LR_visible" "$data/roadscene/cropinfrared" --family fov --seed 2107 \
+  --out "$sets/roadscene_fov"
+[ -f "$sets/llvip_fov/manifest.csv" ] || $py scripts/make_misaligned_manifest.py --kind lwir \
+  --pairs "$data/llvip/visible" "$data/llvip/infrared" --scene-prefix 2 --val-fraction 0.3 --family fov \
+  --seed 2201 --out "$sets/llvip_fov"
+lwir_sets+=(roadscene_fov llvip_fov)
 # a REAL misalignment from no generator of ours: roadscene's raw thermal frame vs its RGB crop (different
 # fields of view, affine ground truth recovered thermal-to-thermal; held-out scenes)
 [ -f "$sets/roadscene_raw/manifest.csv" ] || $py scripts/make_roadscene_raw_manifest.py --data "$data/roadscene" \

@@ -27,7 +27,7 @@ def main() -> int:
     labels = sorted((p.name for p in args.eval_dir.iterdir()
                      if p.is_dir() and p.name not in ('sets', 'oracle') and any(p.glob('*.json'))),
                     key=lambda name: (name not in ('old', 'pre19'), name))  # the oldest models first
-    order = ['affine', 'homography', 'nonrigid', 'distortion', 'composite', 'legacy', 'mixed', 'parallax', 'raw',
+    order = ['affine', 'homography', 'nonrigid', 'distortion', 'composite', 'legacy', 'mixed', 'fov', 'parallax', 'raw',
              'lwir', 'depth']
 
     def key(name: str) -> tuple[int, int, str]:
@@ -53,6 +53,8 @@ def main() -> int:
             held = 'rig seed'
         if family == 'legacy':
             held = 'scenes (old family)'
+        if family == 'fov':
+            held = 'scenes (+ family before s5)'
         if family == 'raw':
             family, held = 'real field of view (affine)', 'scenes + generator + raw thermal'
         oracle = _load(args.eval_dir / 'oracle' / f'{name}.json')

@@ -129,6 +129,40 @@ def test_cue_free_crops_never_show_a_fill_wedge() -> None:
             assert float((pair.moving - 1).abs().max()) < 1e-5
 
 
+def test_fov_is_a_zoom_in_the_configured_range_that_samples_only_inside_the_canvas() -> None:
+    """The field-of-view family: phi is affine with singular values of (I + grad phi) near the drawn zoom, the
+    moving crop reads only canvas pixels (a clamped edge would be a cue), and where the moving camera sees
+    less (zoom > 1) the fixed crop's outer band is invalid, as for a narrower lens."""
+    cfg = AugmentConfig(enabled=True, fov_zoom=[0.9, 1.7])
+    h, w = 160, 200
+    region = crop_region(h, w, cfg.canvas_scale)
+    y0, x0, rh, rw = region
+    zooms, invalid_when_zoomed = [], []
+    for seed in range(12):
+        field = sample_family('fov', h, w, cfg, torch.Generator().manual_seed(seed), region)
+        phi = field_grid(field, (0, 0, h, w)).double()
+        # affine: second differences vanish (float32 grid); the linear part is the gradient
+        assert float((phi[:, :, 2:] - 2 * phi[:, :, 1:-1] + phi[:, :, :-2]).abs().max()) < 1e-4
+        jac = torch.tensor([[1 + float(phi[0, 0, 1] - phi[0, 0, 0]), float(phi[0, 1, 0] - phi[0, 0, 0])],
+                            [float(phi[1, 0, 1] - phi[1, 0, 0]), 1 + float(phi[1, 1, 0] - phi[1, 0, 0])]])
+        sv = torch.linalg.svdvals(jac)
+        zoom = float(sv.prod().sqrt())
+        assert 0.9 * 0.9 <= zoom <= 1.7 * 1.01 and float(sv[0] / sv[1]) < 1.25
+        zooms.append(zoom)
+        d = inverse_on_grid(field)
+        xs = torch.arange(w, dtype=torch.float64).view(1, w) + d[0]
+        ys = torch.arange(h, dtype=torch.float64).view(h, 1) + d[1]
+        crop = (slice(y0, y0 + rh), slice(x0, x0 + rw))
+        assert float(xs[crop].min()) >= -1e-6 and float(xs[crop].max()) <= w - 1 + 1e-6
+        assert float(ys[crop].min()) >= -1e-6 and float(ys[crop].max()) <= h - 1 + 1e-6
+        if zoom > 1.3:
+            pair = cue_free_pair(_smooth_image(h, w, seed), _smooth_image(h, w, seed), cfg,
+                                 torch.Generator().manual_seed(seed), family='fov')
+            invalid_when_zoomed.append(1.0 - float(pair.valid.float().mean()))
+    assert min(zooms) < 1.15 and max(zooms) > 1.45  # the range is used, not one zoom
+    assert invalid_when_zoomed and min(invalid_when_zoomed) > 0.25
+
+
 def test_random_borders_are_identical_in_both_images_and_marked_invalid() -> None:
     cfg = AugmentConfig(enabled=True, border_prob=1.0, border_max=0.3)
     g = torch.Generator().manual_seed(3)

@@ -81,6 +81,9 @@ class AugmentConfig:
     peak_px: float = 60.0  # cap on max |phi| (at reference_width; must stay below the canvas margin)
     max_gradient: float = 0.5  # cap on ||grad phi|| (invertible, det(I + grad phi) >= 0.25)
     nonrigid_grids: list[int] = field(default_factory=lambda: [3, 8])  # control grid size range (per axis)
+    # `fov` family: the moving camera's magnification against the fixed one, drawn uniformly (1.6: it sees the
+    # central 1 / 1.6 of the fixed view); below 1 it sees more (limited by the canvas margin)
+    fov_zoom: list[float] = field(default_factory=lambda: [0.9, 1.7])
     # No border cue: the field is drawn on a canvas canvas_scale x the visible crop and only the centre of
     # BOTH images is kept (1.25: a margin of 12.5 % of the width per side, above peak_px at 640 px).
     canvas_scale: float = 1.25
@@ -207,6 +210,9 @@ class TrainConfig:
             raise ConfigError(f'augment.nonrigid_grids {a.nonrigid_grids} must be [low, high], 2 <= low <= high')
         if not 0.0 < a.max_gradient < 1.0:
             raise ConfigError(f'augment.max_gradient {a.max_gradient} must be in (0, 1) (invertible fields)')
+        if len(a.fov_zoom) != 2 or not 0.5 <= a.fov_zoom[0] <= a.fov_zoom[1] <= 1.9:
+            raise ConfigError(f'augment.fov_zoom {a.fov_zoom} must be [low, high] with 0.5 <= low <= high <= 1.9 '
+                              '(the exact inverse needs |zoom - 1| < 1)')
         if a.canvas_scale < 1.0:
             raise ConfigError(f'augment.canvas_scale {a.canvas_scale} must be >= 1')
         margin = (1.0 - 1.0 / a.canvas_scale) / 2.0 * a.canvas_scale * a.reference_width

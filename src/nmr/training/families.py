@@ -11,6 +11,12 @@ at any (x, y) like `nmr.training.augment.Misalignment`, so the one exact-inverse
   principal-point offset itself (the relative distortion of two cameras; the sign of k1 / k2 decides which
   camera is the more distorted one);
 - `composite`: 2-3 of the above composed (`T_n o .. o T_1`, each a map v -> v + phi_i(v));
+- `fov`: a second camera with another field of view, as every real RGB-LWIR rig has: the moving image
+  magnified by a zoom drawn from `augment.fov_zoom` (anisotropic up to +-20 %, a roll of up to 2 deg, the
+  optical axis up to 8 % of the side off-centre). Its size comes from the zoom, not from `mean_px`: at a
+  zoom of 1.6 the mean |phi| over the pixels both cameras see is ~40-50 px at 640 px width, beyond the
+  other families (roadscene's raw thermal frame vs its RGB is such a pair, ~1.3 x 1.6). Fixed pixels
+  outside the narrower view are invalid (the moving camera does not see them); not composed by `composite`;
 - `legacy`: the trainer's old affine + one 4x4 elastic grid (`augment.sample_misalignment`), magnitudes as
   configured there (kept so that old results can be reproduced).
 
@@ -41,7 +47,7 @@ from nmr.training.augment import Field, inverse_on_grid, sample_misalignment
 from nmr.training.config import AugmentConfig
 
 BASE_FAMILIES = ('affine', 'homography', 'nonrigid', 'distortion')
-FAMILIES = (*BASE_FAMILIES, 'composite', 'legacy')
+FAMILIES = (*BASE_FAMILIES, 'composite', 'legacy', 'fov')
 # Families that are not a smooth field and need the fixed camera's depth (nmr.training.parallax): the trainer
 # (nmr.training.data.TrainingPairs) draws them, `cue_free_pair` cannot; `composite` never composes them.
 DEPTH_FAMILIES = ('parallax',)
@@ -285,12 +291,42 @@ def sample_family(
     times `strength` (the training curriculum)."""
     if name == 'legacy':
         return sample_misalignment(h, w, _legacy_scaled(cfg, strength), generator)
+    if name == 'fov':
+        return _fov_field(h, w, cfg, generator, region or (0, 0, h, w), strength)
     rw = (region or (0, 0, h, w))[3]
     s = rw / float(cfg.reference_width) * strength
     lo, hi = cfg.mean_px
     target = (lo + (hi - lo) * float(torch.rand(1, generator=generator, dtype=torch.float64))) * s
     make = _shape(name, h, w, generator, cfg)
     return calibrate(make, target, cfg.peak_px * s, cfg.max_gradient, region)
+
+
+def _fov_field(
+    h: int, w: int, cfg: AugmentConfig, g: torch.Generator, region: tuple[int, int, int, int], strength: float
+) -> Affine:
+    """The `fov` family: phi(v) = (A - I)(v - c) + t about the canvas centre c, A = roll x diag(sx, sy).
+
+    A zoom below 1 (the moving camera sees more) makes the moving crop sample beyond the visible crop: the
+    zoom-out and the offset are shrunk until every sample stays on the canvas (no clamped edge, no cue)."""
+    lo, hi = cfg.fov_zoom
+    zoom = 1.0 + (lo + (hi - lo) * _u(g, 0.0, 1.0) - 1.0) * strength
+    aspect = math.exp(0.2 * _u(g) * strength)
+    roll = math.radians(2.0 * _u(g) * strength)
+    rot = torch.tensor([[math.cos(roll), -math.sin(roll)], [math.sin(roll), math.cos(roll)]], dtype=torch.float64)
+    linear = rot @ torch.diag(torch.tensor([zoom * math.sqrt(aspect), zoom / math.sqrt(aspect)], dtype=torch.float64))
+    _, _, rh, rw = region
+    shift = torch.tensor([0.08 * rw * _u(g), 0.08 * rh * _u(g)], dtype=torch.float64) * strength
+    eye = torch.eye(2, dtype=torch.float64)
+    half_crop = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64) * torch.tensor(
+        [(rw - 1) / 2.0, (rh - 1) / 2.0], dtype=torch.float64)
+    half_canvas = torch.tensor([(w - 1) / 2.0, (h - 1) / 2.0], dtype=torch.float64)
+    for _ in range(40):
+        # the aligned canvas position each moving-crop corner samples: c + A^-1 (u - c - t)
+        reach = torch.linalg.solve(linear, (half_crop - shift).T).T.abs()
+        if bool((reach <= half_canvas).all()):
+            break
+        linear, shift = eye + 0.9 * (linear - eye), 0.9 * shift
+    return Affine(h, w, linear - eye, shift)
 
 
 def _legacy_scaled(cfg: AugmentConfig, strength: float) -> AugmentConfig:
