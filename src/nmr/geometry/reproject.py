@@ -23,11 +23,9 @@ count as occluded (as the synthetic rig's ground truth also does): conservative,
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import cv2
 import numpy as np
-from numpy.typing import NDArray
 
 from nmr.geometry.camera import CameraModel, cached_rays
 from nmr.geometry.heap import retain_freed_blocks
@@ -67,78 +65,79 @@ def _rotated_rays(cam: CameraModel, R_bytes: bytes) -> tuple[np.ndarray, np.ndar
 
 @functools.lru_cache(maxsize=8)
 def _pixel_coords(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read-only float32 column ``(1, W)`` and row ``(H, 1)`` coordinates (broadcast, never materialised)."""
-    xs = np.arange(width, dtype=np.float32)[None, :]
-    ys = np.arange(height, dtype=np.float32)[:, None]
+    """Read-only float32 HxW column and row coordinates of every pixel (full planes: a same-shape
+    subtraction is ~2x faster than a broadcast one)."""
+    xs = np.broadcast_to(np.arange(width, dtype=np.float32)[None, :], (height, width)).copy()
+    ys = np.broadcast_to(np.arange(height, dtype=np.float32)[:, None], (height, width)).copy()
     xs.setflags(write=False)
     ys.setflags(write=False)
     return xs, ys
 
 
-#: rows per block of the projection: its ~15-40 element-wise passes (more with a lens's distortion
-#: polynomial) stay in the CPU cache on blocks of ~16 k pixels; on whole 640x512 images each pass streams
-#: 1.3 MB from memory (a distorted projection was ~1.3x slower whole)
-BLOCK_PIXELS = 16_384
-
-
 def _project(src: CameraModel, dst: CameraModel, pose: Pose,
              depth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(u, v, z)`` HxW float32 in ``dst`` of every src pixel (NaN where no depth or behind dst), computed
-    in blocks of rows (``BLOCK_PIXELS``) into the whole-image outputs."""
-    retain_freed_blocks()  # the temporaries below reuse the heap (module docstring)
-    h, w = depth.shape
-    u = np.empty((h, w), np.float32)
-    v = np.empty((h, w), np.float32)
-    z = np.empty((h, w), np.float32)
-    rays = _rotated_rays(src, pose.R.tobytes())
-    step = max(1, BLOCK_PIXELS // max(1, w))
-    for a in range(0, h, step):
-        b = min(h, a + step)
-        _project_rows(dst, pose, rays, depth[a:b], u[a:b], v[a:b], z[a:b], a)
-    return u, v, z
-
-
-def _project_rows(dst: CameraModel, pose: Pose, rays: tuple[np.ndarray, np.ndarray, np.ndarray],
-                  depth: np.ndarray, u: np.ndarray, v: np.ndarray, z: np.ndarray, row: int) -> None:
-    """One block of :func:`_project`, rows ``row:row + len(depth)``, written into ``u, v, z``.
+    """``(u, v, z)`` HxW float32 in ``dst`` of every src pixel, NaN (all three) where the pixel has no depth
+    (0, NaN, inf, negative) or lands behind dst.
 
     About fifteen passes over the pixels on the cached rotated rays (plus the distortion polynomial when
-    ``dst`` has one); NaN carries "no depth" through.
+    ``dst`` has one), whole images. The arithmetic is the same, operation by operation, as before this
+    module's rewrite for speed, so every result is bitwise the same: the nearest-pixel z-buffer of
+    :func:`reproject_depth` picks among points that land within float32 rounding of a cell boundary, and
+    an operation in another order would pick another one now and then.
     """
-    rows = slice(row, row + depth.shape[0])
-    ax, ay, az = (r[rows] for r in rays)
+    retain_freed_blocks()  # the temporaries below reuse the heap (module docstring)
+    ax, ay, az = _rotated_rays(src, pose.R.tobytes())
     tx, ty, tz = (np.float32(c) for c in pose.t)
-    d = depth.astype(np.float32, copy=False)
+    d = np.asarray(depth, dtype=np.float32)
     with np.errstate(invalid='ignore', divide='ignore', over='ignore'):
-        # no depth (0, NaN, inf) -> NaN (a where on a coherent mask is cheap)
-        d = np.where((d > 0) & (d < np.inf), d, np.float32(np.nan))
+        if (d < 0).any():  # never from a depth camera; keeps the rule below simple
+            d = np.where(d < 0, np.float32(np.nan), d)
+        # "no depth" (0, NaN, inf) -> NaN: d / d is exactly 1 for any other value, NaN for those
+        d = np.multiply(d, np.divide(d, d))
         # X_dst = R @ (depth * ray) + t = depth * (R @ ray) + t
-        np.multiply(az, d, out=z)
+        z = np.multiply(az, d)
         z += tz
         behind = z <= 0
         if behind.any():
             z[behind] = np.nan
-        inv = np.float32(1.0) / z
-        x = ax * d
+        inv = np.divide(np.float32(1.0), z)
+        x = np.multiply(ax, d)
         x += tx
         x *= inv
-        y = ay * d
+        y = np.multiply(ay, d, out=d)
         y += ty
         y *= inv
     xd, yd = dst.distort_normalized(x, y)
-    np.multiply(xd, np.float32(dst.fx), out=u)
+    u = np.multiply(xd, np.float32(dst.fx), out=inv)
     u += np.float32(dst.cx)
-    np.multiply(yd, np.float32(dst.fy), out=v)
+    v = np.multiply(yd, np.float32(dst.fy), out=xd if xd is not x else y)
     v += np.float32(dst.cy)
+    return u, v, z
 
 
 def _floor_inside(u: np.ndarray, hi: int) -> tuple[np.ndarray, np.ndarray]:
-    """``u`` clamped to ``[0, hi]`` (NaN -> 0: fmax ignores NaN) as (float32 floor, fraction above it)."""
-    uc = np.fmax(u, np.float32(0.0))
-    np.fmin(uc, np.float32(hi), out=uc)
+    """``u`` clamped to ``[0, hi]`` (NaN -> 0) as (float32 floor, fraction above it)."""
+    uc = np.clip(u, np.float32(0.0), np.float32(hi))
+    cv2.patchNaNs(uc, 0.0)  # (np.clip keeps NaN; np.fmax would not, at 3x the cost)
     fu = np.floor(uc)
     uc -= fu
     return fu, uc
+
+
+def _cell_keys(fu: np.ndarray, fv: np.ndarray, row: int, offset: int, cells: int) -> np.ndarray:
+    """Flat indices ``fv * row + fu + offset`` (< ``cells``; float32 floors, NaN-free) as intp, computed in
+    float (exact below 2**24) and cast once: float32 -> int32 -> intp is ~2x faster than float32 -> intp."""
+    ftype = np.float32 if cells < 2**24 else np.float64
+    key = np.multiply(fv, ftype(row), dtype=ftype)
+    key += fu
+    if offset:
+        key += ftype(offset)
+    if ftype is np.float32:
+        return key.astype(np.int32).astype(np.intp).reshape(-1)
+    return key.astype(np.intp).reshape(-1)
+
+
+_ERODE_2X2 = np.ones((2, 2), np.uint8)
 
 
 def _splat_2x2(width: int, height: int, fu: np.ndarray, fv: np.ndarray, fru: np.ndarray, frv: np.ndarray,
@@ -146,58 +145,44 @@ def _splat_2x2(width: int, height: int, fu: np.ndarray, fv: np.ndarray, fru: np.
     """HxW (``height x width``) z-buffer: each inside point's ``z`` in the dst pixel centres around it.
 
     The footprint is the 2x2 centres around the point, or the two (one) it lies between when it sits
-    exactly on a centre's row or column. One ``np.minimum.at`` puts each point at its top-left centre
-    in one of four planes by footprint kind (on a centre / between along x / along y / both); a few
-    shifted whole-image minima then spread each plane over its footprint (nothing wraps around: a point
-    strictly before the next centre never has its top-left centre in the last row or column).
+    exactly on a centre's row or column (``fru`` / ``frv`` = 0). ``fu, fv``: the floors, clamped into the
+    image and NaN-free (:func:`_floor_inside`).
     """
-    n = height * width
     exact = (fru == 0) | (frv == 0)
     exact &= inside
-    if not exact.any():  # the usual case: every point strictly between four centres, one plane suffices
-        return _splat_2x2_between(width, height, fu, fv, z, inside)
-    # the key in float (exact below 2**24, else float64; cheaper than intp arithmetic), one cast at the end
-    ftype = np.float32 if 4 * n < 2**24 else np.float64
-    key: NDArray[np.floating[Any]] = fv.astype(ftype)
-    key *= ftype(width)
-    key += fu
-    np.add(key, (fru > 0) * ftype(n), out=key)
-    np.add(key, (frv > 0) * ftype(2 * n), out=key)
-    # outside points go to a dummy cell past the four planes (arithmetic: cheaper than a masked write)
-    key *= inside
-    np.add(key, (~inside) * ftype(4 * n), out=key)
-    planes = np.full(4 * n + 1, np.inf, dtype=np.float32)
-    with np.errstate(invalid='ignore'):  # NaN depths only ever land in the dummy cell
-        np.minimum.at(planes, key.astype(np.intp).reshape(-1), z.reshape(-1))
-    on, along_x, along_y, both = planes[: 4 * n].reshape(4, height, width)
-    # what spreads down: along_y at its centre, both at its centre and the one right of it
-    down = np.minimum(along_y, both)
-    np.minimum(down[:, 1:], both[:, :-1], out=down[:, 1:])
-    # what stays in its row: on, along_x at its centre and the one right of it
-    zbuf = np.minimum(on, along_x)
-    np.minimum(zbuf[:, 1:], along_x[:, :-1], out=zbuf[:, 1:])
-    np.minimum(zbuf, down, out=zbuf)
-    np.minimum(zbuf[1:], down[:-1], out=zbuf[1:])
-    return zbuf
+    zs = np.where(inside, z, np.float32(np.inf))
+    return _zbuffer_2x2(width, height, fu, fv, zs, np.flatnonzero(exact), fru.reshape(-1), frv.reshape(-1))[
+        1:-1, 1:-1]
 
 
-def _splat_2x2_between(width: int, height: int, fu: np.ndarray, fv: np.ndarray, z: np.ndarray,
-                      inside: np.ndarray) -> np.ndarray:
-    """:func:`_splat_2x2` when no inside point lies on a centre's row or column: one plane, spread right
-    and down (the same result, a third of the work)."""
-    n = height * width
-    ftype = np.float32 if n < 2**24 else np.float64  # exact integers (see _splat_2x2)
-    key: NDArray[np.floating[Any]] = fv.astype(ftype)
-    key *= ftype(width)
-    key += fu
-    key *= inside
-    np.add(key, (~inside) * ftype(n), out=key)
-    plane = np.full(n + 1, np.inf, dtype=np.float32)
-    with np.errstate(invalid='ignore'):  # NaN depths only ever land in the dummy cell
-        np.minimum.at(plane, key.astype(np.intp).reshape(-1), z.reshape(-1))
-    zbuf = plane[:n].reshape(height, width)
-    np.minimum(zbuf[:, 1:], zbuf[:, :-1], out=zbuf[:, 1:])  # numpy buffers the overlapping operands
-    np.minimum(zbuf[1:], zbuf[:-1], out=zbuf[1:])
+def _zbuffer_2x2(width: int, height: int, fu: np.ndarray, fv: np.ndarray, zs: np.ndarray, exact: np.ndarray,
+                 fru: np.ndarray, frv: np.ndarray) -> np.ndarray:
+    """The 2x2-footprint z-buffer (:func:`_splat_2x2`) with a ring of one cell: ``(height + 2) x (width + 2)``.
+
+    ``zs``: each point's depth, +inf where it does not count (no NaN; overwritten at ``exact``); ``exact``:
+    flat indices of the counting points that lie on a centre's row or column (``fru`` / ``frv`` flat,
+    read there only). Every point goes to its top-left centre (one ``np.minimum.at``), one 2x2 erosion
+    spreads it over its footprint; the exact points (a few per frame: float32 lands on an integer about
+    once in 2**15, plus those clamped onto the border) are kept out of that and written into their one or
+    two centres afterwards. The ring keeps every index in range without a mask.
+    """
+    wp = width + 2
+    keys = _cell_keys(fu, fv, wp, wp + 1, (height + 2) * wp)
+    values = zs.reshape(-1)
+    if exact.size:
+        ex_keys, ex_z = keys[exact], values[exact].copy()
+        ex_u, ex_v = fru[exact] > 0, frv[exact] > 0
+        values[exact] = np.inf
+    plane = np.full((height + 2) * wp, np.inf, dtype=np.float32)
+    np.minimum.at(plane, keys, values)
+    zbuf = cv2.erode(plane.reshape(height + 2, wp), _ERODE_2X2, anchor=(1, 1), borderType=cv2.BORDER_REPLICATE)
+    if exact.size:
+        flat = zbuf.reshape(-1)
+        np.minimum.at(flat, ex_keys, ex_z)
+        np.minimum.at(flat, ex_keys[ex_u] + 1, ex_z[ex_u])
+        np.minimum.at(flat, ex_keys[ex_v] + wp, ex_z[ex_v])
+        both = ex_u & ex_v
+        np.minimum.at(flat, ex_keys[both] + wp + 1, ex_z[both])
     return zbuf
 
 
@@ -280,6 +265,19 @@ def flow_through_depth(
         # the same camera: exactly zero (the general path would leave float32 rounding of ~1e-5 px)
         with np.errstate(invalid='ignore'):
             return np.zeros((H, W, 2), dtype=np.float32), (depth > 0) & (depth < np.inf)
+    xs, ys = _pixel_coords(H, W)
+    du, dv, valid = _targets_through_depth(fixed, moving, moving_from_fixed, depth, occlusion_tol)
+    du -= xs
+    dv -= ys
+    flow = np.zeros((H, W, 2), np.float32)
+    cv2.copyTo(cv2.merge([du, dv]), valid.view(np.uint8), flow)  # 0 where not valid (du, dv may be NaN there)
+    return flow, valid
+
+
+def _targets_through_depth(fixed: CameraModel, moving: CameraModel, moving_from_fixed: Pose, depth: np.ndarray,
+                           occlusion_tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`flow_through_depth`'s work: each fixed pixel's match ``(u, v)`` in the moving image (HxW
+    float32 each, meaningless where not valid) and ``valid``."""
     Wm, Hm = moving.width, moving.height
     u, v, z = _project(fixed, moving, moving_from_fixed, depth)
     with np.errstate(invalid='ignore'):  # NaN (no depth, behind) compares False: not inside
@@ -288,21 +286,21 @@ def flow_through_depth(
         inside &= u <= np.float32(Wm - 1 + BORDER_EPS)
         inside &= v >= lo
         inside &= v <= np.float32(Hm - 1 + BORDER_EPS)
+        inside &= z < np.inf  # z is NaN where there is no depth (u, v may still look inside)
     fu, fru = _floor_inside(u, Wm - 1)
     fv, frv = _floor_inside(v, Hm - 1)
     # z-buffer with a 2x2 footprint (module docstring): nothing behind a surface shows through its cracks
-    zbuf = _splat_2x2(Wm, Hm, fu, fv, fru, frv, z, inside).reshape(-1)
-    # each point's nearest moving pixel (float arithmetic as in _splat_2x2, one cast)
-    ftype = np.float32 if Hm * Wm < 2**24 else np.float64
-    index: NDArray[np.floating[Any]] = fv.astype(ftype)
-    index += frv >= 0.5
-    index *= ftype(Wm)
-    index += fu
-    index += fru >= 0.5
-    cells = index.astype(np.intp)
-    limit = np.float32(1.0 + occlusion_tol)
-    near = zbuf.take(cells)
-    near *= limit
+    exact = fru == 0
+    exact |= frv == 0
+    exact &= inside
+    zs = np.full(z.shape, np.inf, np.float32)
+    cv2.copyTo(z, inside.view(np.uint8), zs)  # z inside, +inf elsewhere: no NaN
+    zbuf = _zbuffer_2x2(Wm, Hm, fu, fv, zs, np.flatnonzero(exact), fru.reshape(-1), frv.reshape(-1))
+    # each point's nearest moving pixel (of the clamped u: fu + (fru >= 0.5), exact in float)
+    fu += fru >= 0.5
+    fv += frv >= 0.5
+    near = cv2.remap(zbuf[1:-1, 1:-1], fu, fv, cv2.INTER_NEAREST)  # integer-valued maps: an exact gather
+    near *= np.float32(1.0 + occlusion_tol)
     with np.errstate(invalid='ignore'):
         valid = z <= near
     valid &= inside
@@ -313,17 +311,7 @@ def flow_through_depth(
         zf = z.reshape(-1)
         allowance = _slope_at(z, again) * scale
         valid.reshape(-1)[again] = zf[again] <= near.reshape(-1)[again] + allowance
-    # flow = target - pixel, 0 where not valid: NaN there first (0 / 0), then one pass replaces NaN by 0
-    # (cheaper than a masked copy)
-    xs, ys = _pixel_coords(H, W)
-    with np.errstate(invalid='ignore', divide='ignore'):
-        nan_off = np.float32(0.0) / valid.view(np.uint8).astype(np.float32)
-    u -= xs
-    u += nan_off
-    v -= ys
-    v += nan_off
-    flow = cv2.patchNaNs(cv2.merge([u, v]), 0.0)
-    return flow, valid
+    return u, v, valid
 
 
 def reproject_depth(src: CameraModel, dst: CameraModel, dst_from_src: Pose, depth_src_m: np.ndarray) -> np.ndarray:
@@ -338,26 +326,28 @@ def reproject_depth(src: CameraModel, dst: CameraModel, dst_from_src: Pose, dept
     depth change).
     """
     depth = _check_depth(src, depth_src_m, 'reproject_depth')
-    u, v, z = _project(src, dst, dst_from_src, depth)
-    with np.errstate(invalid='ignore'):  # NaN compares False: not inside
-        inside = u >= np.float32(-0.5)
-        inside &= u < np.float32(dst.width - 0.5)
-        inside &= v >= np.float32(-0.5)
-        inside &= v < np.float32(dst.height - 0.5)
-    u += np.float32(0.5)  # nearest pixel = floor(u + 0.5)
-    v += np.float32(0.5)
-    fu, _ = _floor_inside(u, dst.width - 1)
-    fv, _ = _floor_inside(v, dst.height - 1)
-    n = dst.height * dst.width
-    ftype = np.float32 if n < 2**24 else np.float64  # exact integers (see _splat_2x2)
-    cells: NDArray[np.floating[Any]] = fv.astype(ftype)
-    cells *= ftype(dst.width)
-    cells += fu
-    cells *= inside
-    np.add(cells, (~inside) * ftype(n), out=cells)  # the dummy cell n, dropped
-    zbuf = np.full(n + 1, np.inf, dtype=np.float32)
-    with np.errstate(invalid='ignore'):  # NaN depths only ever land in the dummy cell
-        np.minimum.at(zbuf, cells.astype(np.intp).reshape(-1), z.reshape(-1))
-    zbuf = fill_cracks(zbuf[:n].reshape(dst.hw))
+    zbuf = _reproject_depth(src, dst, dst_from_src, depth)
     zbuf[zbuf == np.inf] = 0.0
     return zbuf
+
+
+def _reproject_depth(src: CameraModel, dst: CameraModel, dst_from_src: Pose, depth: np.ndarray) -> np.ndarray:
+    """:func:`reproject_depth` with +inf (not 0) where dst sees no depth (what :func:`_project` reads as
+    "no depth" too, so the stage passes it on without a conversion).
+
+    Nearest-pixel z-buffer over a ring of one cell: each point's cell is ``floor(u + 0.5)`` clamped to
+    ``[-1, width]`` (``[-1, height]``), so a point outside dst lands in the ring, and so does every point
+    without depth (its ``u, v, z`` are all NaN, ``u`` is patched to -1): no inside mask at all.
+    """
+    u, v, z = _project(src, dst, dst_from_src, depth)
+    w, h = dst.width, dst.height
+    for c, hi in ((u, w + 1), (v, h + 1)):
+        c += np.float32(1.5)  # the ring's offset and the 0.5 of the nearest centre
+        np.clip(c, np.float32(0.0), np.float32(hi), out=c)
+        cv2.patchNaNs(c, 0.0)
+        np.floor(c, out=c)
+    keys = _cell_keys(u, v, w + 2, 0, (h + 2) * (w + 2))
+    plane = np.full((h + 2, w + 2), np.inf, dtype=np.float32)
+    with np.errstate(invalid='ignore'):  # NaN depths only ever land in the ring
+        np.minimum.at(plane.reshape(-1), keys, z.reshape(-1))
+    return fill_cracks(np.ascontiguousarray(plane[1:-1, 1:-1]))
