@@ -64,7 +64,7 @@ def _rotated_rays(cam: CameraModel, R_bytes: bytes) -> tuple[np.ndarray, np.ndar
 
 
 @functools.lru_cache(maxsize=8)
-def _pixel_coords(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def pixel_coords(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Read-only float32 HxW column and row coordinates of every pixel (full planes: a same-shape
     subtraction is ~2x faster than a broadcast one)."""
     xs = np.broadcast_to(np.arange(width, dtype=np.float32)[None, :], (height, width)).copy()
@@ -83,7 +83,7 @@ def _project(src: CameraModel, dst: CameraModel, pose: Pose,
     ``dst`` has one), whole images. The arithmetic is the same, operation by operation, as before this
     module's rewrite for speed, so every result is bitwise the same: the nearest-pixel z-buffer of
     :func:`reproject_depth` picks among points that land within float32 rounding of a cell boundary, and
-    an operation in another order would pick another one now and then.
+        an operation in another order would pick another one now and then.
     """
     retain_freed_blocks()  # the temporaries below reuse the heap (module docstring)
     ax, ay, az = _rotated_rays(src, pose.R.tobytes())
@@ -92,7 +92,8 @@ def _project(src: CameraModel, dst: CameraModel, pose: Pose,
     with np.errstate(invalid='ignore', divide='ignore', over='ignore'):
         if (d < 0).any():  # never from a depth camera; keeps the rule below simple
             d = np.where(d < 0, np.float32(np.nan), d)
-        # "no depth" (0, NaN, inf) -> NaN: d / d is exactly 1 for any other value, NaN for those
+        # "no depth" (0, NaN, inf) -> NaN: d / d is exactly 1 for any other value, NaN for those (NaN, not
+        # the +inf an infinite depth would give z: the slope allowance must not see it as a neighbour)
         d = np.multiply(d, np.divide(d, d))
         # X_dst = R @ (depth * ray) + t = depth * (R @ ray) + t
         z = np.multiply(az, d)
@@ -124,17 +125,12 @@ def _floor_inside(u: np.ndarray, hi: int) -> tuple[np.ndarray, np.ndarray]:
     return fu, uc
 
 
-def _cell_keys(fu: np.ndarray, fv: np.ndarray, row: int, offset: int, cells: int) -> np.ndarray:
-    """Flat indices ``fv * row + fu + offset`` (< ``cells``; float32 floors, NaN-free) as intp, computed in
-    float (exact below 2**24) and cast once: float32 -> int32 -> intp is ~2x faster than float32 -> intp."""
-    ftype = np.float32 if cells < 2**24 else np.float64
-    key = np.multiply(fv, ftype(row), dtype=ftype)
-    key += fu
-    if offset:
-        key += ftype(offset)
-    if ftype is np.float32:
-        return key.astype(np.int32).astype(np.intp).reshape(-1)
-    return key.astype(np.intp).reshape(-1)
+def _cell_keys(fu: np.ndarray, fv: np.ndarray, row: int) -> np.ndarray:
+    """Flat indices ``fv * row + fu`` (float32 integers below 2**24, NaN-free) as a flat intp array: one
+    ``cv2.scaleAdd`` (exact on such integers), cast once; float32 -> int32 -> intp is ~2x faster than
+    float32 -> intp."""
+    key = cv2.scaleAdd(fv, float(row), fu)
+    return key.astype(np.int32).astype(np.intp).reshape(-1)
 
 
 _ERODE_2X2 = np.ones((2, 2), np.uint8)
@@ -146,42 +142,42 @@ def _splat_2x2(width: int, height: int, fu: np.ndarray, fv: np.ndarray, fru: np.
 
     The footprint is the 2x2 centres around the point, or the two (one) it lies between when it sits
     exactly on a centre's row or column (``fru`` / ``frv`` = 0). ``fu, fv``: the floors, clamped into the
-    image and NaN-free (:func:`_floor_inside`).
+    image and NaN-free (:func:`_floor_inside`). (:func:`match_through_depth` calls :func:`_zbuffer_2x2`
+    directly, with what it has computed already.)
     """
-    exact = (fru == 0) | (frv == 0)
-    exact &= inside
+    exact = np.flatnonzero(((fru == 0) | (frv == 0)) & inside)
     zs = np.where(inside, z, np.float32(np.inf))
-    return _zbuffer_2x2(width, height, fu, fv, zs, np.flatnonzero(exact), fru.reshape(-1), frv.reshape(-1))[
-        1:-1, 1:-1]
+    wide_u, wide_v = fru.reshape(-1)[exact] > 0, frv.reshape(-1)[exact] > 0
+    return _zbuffer_2x2(width, height, fu, fv, zs, exact, wide_u, wide_v)[1:-1, 1:-1]
 
 
 def _zbuffer_2x2(width: int, height: int, fu: np.ndarray, fv: np.ndarray, zs: np.ndarray, exact: np.ndarray,
-                 fru: np.ndarray, frv: np.ndarray) -> np.ndarray:
+                 wide_u: np.ndarray, wide_v: np.ndarray) -> np.ndarray:
     """The 2x2-footprint z-buffer (:func:`_splat_2x2`) with a ring of one cell: ``(height + 2) x (width + 2)``.
 
     ``zs``: each point's depth, +inf where it does not count (no NaN; overwritten at ``exact``); ``exact``:
-    flat indices of the counting points that lie on a centre's row or column (``fru`` / ``frv`` flat,
-    read there only). Every point goes to its top-left centre (one ``np.minimum.at``), one 2x2 erosion
-    spreads it over its footprint; the exact points (a few per frame: float32 lands on an integer about
-    once in 2**15, plus those clamped onto the border) are kept out of that and written into their one or
-    two centres afterwards. The ring keeps every index in range without a mask.
+    flat indices of the counting points that lie on a centre's row or column, ``wide_u`` / ``wide_v``
+    there: whether they lie between two centres along x / y all the same. Every point goes to its top-left
+    centre (one ``np.minimum.at``), one 2x2 erosion spreads it over its footprint; the exact points (a few
+    per frame: float32 lands on an integer about once in 2**15, plus those clamped onto the border) are
+    kept out of that and written into their one or two centres afterwards. The ring keeps every index in
+    range without a mask.
     """
     wp = width + 2
-    keys = _cell_keys(fu, fv, wp, wp + 1, (height + 2) * wp)
+    keys = _cell_keys(fu, fv, wp)  # relative to the ring's first inner cell, wp + 1
     values = zs.reshape(-1)
     if exact.size:
         ex_keys, ex_z = keys[exact], values[exact].copy()
-        ex_u, ex_v = fru[exact] > 0, frv[exact] > 0
         values[exact] = np.inf
     plane = np.full((height + 2) * wp, np.inf, dtype=np.float32)
-    np.minimum.at(plane, keys, values)
+    np.minimum.at(plane[wp + 1:], keys, values)
     zbuf = cv2.erode(plane.reshape(height + 2, wp), _ERODE_2X2, anchor=(1, 1), borderType=cv2.BORDER_REPLICATE)
     if exact.size:
-        flat = zbuf.reshape(-1)
+        flat = zbuf.reshape(-1)[wp + 1:]
         np.minimum.at(flat, ex_keys, ex_z)
-        np.minimum.at(flat, ex_keys[ex_u] + 1, ex_z[ex_u])
-        np.minimum.at(flat, ex_keys[ex_v] + wp, ex_z[ex_v])
-        both = ex_u & ex_v
+        np.minimum.at(flat, ex_keys[wide_u] + 1, ex_z[wide_u])
+        np.minimum.at(flat, ex_keys[wide_v] + wp, ex_z[wide_v])
+        both = wide_u & wide_v
         np.minimum.at(flat, ex_keys[both] + wp + 1, ex_z[both])
     return zbuf
 
@@ -265,8 +261,8 @@ def flow_through_depth(
         # the same camera: exactly zero (the general path would leave float32 rounding of ~1e-5 px)
         with np.errstate(invalid='ignore'):
             return np.zeros((H, W, 2), dtype=np.float32), (depth > 0) & (depth < np.inf)
-    xs, ys = _pixel_coords(H, W)
-    du, dv, valid = _targets_through_depth(fixed, moving, moving_from_fixed, depth, occlusion_tol)
+    xs, ys = pixel_coords(H, W)
+    du, dv, valid = match_through_depth(fixed, moving, moving_from_fixed, depth, occlusion_tol)
     du -= xs
     dv -= ys
     flow = np.zeros((H, W, 2), np.float32)
@@ -274,32 +270,41 @@ def flow_through_depth(
     return flow, valid
 
 
-def _targets_through_depth(fixed: CameraModel, moving: CameraModel, moving_from_fixed: Pose, depth: np.ndarray,
-                           occlusion_tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`flow_through_depth`'s work: each fixed pixel's match ``(u, v)`` in the moving image (HxW
-    float32 each, meaningless where not valid) and ``valid``."""
+def match_through_depth(fixed: CameraModel, moving: CameraModel, moving_from_fixed: Pose, depth: np.ndarray,
+                        occlusion_tol: float = 0.02) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`flow_through_depth` before the flow: each fixed pixel's match ``(u, v)`` in the moving image
+    (HxW float32 each, anything, NaN too, where not valid) and ``valid``; ``depth`` float32 metres, "no
+    depth" as 0, NaN or inf. For callers that fill the invalid pixels themselves (the geometric stage):
+    the flow's zeroing costs two passes they do not need."""
     Wm, Hm = moving.width, moving.height
     u, v, z = _project(fixed, moving, moving_from_fixed, depth)
-    with np.errstate(invalid='ignore'):  # NaN (no depth, behind) compares False: not inside
-        lo = np.float32(-BORDER_EPS)
-        inside = u >= lo
-        inside &= u <= np.float32(Wm - 1 + BORDER_EPS)
-        inside &= v >= lo
-        inside &= v <= np.float32(Hm - 1 + BORDER_EPS)
-        inside &= z < np.inf  # z is NaN where there is no depth (u, v may still look inside)
-    fu, fru = _floor_inside(u, Wm - 1)
-    fv, frv = _floor_inside(v, Hm - 1)
-    # z-buffer with a 2x2 footprint (module docstring): nothing behind a surface shows through its cracks
-    exact = fru == 0
-    exact |= frv == 0
+    # inside: u within [-eps, Wm - 1 + eps], where clipping leaves it unchanged (NaN: no depth, behind)
+    uc = np.clip(u, np.float32(-BORDER_EPS), np.float32(Wm - 1 + BORDER_EPS))
+    inside = uc == u
+    vc = np.clip(v, np.float32(-BORDER_EPS), np.float32(Hm - 1 + BORDER_EPS))
+    inside &= vc == v
+    # clamped into the image (NaN -> 0) and their floors; a point on a centre's row or column is "exact"
+    np.clip(uc, np.float32(0.0), np.float32(Wm - 1), out=uc)
+    np.clip(vc, np.float32(0.0), np.float32(Hm - 1), out=vc)
+    cv2.patchNaNs(uc, 0.0)
+    cv2.patchNaNs(vc, 0.0)
+    fu = np.floor(uc)
+    fv = np.floor(vc)
+    exact = fu == uc
+    exact |= fv == vc
     exact &= inside
+    ex = np.flatnonzero(exact)
+    # z-buffer with a 2x2 footprint (module docstring): nothing behind a surface shows through its cracks
     zs = np.full(z.shape, np.inf, np.float32)
     cv2.copyTo(z, inside.view(np.uint8), zs)  # z inside, +inf elsewhere: no NaN
-    zbuf = _zbuffer_2x2(Wm, Hm, fu, fv, zs, np.flatnonzero(exact), fru.reshape(-1), frv.reshape(-1))
-    # each point's nearest moving pixel (of the clamped u: fu + (fru >= 0.5), exact in float)
-    fu += fru >= 0.5
-    fv += frv >= 0.5
-    near = cv2.remap(zbuf[1:-1, 1:-1], fu, fv, cv2.INTER_NEAREST)  # integer-valued maps: an exact gather
+    wide_u, wide_v = uc.reshape(-1)[ex] != fu.reshape(-1)[ex], vc.reshape(-1)[ex] != fv.reshape(-1)[ex]
+    zbuf = _zbuffer_2x2(Wm, Hm, fu, fv, zs, ex, wide_u, wide_v)
+    # each point's nearest moving pixel: floor(uc + 0.5) (exact: uc + 0.5 never rounds across an integer)
+    uc += np.float32(0.5)
+    vc += np.float32(0.5)
+    np.floor(uc, out=uc)
+    np.floor(vc, out=vc)
+    near = cv2.remap(zbuf[1:-1, 1:-1], uc, vc, cv2.INTER_NEAREST)  # integer-valued maps: an exact gather
     near *= np.float32(1.0 + occlusion_tol)
     with np.errstate(invalid='ignore'):
         valid = z <= near
@@ -314,31 +319,24 @@ def _targets_through_depth(fixed: CameraModel, moving: CameraModel, moving_from_
     return u, v, valid
 
 
-def reproject_depth(src: CameraModel, dst: CameraModel, dst_from_src: Pose, depth_src_m: np.ndarray) -> np.ndarray:
-    """Depth (metres along dst's optical axis, float32, 0 = none) of the src depth map seen from dst.
+def reproject_depth(src: CameraModel, dst: CameraModel, dst_from_src: Pose, depth_src_m: np.ndarray,
+                    none: float = 0.0) -> np.ndarray:
+    """Depth (metres along dst's optical axis, float32) of the src depth map seen from dst.
 
     Each src pixel with a depth is moved into dst and splatted into the dst pixel nearest to its
-    projection; the nearest surface wins (z-buffer). Holes are 0. One-pixel cracks that resampling leaves
+    projection; the nearest surface wins (z-buffer). Holes are ``none`` (0). One-pixel cracks that resampling leaves
     (dst finer than src, or a slanted surface) are filled only where both opposite neighbours hold a depth
     and agree within 2 % (:func:`fill_cracks`, inverse-depth mean); nothing else is interpolated, so
     depth edges stay sharp and disocclusions stay holes. A dst pixel's value is the depth of the surface
     point that landed within half a pixel of its centre (on a slanted surface, off by up to half a pixel's
-    depth change).
-    """
-    depth = _check_depth(src, depth_src_m, 'reproject_depth')
-    zbuf = _reproject_depth(src, dst, dst_from_src, depth)
-    zbuf[zbuf == np.inf] = 0.0
-    return zbuf
-
-
-def _reproject_depth(src: CameraModel, dst: CameraModel, dst_from_src: Pose, depth: np.ndarray) -> np.ndarray:
-    """:func:`reproject_depth` with +inf (not 0) where dst sees no depth (what :func:`_project` reads as
-    "no depth" too, so the stage passes it on without a conversion).
+    depth change). ``none=np.inf`` skips a pass: the geometric stage passes the result on to
+    :func:`match_through_depth`, which reads inf as "no depth" too.
 
     Nearest-pixel z-buffer over a ring of one cell: each point's cell is ``floor(u + 0.5)`` clamped to
     ``[-1, width]`` (``[-1, height]``), so a point outside dst lands in the ring, and so does every point
     without depth (its ``u, v, z`` are all NaN, ``u`` is patched to -1): no inside mask at all.
     """
+    depth = _check_depth(src, depth_src_m, 'reproject_depth')
     u, v, z = _project(src, dst, dst_from_src, depth)
     w, h = dst.width, dst.height
     for c, hi in ((u, w + 1), (v, h + 1)):
@@ -346,8 +344,11 @@ def _reproject_depth(src: CameraModel, dst: CameraModel, dst_from_src: Pose, dep
         np.clip(c, np.float32(0.0), np.float32(hi), out=c)
         cv2.patchNaNs(c, 0.0)
         np.floor(c, out=c)
-    keys = _cell_keys(u, v, w + 2, 0, (h + 2) * (w + 2))
+    keys = _cell_keys(u, v, w + 2)
     plane = np.full((h + 2, w + 2), np.inf, dtype=np.float32)
     with np.errstate(invalid='ignore'):  # NaN depths only ever land in the ring
         np.minimum.at(plane.reshape(-1), keys, z.reshape(-1))
-    return fill_cracks(np.ascontiguousarray(plane[1:-1, 1:-1]))
+    zbuf = fill_cracks(np.ascontiguousarray(plane[1:-1, 1:-1]))
+    if none != np.inf:
+        zbuf[zbuf == np.inf] = none
+    return zbuf
