@@ -42,6 +42,7 @@ import numpy as np
 from nmr.errors import ConfigError
 from nmr.geometry.camera import CameraModel, cached_rays
 from nmr.geometry.heap import retain_freed_blocks
+from nmr.geometry.pose import Pose
 from nmr.geometry.reproject import BORDER_EPS, flow_through_depth, match_through_depth, pixel_coords, reproject_depth
 from nmr.geometry.rig import Rig
 
@@ -258,6 +259,9 @@ class GeometricStage:
         self._lock = threading.Lock()
         self._said: set[tuple[object, ...]] = set()
         self._planes: dict[tuple[object, ...], tuple[np.ndarray, np.ndarray]] = {}
+        # the rig's poses, composed once (Rig.pose builds the matrix from the rotation vector on every call)
+        self._moving_from: dict[str, Pose] = {}
+        self._between: dict[tuple[str, str], Pose] = {}
         self._fallback: dict[str, bool] = {}
 
     def covers(self, pair: str) -> bool:
@@ -274,6 +278,18 @@ class GeometricStage:
                                   f'{fixed} to the rig file (see config/rig.example.yaml) or drop the pair')
 
     # -- cameras --------------------------------------------------------------------------------------
+    def _moving_from_fixed(self, fixed_name: str) -> Pose:
+        pose = self._moving_from.get(fixed_name)
+        if pose is None:
+            pose = self._moving_from.setdefault(fixed_name, self.rig.moving_from_fixed(fixed_name))
+        return pose
+
+    def _pose_between(self, dst: str, src: str) -> Pose:
+        pose = self._between.get((dst, src))
+        if pose is None:
+            pose = self._between.setdefault((dst, src), self.rig.between(dst, src))
+        return pose
+
     def _say_once(self, key: tuple[object, ...], text: str) -> None:
         with self._lock:
             if key in self._said:
@@ -305,7 +321,7 @@ class GeometricStage:
             hit = self._planes.get(key)
         if hit is not None:
             return hit
-        pose = self.rig.moving_from_fixed(fixed_name)
+        pose = self._moving_from_fixed(fixed_name)
         points = cached_rays(fixed).astype(np.float64) * distance  # z = distance along the fixed optical axis
         m = moving.project(points @ pose.R.T + pose.t)
         h, w = fixed.hw
@@ -351,7 +367,7 @@ class GeometricStage:
             return GeoFlow(flow.copy(), valid.copy(), 'plane')
         self._note_fallback(pair, False, '')
         depth_m = depth_in_metres(depth_raw, depth_encoding)
-        pose = self.rig.moving_from_fixed(fixed_name)
+        pose = self._moving_from_fixed(fixed_name)
         if fixed_name == 'depth':
             if depth_m.shape != fixed.hw:
                 raise ValueError(f'depth frame {depth_m.shape} is not the fixed image {fixed.hw}')
@@ -359,7 +375,7 @@ class GeometricStage:
         else:
             depth_cam = self.camera('depth', depth_m.shape[:2])
             # inf, not 0, where LWIR sees no depth: "no depth" to match_through_depth as well, one pass fewer
-            in_fixed = reproject_depth(depth_cam, fixed, self.rig.between(fixed_name, 'depth'), depth_m, np.inf)
+            in_fixed = reproject_depth(depth_cam, fixed, self._pose_between(fixed_name, 'depth'), depth_m, np.inf)
         if not self.fill:
             flow, valid = flow_through_depth(fixed, moving, pose, in_fixed)
             return GeoFlow(flow, valid, 'depth')

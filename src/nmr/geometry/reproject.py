@@ -125,12 +125,14 @@ def _floor_inside(u: np.ndarray, hi: int) -> tuple[np.ndarray, np.ndarray]:
     return fu, uc
 
 
-def _cell_keys(fu: np.ndarray, fv: np.ndarray, row: int) -> np.ndarray:
-    """Flat indices ``fv * row + fu`` (float32 integers below 2**24, NaN-free) as a flat intp array: one
-    ``cv2.scaleAdd`` (exact on such integers), cast once; float32 -> int32 -> intp is ~2x faster than
-    float32 -> intp."""
-    key = cv2.scaleAdd(fv, float(row), fu)
-    return key.astype(np.int32).astype(np.intp).reshape(-1)
+def _cell_keys(fu: np.ndarray, fv: np.ndarray, row: int, offset: int = 0) -> np.ndarray:
+    """Flat indices ``fv * row + fu + offset`` (float32 integers of magnitude below 2**24, NaN-free) as a
+    flat intp array: one ``cv2.scaleAdd`` (exact on such integers), one cast (float32 -> int32 -> intp is
+    ~2x faster than float32 -> intp) and the offset added to the integers."""
+    key = cv2.scaleAdd(fv, float(row), fu).astype(np.int32)
+    if offset:
+        key += offset
+    return key.astype(np.intp).reshape(-1)
 
 
 _ERODE_2X2 = np.ones((2, 2), np.uint8)
@@ -299,12 +301,12 @@ def match_through_depth(fixed: CameraModel, moving: CameraModel, moving_from_fix
     cv2.copyTo(z, inside.view(np.uint8), zs)  # z inside, +inf elsewhere: no NaN
     wide_u, wide_v = uc.reshape(-1)[ex] != fu.reshape(-1)[ex], vc.reshape(-1)[ex] != fv.reshape(-1)[ex]
     zbuf = _zbuffer_2x2(Wm, Hm, fu, fv, zs, ex, wide_u, wide_v)
-    # each point's nearest moving pixel: floor(uc + 0.5) (exact: uc + 0.5 never rounds across an integer)
-    uc += np.float32(0.5)
-    vc += np.float32(0.5)
-    np.floor(uc, out=uc)
-    np.floor(vc, out=vc)
-    near = cv2.remap(zbuf[1:-1, 1:-1], uc, vc, cv2.INTER_NEAREST)  # integer-valued maps: an exact gather
+    # each point's nearest moving pixel: fu + (uc - fu >= 0.5), exact (floor(uc + 0.5) is not: 0.5 - 2**-25
+    # + 0.5 rounds to 1); cv2's masked add of 1 costs a third of numpy's bool-to-float one
+    for c, f in ((uc, fu), (vc, fv)):
+        c -= f
+        cv2.add(f, 1.0, dst=f, mask=cv2.compare(c, 0.5, cv2.CMP_GE))  # type: ignore[call-overload]
+    near: np.ndarray = cv2.remap(zbuf[1:-1, 1:-1], fu, fv, cv2.INTER_NEAREST)  # integer-valued maps: an exact gather
     near *= np.float32(1.0 + occlusion_tol)
     with np.errstate(invalid='ignore'):
         valid = z <= near
@@ -334,17 +336,19 @@ def reproject_depth(src: CameraModel, dst: CameraModel, dst_from_src: Pose, dept
 
     Nearest-pixel z-buffer over a ring of one cell: each point's cell is ``floor(u + 0.5)`` clamped to
     ``[-1, width]`` (``[-1, height]``), so a point outside dst lands in the ring, and so does every point
-    without depth (its ``u, v, z`` are all NaN, ``u`` is patched to -1): no inside mask at all.
+    without depth (its ``u, v, z`` are all NaN, ``u`` is patched to -1): no inside mask at all. (The
+    clamp decides exactly as ``-0.5 <= u < width - 0.5`` did: ``u + 0.5`` cannot round across 0 or
+    ``width``.)
     """
     depth = _check_depth(src, depth_src_m, 'reproject_depth')
     u, v, z = _project(src, dst, dst_from_src, depth)
     w, h = dst.width, dst.height
-    for c, hi in ((u, w + 1), (v, h + 1)):
-        c += np.float32(1.5)  # the ring's offset and the 0.5 of the nearest centre
-        np.clip(c, np.float32(0.0), np.float32(hi), out=c)
-        cv2.patchNaNs(c, 0.0)
+    for c, hi in ((u, w), (v, h)):
+        c += np.float32(0.5)  # nearest centre: floor(u + 0.5), exactly this float32 sum (it decides ties)
+        np.clip(c, np.float32(-1.0), np.float32(hi), out=c)
+        cv2.patchNaNs(c, -1.0)
         np.floor(c, out=c)
-    keys = _cell_keys(u, v, w + 2)
+    keys = _cell_keys(u, v, w + 2, w + 3)  # + (1, 1): the ring
     plane = np.full((h + 2, w + 2), np.inf, dtype=np.float32)
     with np.errstate(invalid='ignore'):  # NaN depths only ever land in the ring
         np.minimum.at(plane.reshape(-1), keys, z.reshape(-1))
