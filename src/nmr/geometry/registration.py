@@ -140,14 +140,15 @@ def extend_ground(parallax: np.ndarray, valid: np.ndarray, max_residual_px: floa
         return False
     ys, xs = np.divmod(flat, w)
     ys += y0
-    a = np.stack([xs, ys, np.ones_like(xs)], axis=1).astype(np.float64)
-    target = parallax[ys, xs].astype(np.float64)
-    coef = _fit_affine(a, target)
-    res = _norms(a @ coef - target)
-    keep = res <= max(3.0 * float(np.median(res)), 0.05)
-    a, target = a[keep], target[keep]
-    coef = _fit_affine(a, target)
-    if float(np.median(_norms(a @ coef - target))) > max_residual_px:
+    target = parallax[ys, xs]
+    x, y = xs.astype(np.float64), ys.astype(np.float64)
+    tx, ty = target[:, 0].astype(np.float64), target[:, 1].astype(np.float64)
+    coef = _fit_affine(x, y, tx, ty)
+    res = _residuals(coef, x, y, tx, ty)
+    keep = np.flatnonzero(res <= max(3.0 * float(np.median(res)), 0.05))
+    x, y, tx, ty = x[keep], y[keep], tx[keep], ty[keep]
+    coef = _fit_affine(x, y, tx, ty)
+    if float(np.median(_residuals(coef, x, y, tx, ty))) > max_residual_px:
         return False
     # only the rows from the band down can change: work on that block
     block = valid[y0:]
@@ -165,15 +166,23 @@ def extend_ground(parallax: np.ndarray, valid: np.ndarray, max_residual_px: floa
     return True
 
 
-def _norms(r: np.ndarray) -> np.ndarray:
-    """Row lengths of an Nx2 array (``np.hypot``: a third of ``np.linalg.norm(axis=1)``'s cost)."""
-    return np.hypot(r[:, 0], r[:, 1])
+def _residuals(coef: np.ndarray, x: np.ndarray, y: np.ndarray, tx: np.ndarray, ty: np.ndarray) -> np.ndarray:
+    """Per sample, the length of the affine fit's miss ``|coef(x, y) - (tx, ty)|``."""
+    rx = coef[0, 0] * x + coef[1, 0] * y + (coef[2, 0] - tx)
+    ry = coef[0, 1] * x + coef[1, 1] * y + (coef[2, 1] - ty)
+    return np.hypot(rx, ry)
 
 
-def _fit_affine(a: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Least squares ``a @ coef ~ target`` for ``a`` = (x, y, 1) rows: the 3x3 normal equations (a tenth
-    of ``lstsq``'s cost on a few thousand rows; pixel coordinates keep them well conditioned in float64)."""
-    return np.linalg.solve(a.T @ a, a.T @ target)
+def _fit_affine(x: np.ndarray, y: np.ndarray, tx: np.ndarray, ty: np.ndarray) -> np.ndarray:
+    """Least squares ``(tx, ty) ~ coef^T (x, y, 1)`` (3x2 ``coef``): the 3x3 normal equations from dot
+    products of the 1-D samples (float64; pixel coordinates keep them well conditioned). A few thousand
+    samples: the Python-level calls are the cost, so no (N, 3) design matrix is built."""
+    n = float(x.size)
+    sx, sy = float(x.sum()), float(y.sum())
+    sxy = float(x @ y)
+    m = np.array([[float(x @ x), sxy, sx], [sxy, float(y @ y), sy], [sx, sy, n]])
+    rhs = np.array([[float(x @ tx), float(x @ ty)], [float(y @ tx), float(y @ ty)], [float(tx.sum()), float(ty.sum())]])
+    return np.linalg.solve(m, rhs)
 
 
 #: the RGB images' optical flow is computed at most this wide (cost: DIS at 640x480 is 4-8x that at 320x240)
