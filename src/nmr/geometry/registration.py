@@ -156,11 +156,11 @@ def extend_ground(parallax: np.ndarray, valid: np.ndarray, max_residual_px: floa
     rows = np.arange(block.shape[0])[:, None]
     below = (rows > last[None, :]) & np.asarray(block.any(axis=0))[None, :]
     if below.any():
-        x = np.arange(w, dtype=np.float32)[None, :]
-        y = np.arange(y0, h, dtype=np.float32)[:, None]
+        col = np.arange(w, dtype=np.float32)[None, :]
+        row = np.arange(y0, h, dtype=np.float32)[:, None]
         plane = np.empty((h - y0, w, 2), np.float32)
         for c in range(2):
-            plane[..., c] = np.float32(coef[0, c]) * x + np.float32(coef[1, c]) * y + np.float32(coef[2, c])
+            plane[..., c] = np.float32(coef[0, c]) * col + np.float32(coef[1, c]) * row + np.float32(coef[2, c])
         target_block = parallax[y0:]
         cv2.copyTo(plane, below.view(np.uint8), target_block)
     return True
