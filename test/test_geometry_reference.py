@@ -130,6 +130,7 @@ def test_flow_and_depth_through_depth_equal_a_per_point_reference(trial: int) ->
     roll, pitch, yaw = (float(a) for a in rng.uniform(-2, 2, 3))
     pose = Pose.from_rpy_deg(roll, pitch, yaw, rng.uniform(-0.08, 0.08, 3))
     depth = _random_scene(rng, h, w)
+    given = depth.copy()
     flow, valid = flow_through_depth(fixed, moving, pose, depth)
     ref_flow, ref_valid = _reference_flow(fixed, moving, pose, depth)
     assert 0.3 < ref_valid.mean() < 0.98, ref_valid.mean()  # a scene with both visible and hidden pixels
@@ -147,6 +148,7 @@ def test_flow_and_depth_through_depth_equal_a_per_point_reference(trial: int) ->
     assert np.array_equal(out, ref)
     inf_holes = reproject_depth(fixed, moving, pose, depth, none=np.inf)
     assert np.array_equal(np.where(inf_holes == np.inf, 0.0, inf_holes), ref)
+    assert np.array_equal(depth, given, equal_nan=True)  # the input is read only
 
 
 def test_points_exactly_on_pixel_centres_keep_their_narrow_footprint() -> None:
@@ -157,6 +159,7 @@ def test_points_exactly_on_pixel_centres_keep_their_narrow_footprint() -> None:
     depth[10:20, 10:20] = 1.0  # 8 px
     pose = Pose(np.eye(3), np.array([0.08, 0.0, 0.0]))
     flow, valid = flow_through_depth(cam, cam, pose, depth)
+    assert not (depth - 2.0)[:10].any()  # a depth without holes is used as it is: it must stay unchanged
     ref_flow, ref_valid = _reference_flow(cam, cam, pose, depth)
     assert np.array_equal(valid, ref_valid) and np.array_equal(flow, ref_flow)
     # the box lands on moving columns [18, 28) and hides the background's fixed columns [20, 24) (x + 4 in

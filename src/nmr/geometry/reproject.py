@@ -76,8 +76,9 @@ def pixel_coords(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _project(src: CameraModel, dst: CameraModel, pose: Pose,
              depth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(u, v, z)`` HxW float32 in ``dst`` of every src pixel, NaN (all three) where the pixel has no depth
-    (0, NaN, inf, negative) or lands behind dst.
+    """``(u, v, z)`` HxW float32 in ``dst`` of every src pixel: ``u, v`` NaN where the pixel has no depth (0,
+    NaN, inf, negative) or lands behind dst, ``z`` NaN there too except at an infinite depth (+inf, which
+    no z-buffer keeps).
 
     About fifteen passes over the pixels on the cached rotated rays (plus the distortion polynomial when
     ``dst`` has one), whole images. The arithmetic is the same, operation by operation, as before this
@@ -90,11 +91,10 @@ def _project(src: CameraModel, dst: CameraModel, pose: Pose,
     tx, ty, tz = (np.float32(c) for c in pose.t)
     d = np.asarray(depth, dtype=np.float32)
     with np.errstate(invalid='ignore', divide='ignore', over='ignore'):
-        if (d < 0).any():  # never from a depth camera; keeps the rule below simple
-            d = np.where(d < 0, np.float32(np.nan), d)
-        # "no depth" (0, NaN, inf) -> NaN: d / d is exactly 1 for any other value, NaN for those (NaN, not
-        # the +inf an infinite depth would give z: the slope allowance must not see it as a neighbour)
-        d = np.multiply(d, np.divide(d, d))
+        none = d <= 0
+        if none.any():  # 0 -> NaN (0 / 0), negative -> -inf (then behind), d / 1 = d elsewhere
+            d = np.divide(d, ~none)
+        # NaN and +inf need nothing: u, v come out NaN for them (inf * (1 / inf)), z NaN or +inf
         # X_dst = R @ (depth * ray) + t = depth * (R @ ray) + t
         z = np.multiply(az, d)
         z += tz
@@ -105,7 +105,7 @@ def _project(src: CameraModel, dst: CameraModel, pose: Pose,
         x = np.multiply(ax, d)
         x += tx
         x *= inv
-        y = np.multiply(ay, d, out=d)
+        y = np.multiply(ay, d)  # (not into d: it may be the caller's depth)
         y += ty
         y *= inv
     xd, yd = dst.distort_normalized(x, y)
@@ -184,26 +184,29 @@ def _zbuffer_2x2(width: int, height: int, fu: np.ndarray, fv: np.ndarray, zs: np
     return zbuf
 
 
-def fill_cracks(zbuf: np.ndarray, tol: float = CRACK_TOL) -> np.ndarray:
+def fill_cracks(zbuf: np.ndarray, tol: float = CRACK_TOL, margin: int = 1) -> np.ndarray:
     """Fill one-pixel holes (inf) of a z-buffer whose two opposite neighbours agree (in place, returned).
 
     A hole is filled when two opposite neighbours (left/right, up/down or either diagonal) both hold a
     depth and those differ by at most ``tol`` relative; it gets their mean in inverse depth (exact on a
     plane, whose inverse depth is affine in the pixel coordinates). Where several pairs qualify, the
     nearest fill wins. Holes at the boundary between two surfaces (neighbours disagree) and wider holes stay holes.
+    Only pixels at least ``margin`` from the array's edge are filled (1: all but the border; 2 on an image
+    with a ring of one cell around it, whose values are never read).
     """
     H, W = zbuf.shape
-    if H < 3 or W < 3:
+    m = margin
+    if min(H, W) <= 2 * m:
         return zbuf
     flat = zbuf.reshape(-1)
     # candidates first, on boolean images (cheap): interior holes with some opposite pair both holding a
     # depth; a depth camera's large holes (out of range, shadows) are mostly not candidates
     has = zbuf < np.inf
     pair = np.zeros((H, W), dtype=bool)  # full size with a False border: flat indices directly
-    inner = pair[1:-1, 1:-1]
+    inner = pair[m:-m, m:-m]
     for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):  # left/right, up/down and the two diagonals
-        inner |= has[1 - dy:H - 1 - dy, 1 - dx:W - 1 - dx] & has[1 + dy:H - 1 + dy, 1 + dx:W - 1 + dx]
-    inner &= ~has[1:-1, 1:-1]
+        inner |= has[m - dy:H - m - dy, m - dx:W - m - dx] & has[m + dy:H - m + dy, m + dx:W - m + dx]
+    inner &= ~has[m:-m, m:-m]
     holes = np.flatnonzero(pair)  # (np.nonzero of a 2-D image costs ~5x more)
     if holes.size == 0:
         return zbuf
@@ -221,8 +224,9 @@ def fill_cracks(zbuf: np.ndarray, tol: float = CRACK_TOL) -> np.ndarray:
 def _slope_at(z: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """At flat pixel indices ``idx`` of ``z``: the smaller one-sided |dz| along x plus along y.
 
-    NaN-aware: where one side has no depth the other counts, where neither has, 0. Taking the smaller side
-    keeps a depth edge beside the pixel from inflating its tolerance.
+    NaN-aware: where one side has no depth (NaN, or +inf: an infinite depth, which :func:`_project` leaves
+    as it is) the other counts, where neither has, 0. Taking the smaller side keeps a depth edge beside the
+    pixel from inflating its tolerance. ``z`` at ``idx`` itself is finite.
     """
     H, W = z.shape
     flat = z.reshape(-1)
@@ -235,7 +239,8 @@ def _slope_at(z: np.ndarray, idx: np.ndarray) -> np.ndarray:
         hi = np.abs(flat[np.where(hi_ok, idx + step, idx)] - zc)
         lo[~lo_ok] = np.nan
         hi[~hi_ok] = np.nan
-        total += np.nan_to_num(np.fmin(lo, hi), nan=0.0)
+        least = np.fmin(lo, hi)  # inf (a side at infinite depth) counts as no side, like NaN
+        total += np.where(least < np.inf, least, np.float32(0.0))
     return total
 
 
@@ -331,8 +336,8 @@ def reproject_depth(src: CameraModel, dst: CameraModel, dst_from_src: Pose, dept
     and agree within 2 % (:func:`fill_cracks`, inverse-depth mean); nothing else is interpolated, so
     depth edges stay sharp and disocclusions stay holes. A dst pixel's value is the depth of the surface
     point that landed within half a pixel of its centre (on a slanted surface, off by up to half a pixel's
-    depth change). ``none=np.inf`` skips a pass: the geometric stage passes the result on to
-    :func:`match_through_depth`, which reads inf as "no depth" too.
+    depth change). ``none=np.inf`` skips two passes (the result is then a view into a larger array): the
+    geometric stage passes it on to :func:`match_through_depth`, which reads inf as "no depth" too.
 
     Nearest-pixel z-buffer over a ring of one cell: each point's cell is ``floor(u + 0.5)`` clamped to
     ``[-1, width]`` (``[-1, height]``), so a point outside dst lands in the ring, and so does every point
@@ -352,7 +357,9 @@ def reproject_depth(src: CameraModel, dst: CameraModel, dst_from_src: Pose, dept
     plane = np.full((h + 2, w + 2), np.inf, dtype=np.float32)
     with np.errstate(invalid='ignore'):  # NaN depths only ever land in the ring
         np.minimum.at(plane.reshape(-1), keys, z.reshape(-1))
-    zbuf = fill_cracks(np.ascontiguousarray(plane[1:-1, 1:-1]))
-    if none != np.inf:
-        zbuf[zbuf == np.inf] = none
+    zbuf = fill_cracks(plane, margin=2)[1:-1, 1:-1]  # the image's border pixels are not filled, as before
+    if none == np.inf:
+        return zbuf  # (a view: the stage reads it once)
+    zbuf = np.ascontiguousarray(zbuf)
+    zbuf[zbuf == np.inf] = none
     return zbuf
