@@ -8,7 +8,13 @@ swapped in ``sys.modules``) and called alternately on the same synthetic-rig fra
 reported (it excludes waiting for a CPU and includes page faults), OpenCV on one thread as in the node's
 workers. Both stages share the process: heap settings made by one (nmr.geometry.heap) apply to both.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/rig_stage_ab.py --old-src /tmp/old/src [--calls 30]
+    PYTHONPATH=src .venv/bin/python benchmarks/rig_stage_ab.py --old-src /tmp/old/src [--calls 30] [--parts]
+
+Also prints the wall-clock medians of the same calls, the ratio old / new of the CPU medians, both pairs'
+outputs compared (bitwise, or the largest difference), and with ``--parts`` where this tree's stage spends
+its CPU time (medians per call of its parts: the depth conversion, the reprojection into the LWIR camera,
+the matches through depth, the hole fill and the ground plane; the rest is glue: the flow's merge and the
+plane-at-infinity's subtraction and addition).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -45,6 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--old-src', type=Path, required=True, help="the other tree's src folder")
     parser.add_argument('--calls', type=int, default=30)
+    parser.add_argument('--parts', action='store_true', help="this tree's stage part by part (CPU ms)")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     mods = {'new': load(NEW_SRC), 'old': load(args.old_src)}
@@ -57,20 +65,73 @@ def main() -> None:
     rgb_hw = geom['rgb'].depth.shape
     stages = {v: mm['registration'].GeometricStage(mm['rig'].Rig.from_synth(mm['cameras'].default_rig(1.0)),
                                                    log=lambda _t: None) for v, mm in mods.items()}
-    times: dict[tuple[str, str], list[float]] = {(v, p): [] for v in stages for p in sizes}
+    load0 = os.getloadavg()[0]
+    cpu: dict[tuple[str, str], list[float]] = {(v, p): [] for v in stages for p in sizes}
+    wall: dict[tuple[str, str], list[float]] = {(v, p): [] for v in stages for p in sizes}
+    last = {}
     for _ in range(args.calls + 1):  # the first round warms the caches and is dropped
         for pair, hw in sizes.items():
             for version in ('old', 'new'):
-                t0 = time.thread_time()
-                stages[version].flow(pair, rgb_hw, hw, depth_mm, '16UC1')
-                times[(version, pair)].append((time.thread_time() - t0) * 1e3)
-    print(f'{args.calls} alternating calls per version and pair, load average {os.getloadavg()[0]:.1f}')
-    print('| pair | old: min / median CPU ms | new: min / median CPU ms |')
-    print('|---|---|---|')
+                t0, w0 = time.thread_time(), time.perf_counter()
+                last[(version, pair)] = stages[version].flow(pair, rgb_hw, hw, depth_mm, '16UC1')
+                cpu[(version, pair)].append((time.thread_time() - t0) * 1e3)
+                wall[(version, pair)].append((time.perf_counter() - w0) * 1e3)
+    print(f'{args.calls} alternating calls per version and pair, load average {load0:.1f} -> '
+          f'{os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs')
+    print('| pair | old: min / median CPU ms | new: min / median CPU ms | old / new (median CPU) '
+          '| old / new: median wall ms | outputs |')
+    print('|---|---|---|---|---|---|')
     for pair in sizes:
-        old, new = (times[(v, pair)][1:] for v in ('old', 'new'))
+        old, new = (cpu[(v, pair)][1:] for v in ('old', 'new'))
+        wo, wn = (statistics.median(wall[(v, pair)][1:]) for v in ('old', 'new'))
         print(f'| {pair} | {min(old):.1f} / {statistics.median(old):.1f} | {min(new):.1f} / '
-              f'{statistics.median(new):.1f} |')
+              f'{statistics.median(new):.1f} | {statistics.median(old) / statistics.median(new):.2f}x '
+              f'| {wo:.1f} / {wn:.1f} | {same(last[("old", pair)], last[("new", pair)])} |')
+    if args.parts:
+        parts(m['registration'], stages['new'], sizes, rgb_hw, depth_mm, args.calls)
+
+
+def same(a: object, b: object) -> str:
+    """How two GeoFlows compare: bitwise, or the valid masks' and the flows' differences."""
+    fa, fb, va, vb = a.flow, b.flow, a.valid, b.valid  # type: ignore[attr-defined]
+    if np.array_equal(va, vb) and np.array_equal(fa, fb):
+        return 'bitwise equal'
+    diff = np.abs(fa - fb)
+    return (f'valid differs at {int(np.count_nonzero(va != vb))} px, flow by up to '
+            f'{float(diff[va & vb].max(initial=0.0)):.2g} px (valid) / {float(diff.max()):.2g} px')
+
+
+def parts(registration: ModuleType, stage: object, sizes: dict[str, tuple[int, int]], rgb_hw: tuple[int, int],
+          depth_mm: np.ndarray, calls: int) -> None:
+    """CPU ms per call of the stage's parts (the functions it calls, wrapped in its module)."""
+    names = ('depth_in_metres', 'reproject_depth', 'match_through_depth', 'fill_holes', 'extend_ground')
+    times: dict[str, list[float]] = {}
+    originals = {n: getattr(registration, n) for n in names if hasattr(registration, n)}
+
+    def wrap(name: str, fn: Callable[..., object]) -> Callable[..., object]:
+        def timed(*a: object, **k: object) -> object:
+            t0 = time.thread_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                times.setdefault(name, []).append((time.thread_time() - t0) * 1e3)
+        return timed
+
+    for n, fn in originals.items():
+        setattr(registration, n, wrap(n, fn))
+    try:
+        for pair, hw in sizes.items():
+            times.clear()
+            total = []
+            for _ in range(calls):
+                t0 = time.thread_time()
+                stage.flow(pair, rgb_hw, hw, depth_mm, '16UC1')  # type: ignore[attr-defined]
+                total.append((time.thread_time() - t0) * 1e3)
+            row = ', '.join(f'{n} {statistics.median(v):.2f}' for n, v in times.items())
+            print(f'{pair}: whole stage {statistics.median(total):.2f} CPU ms per call = {row} (+ glue)')
+    finally:
+        for n, fn in originals.items():
+            setattr(registration, n, fn)
 
 
 if __name__ == '__main__':
