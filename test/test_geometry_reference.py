@@ -165,3 +165,22 @@ def test_points_exactly_on_pixel_centres_keep_their_narrow_footprint() -> None:
     # the box lands on moving columns [18, 28) and hides the background's fixed columns [20, 24) (x + 4 in
     # [24, 28)); a 2x2 footprint would reach column 28 and hide fixed column 24 as well
     assert not valid[10:20, 20:24].any() and valid[10:20, 24:36].all() and valid[:10, :36].all()
+
+
+def test_fill_holes_reads_nothing_of_the_holes() -> None:
+    """The geometric stage hands fill_holes a parallax zeroed in the holes (``holes_are_zero``) or with NaN
+    or anything there: the result is the same, bit for bit, and finite."""
+    from nmr.geometry.registration import fill_holes
+
+    rng = np.random.default_rng(3)
+    h, w = 61, 83
+    yy, xx = np.mgrid[0:h, 0:w]
+    flow = np.stack([np.sin(xx / 9.0) * 3, np.cos(yy / 7.0) * 2], -1).astype(np.float32)
+    valid = (rng.random((h, w)) < 0.6) & ~((xx > 20) & (xx < 40))
+    zeroed = np.where(valid[..., None], flow, np.float32(0.0))
+    junk = np.where(valid[..., None], flow, np.float32(np.nan))
+    junk[~valid & (rng.random((h, w)) < 0.5)] = 1e30
+    a = fill_holes(zeroed.copy(), valid, holes_are_zero=True)
+    b = fill_holes(junk, valid)
+    assert np.array_equal(a, b) and np.isfinite(a).all()
+    assert np.array_equal(a[valid], flow[valid])

@@ -75,7 +75,7 @@ def depth_in_metres(depth_raw: np.ndarray, encoding: str) -> np.ndarray:
     return np.where(bad, np.float32(0.0), out) if bad.any() else out
 
 
-def fill_holes(flow: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def fill_holes(flow: np.ndarray, valid: np.ndarray, holes_are_zero: bool = False) -> np.ndarray:
     """Where ``valid`` is False, the mean of the valid values around it (push-pull pyramid); in place.
 
     Down: area averages of ``valid`` and of ``flow * valid`` (normalised convolution), from quarter size on;
@@ -86,7 +86,8 @@ def fill_holes(flow: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
     Cost: a few passes over the full-size image (the mask, the area down-sampling of ``flow * valid`` and
     of ``valid``, the masked copy back); everything else works on the pyramid, whose finest level is a
-    quarter of the image (``_FILL_FIRST_STEP``). The holes' values in ``flow`` may be anything (NaN too).
+    quarter of the image (``_FILL_FIRST_STEP``). The holes' values in ``flow`` may be anything (NaN too);
+    ``holes_are_zero``: the caller has made them 0 already (one masked pass fewer).
     """
     if not flow.flags.c_contiguous:  # cv2.copyTo writes in place only into a contiguous array
         raise ValueError('fill_holes: flow must be a C-contiguous HxWx2 array')
@@ -98,7 +99,7 @@ def fill_holes(flow: np.ndarray, valid: np.ndarray) -> np.ndarray:
     # at the first level's size: the holes' values do not count (they are replaced)
     f = _FILL_FIRST_STEP
     size = ((w + f - 1) // f, (h + f - 1) // f)
-    sums = cv2.resize(cv2.copyTo(flow, ok), size, interpolation=cv2.INTER_AREA)
+    sums = cv2.resize(flow if holes_are_zero else cv2.copyTo(flow, ok), size, interpolation=cv2.INTER_AREA)
     weight = cv2.resize(ok.astype(np.float32), size, interpolation=cv2.INTER_AREA)
     level = cv2.merge([sums, weight])
     pyramid: list[np.ndarray] = [level]
@@ -409,8 +410,10 @@ class GeometricStage:
             flow[...] = 0.0  # as flow_through_depth gives
         elif not valid.all():
             far, _ = self._plane(fixed, moving, fixed_name, FAR_M)
-            parallax = np.subtract(flow, far, out=flow)  # what depth adds to the flow of infinity
-            fill_holes(parallax, valid)  # every hole: nothing of what they held before remains
+            # what depth adds to the flow of infinity, 0 in the holes (as fill_holes needs them: no copy there)
+            parallax = np.zeros_like(flow)
+            cv2.subtract(flow, far, dst=parallax, mask=valid.view(np.uint8))
+            fill_holes(parallax, valid, holes_are_zero=True)  # every hole
             extend_ground(parallax, valid)
             flow = np.add(parallax, far, out=parallax)
         return GeoFlow(flow, valid, 'depth')

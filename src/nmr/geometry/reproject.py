@@ -1,11 +1,17 @@
 """Flow and depth through a depth map: back-project each pixel, move it to the other camera, project it.
 
-Why it is cheap: everything is whole-image numpy in float32 without masked reads or writes (NaN carries
-"no depth", flat indices are computed in float and cast once), about forty passes over the pixels; the
-rays of each camera (rotated by the rig's fixed pose) are cached; each z-buffer is one ``np.minimum.at``
-over the pixels' cell indices plus a few shifted whole-image minima. The image-sized temporaries are
-reused from the heap frame after frame (nmr.geometry.heap), not page-faulted anew: on the loaded 2-core
-machine that alone was 3-10x (it was why this module used to work on blocks of rows).
+Why it is cheap (docs/performance.md, "Registration through the rig"): whole images of float32, no
+blocks, no boolean-mask reads or writes. What depends only on the rig is cached (each camera's rays
+rotated by the rig's pose; the pixel-coordinate planes), so per frame a projection is about fifteen
+passes over the pixels. Each z-buffer is one ``np.minimum.at`` over flat cell indices (one
+``cv2.scaleAdd`` and one cast) into a plane with a ring of one cell around the image, so that points
+outside the image (or without depth: NaN, patched into the ring) need no mask: the nearest-pixel one
+(:func:`reproject_depth`) as it is, the 2x2-footprint one (:func:`flow_through_depth`) spread by one 2x2
+erosion, with the few points that lie exactly on a pixel row or column put in afterwards. The occlusion
+test reads the z-buffer with ``cv2.remap`` (nearest, on integer-valued maps: an exact gather). The results
+are bitwise the same as those of the blockwise implementation before (same float32 operations in the same
+order; test/test_geometry_reference.py checks them against a per-point reference). The image-sized
+temporaries are reused from the heap frame after frame (nmr.geometry.heap), not page-faulted anew.
 
 Occlusion rule (flow_through_depth): the fixed depth is splatted into the moving view, each point into
 the 2x2 moving pixels around its projection, keeping the smallest depth (z-buffer): a surface stays
