@@ -219,12 +219,18 @@ def fill_cracks(zbuf: np.ndarray, tol: float = CRACK_TOL, margin: int = 1) -> np
     if holes.size == 0:
         return zbuf
     best = np.full(holes.shape, np.inf, dtype=np.float32)
+    tol32 = np.float32(tol)
     for step in (1, W, W + 1, W - 1):  # left/right, up/down and the two diagonals
-        a, b = flat[holes - step], flat[holes + step]
-        with np.errstate(invalid='ignore', over='ignore'):
-            ok = (a < np.inf) & (b < np.inf) & (np.abs(a - b) <= np.float32(tol) * np.minimum(a, b))
-            fill = np.where(ok, np.float32(2.0) * a * b / (a + b), np.float32(np.inf))
-        np.minimum(best, fill, out=best)
+        a, b = flat.take(holes - step), flat.take(holes + step)
+        with np.errstate(invalid='ignore', over='ignore', divide='ignore'):
+            # both hold a depth and agree: an inf side makes |a - b| inf (or NaN), never <= tol * min
+            ok = np.abs(a - b) <= tol32 * np.minimum(a, b)
+            fill = np.float32(2.0) * a
+            fill *= b
+            a += b
+            fill /= a
+            fill /= ok  # x / 1 where they agree; +inf (or NaN, from two infs) where not, which fmin skips
+        np.fmin(best, fill, out=best)
     flat[holes] = best  # still inf where neither pair qualified
     return zbuf
 
