@@ -11,10 +11,10 @@ workers. Both stages share the process: heap settings made by one (nmr.geometry.
     PYTHONPATH=src .venv/bin/python benchmarks/rig_stage_ab.py --old-src /tmp/old/src [--calls 30] [--parts]
 
 Also prints the wall-clock medians of the same calls, the ratio old / new of the CPU medians, both pairs'
-outputs compared (bitwise, or the largest difference), and with ``--parts`` where this tree's stage spends
+outputs compared (bitwise, or the largest difference), and with ``--parts`` where each tree's stage spends
 its CPU time (medians per call of its parts: the depth conversion, the reprojection into the LWIR camera,
-the matches through depth, the hole fill and the ground plane; the rest is glue: the flow's merge and the
-plane-at-infinity's subtraction and addition).
+the flow or matches through depth, the hole fill and the ground plane; the rest is glue: the flow's merge
+and the plane-at-infinity's subtraction and addition), one tree after the other.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--old-src', type=Path, required=True, help="the other tree's src folder")
     parser.add_argument('--calls', type=int, default=30)
-    parser.add_argument('--parts', action='store_true', help="this tree's stage part by part (CPU ms)")
+    parser.add_argument('--parts', action='store_true', help="each tree's stage part by part (CPU ms)")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     mods = {'new': load(NEW_SRC), 'old': load(args.old_src)}
@@ -88,7 +88,9 @@ def main() -> None:
               f'{statistics.median(new):.1f} | {statistics.median(old) / statistics.median(new):.2f}x '
               f'| {wo:.1f} / {wn:.1f} | {same(last[("old", pair)], last[("new", pair)])} |')
     if args.parts:
-        parts(m['registration'], stages['new'], sizes, rgb_hw, depth_mm, args.calls)
+        for version in ('old', 'new'):
+            print(f'{version}:')
+            parts(mods[version]['registration'], stages[version], sizes, rgb_hw, depth_mm, args.calls)
 
 
 def same(a: object, b: object) -> str:
@@ -104,7 +106,8 @@ def same(a: object, b: object) -> str:
 def parts(registration: ModuleType, stage: object, sizes: dict[str, tuple[int, int]], rgb_hw: tuple[int, int],
           depth_mm: np.ndarray, calls: int) -> None:
     """CPU ms per call of the stage's parts (the functions it calls, wrapped in its module)."""
-    names = ('depth_in_metres', 'reproject_depth', 'match_through_depth', 'fill_holes', 'extend_ground')
+    names = ('depth_in_metres', 'reproject_depth', 'flow_through_depth', 'match_through_depth', 'fill_holes',
+             'extend_ground')
     times: dict[str, list[float]] = {}
     originals = {n: getattr(registration, n) for n in names if hasattr(registration, n)}
 
