@@ -105,7 +105,7 @@ def _reference_reproject(src: CameraModel, dst: CameraModel, pose: Pose, depth: 
 
 
 def _random_scene(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Depth: a slanted floor, a few boxes in front, holes of every kind (0, NaN, inf)."""
+    """Depth: a slanted floor, a few boxes in front, holes of every kind (0, NaN, inf, negative)."""
     yy, xx = np.mgrid[0:h, 0:w]
     d = (2.0 + 3.0 * (h - yy) / h + 0.4 * xx / w).astype(np.float32)
     for _ in range(4):
@@ -115,6 +115,7 @@ def _random_scene(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     d[holes < 0.03] = 0.0
     d[(holes >= 0.03) & (holes < 0.04)] = np.nan
     d[(holes >= 0.04) & (holes < 0.05)] = np.inf
+    d[(holes >= 0.05) & (holes < 0.055)] = -1.0  # nonsense, read as no depth
     d[: h // 10] = 0.0  # no depth at the top (sky)
     return d
 
