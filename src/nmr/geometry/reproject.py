@@ -90,7 +90,7 @@ def _project(src: CameraModel, dst: CameraModel, pose: Pose,
     ``dst`` has one), whole images. The arithmetic is the same, operation by operation, as before this
     module's rewrite for speed, so every result is bitwise the same: the nearest-pixel z-buffer of
     :func:`reproject_depth` picks among points that land within float32 rounding of a cell boundary, and
-        an operation in another order would pick another one now and then.
+    an operation in another order would pick another one now and then.
     """
     retain_freed_blocks()  # the temporaries below reuse the heap (module docstring)
     ax, ay, az = _rotated_rays(src, pose.R.tobytes())
@@ -153,7 +153,8 @@ def _splat_2x2(width: int, height: int, fu: np.ndarray, fv: np.ndarray, fru: np.
     The footprint is the 2x2 centres around the point, or the two (one) it lies between when it sits
     exactly on a centre's row or column (``fru`` / ``frv`` = 0). ``fu, fv``: the floors, clamped into the
     image and NaN-free (:func:`_floor_inside`). (:func:`match_through_depth` calls :func:`_zbuffer_2x2`
-    directly, with what it has computed already.)
+    directly, with what it has computed already; this wrapper and :func:`_floor_inside` are what
+    test_geometry's brute-force footprint test drives the same z-buffer through.)
     """
     exact = np.flatnonzero(((fru == 0) | (frv == 0)) & inside)
     zs = np.where(inside, z, np.float32(np.inf))
