@@ -185,3 +185,16 @@ def test_fill_holes_reads_nothing_of_the_holes() -> None:
     b = fill_holes(junk, valid)
     assert np.array_equal(a, b) and np.isfinite(a).all()
     assert np.array_equal(a[valid], flow[valid])
+
+
+def test_cell_keys_stay_exact_on_planes_of_2_to_the_24_cells_and_more() -> None:
+    """The flat z-buffer indices are computed in float32 (exact below 2**24) and in float64 beyond."""
+    from nmr.geometry.reproject import _cell_keys
+
+    row = 5002  # a 5000 x 5000 image with its ring
+    fu = np.array([[0.0, 4999.0, 1.0]], np.float32)
+    fv = np.array([[4999.0, 4999.0, 3353.0]], np.float32)
+    keys = _cell_keys(fu, fv, row, row * row, row + 1)
+    assert keys.tolist() == [int(v) * row + int(u) + row + 1 for u, v in zip(fu[0], fv[0])]
+    small = _cell_keys(fu[:, 2:] - 1.0, fv[:, 2:] - 3000.0, 1000, 1000 * 400)
+    assert small.tolist() == [353 * 1000]

@@ -131,10 +131,16 @@ def _floor_inside(u: np.ndarray, hi: int) -> tuple[np.ndarray, np.ndarray]:
     return fu, uc
 
 
-def _cell_keys(fu: np.ndarray, fv: np.ndarray, row: int, offset: int = 0) -> np.ndarray:
-    """Flat indices ``fv * row + fu + offset`` (float32 integers of magnitude below 2**24, NaN-free) as a
-    flat intp array: one ``cv2.scaleAdd`` (exact on such integers), one cast (float32 -> int32 -> intp is
-    ~2x faster than float32 -> intp) and the offset added to the integers."""
+def _cell_keys(fu: np.ndarray, fv: np.ndarray, row: int, cells: int, offset: int = 0) -> np.ndarray:
+    """Flat indices ``fv * row + fu + offset`` (float32 integers, NaN-free; every index below ``cells``) as a
+    flat intp array: one ``cv2.scaleAdd`` (exact while the indices stay below 2**24), one cast (float32 ->
+    int32 -> intp is ~2x faster than float32 -> intp) and the offset added to the integers. Planes of 2**24
+    cells or more (4096 x 4096 images) take float64."""
+    if cells + abs(offset) >= 2**24:
+        big = np.multiply(fv, float(row), dtype=np.float64)
+        big += fu
+        big += offset
+        return big.astype(np.intp).reshape(-1)
     key = cv2.scaleAdd(fv, float(row), fu).astype(np.int32)
     if offset:
         key += offset
@@ -175,7 +181,7 @@ def _zbuffer_2x2(width: int, height: int, fu: np.ndarray, fv: np.ndarray, zs: np
     range without a mask.
     """
     wp = width + 2
-    keys = _cell_keys(fu, fv, wp)  # relative to the ring's first inner cell, wp + 1
+    keys = _cell_keys(fu, fv, wp, (height + 2) * wp)  # relative to the ring's first inner cell, wp + 1
     values = zs.reshape(-1)
     if exact.size:
         ex_keys, ex_z = keys[exact], values[exact].copy()
@@ -370,7 +376,7 @@ def reproject_depth(src: CameraModel, dst: CameraModel, dst_from_src: Pose, dept
         np.clip(c, np.float32(-1.0), np.float32(hi), out=c)
         cv2.patchNaNs(c, -1.0)
         np.floor(c, out=c)
-    keys = _cell_keys(u, v, w + 2, w + 3)  # + (1, 1): the ring
+    keys = _cell_keys(u, v, w + 2, (h + 2) * (w + 2), w + 3)  # + (1, 1): the ring
     plane = np.full((h + 2, w + 2), np.inf, dtype=np.float32)
     with np.errstate(invalid='ignore'):  # NaN depths only ever land in the ring
         np.minimum.at(plane.reshape(-1), keys, z.reshape(-1))
