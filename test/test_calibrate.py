@@ -133,6 +133,38 @@ def test_the_pooled_objective_peaks_at_the_true_rig(small_bag: Path) -> None:
     assert err['lwir']['focal_pct'] < 0.5 and err['lwir']['time_offset_ms'] < 3, err
 
 
+def test_frozen_visibility_makes_the_score_smooth_in_the_focal_length(small_bag: Path) -> None:
+    """The z-buffer's hard per-cell decisions make the score a staircase in the focal length; frozen at the
+    start of a fit (objective.freeze_visibility) it is smooth there and still peaks at the true focal
+    length (within 0.5 % on this small bag). Without freezing, the second differences are 1.4x larger or more."""
+    from nmr.calibration import bagdata
+    from nmr.calibration.objective import Cameras, freeze_visibility, thaw_visibility
+    from nmr.calibration.solver import LEVELS, Options, Problem, Progress, Solver, _tensors
+
+    topics = {k: DEFAULT_TOPICS[k] for k in ('rgb', 'lwir', 'depth')}
+    streams = bagdata.index_bag(small_bag, topics)
+    moments = bagdata.load_moments(small_bag, 0, streams, bagdata.pick_moments(streams, 6, True), True)
+    cams = Cameras(streams['rgb'].info, streams['lwir'].info, streams['depth'].info)
+    p = _true_params(Rig.load(small_bag / RIG_TRUE_FILE), cams.lwir.fx)
+    sv = Solver(Problem(moments, cams, Options(refine_intrinsics=True), list(range(len(moments)))),
+                Progress(1, True), lambda m: None)
+    steps = np.arange(-1.5, 1.51, 0.1)  # focal length -1.5 % .. +1.5 % around the truth
+
+    def profile() -> np.ndarray:
+        return np.array([float(sv.scores(dict(p, lwir_logf=[p['lwir_logf'][0] + d]), ['lwir_rgb'], LEVELS[-1]).mean())
+                         for d in steps])
+
+    live = profile()
+    lms = sv.level(LEVELS[-1])
+    freeze_visibility(lms, cams, _tensors(p, ()))
+    frozen = profile()
+    thaw_visibility(lms)
+    assert not any(lm.frozen for lm in lms)
+    rough = {k: float(np.abs(np.diff(v, 2)).mean()) for k, v in (('live', live), ('frozen', frozen))}
+    assert rough['frozen'] < 0.7 * rough['live'], rough
+    assert abs(steps[int(np.argmax(frozen))]) <= 0.5, (frozen, live)
+
+
 def test_calibrate_writes_rig_report_figure_and_resumes(
     small_bag: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], quick_solver: None
 ) -> None:

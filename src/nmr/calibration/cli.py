@@ -27,7 +27,7 @@ import numpy as np
 from nmr.domain import DEFAULT_TOPICS
 from nmr.errors import BagError, ConfigError
 
-METHOD_VERSION = 3  # 3: the depth pose from depth edges (nmr.calibration.edges)
+METHOD_VERSION = 4  # 3: the depth pose from depth edges (nmr.calibration.edges); 4: z-buffer frozen per fit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

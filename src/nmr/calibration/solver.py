@@ -39,11 +39,13 @@ from nmr.calibration.bagdata import Moment
 from nmr.calibration.objective import (
     Cameras,
     LevelMoment,
+    freeze_visibility,
     moment_scores,
     param_unit,
     params_from_pose,
     pose_of,
     prepare,
+    thaw_visibility,
 )
 from nmr.geometry.pose import Pose, matrix_to_rotvec, rotvec_to_matrix
 
@@ -197,12 +199,14 @@ class Solver:
         Why not Adam: Adam normalises each parameter's gradient, so a weakly determined parameter (a
         translation seen mostly through far scenes) random-walks at full step size; L-BFGS steps by the
         curvature and only ever accepts a step that improves the score. ``lr`` is kept for the interface
-        (the line search chooses the steps)."""
+        (the line search chooses the steps). The z-buffer visibility is fixed at ``params`` for the run
+        (objective.freeze_visibility)."""
         p = _tensors(params, free)
         opt = torch.optim.LBFGS([p[k] for k in free], lr=1.0, max_iter=iters, max_eval=iters + iters // 2,
                                 history_size=10, line_search_fn='strong_wolfe', tolerance_grad=1e-9,
                                 tolerance_change=1e-12)
         lms = self.level(lev, which)
+        freeze_visibility(lms, self.pb.cams, p)  # a smooth objective within the run (see there)
         calls = [0]
 
         def closure() -> torch.Tensor:
@@ -214,7 +218,10 @@ class Solver:
                 self.progress.step(1, label)
             return loss
 
-        opt.step(closure)
+        try:
+            opt.step(closure)
+        finally:
+            thaw_visibility(lms)
         if calls[0] < iters:
             self.progress.step(iters - calls[0], label)
         return _lists(p)
