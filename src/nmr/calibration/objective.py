@@ -152,8 +152,8 @@ class LevelMoment:
     lwir: list[torch.Tensor]
     lwir_flow: list[torch.Tensor]
     lwir_t: list[float]
-    #: z-buffer visibility per grid camera ('rgb', 'lwir') frozen by :func:`freeze_visibility`; empty: computed
-    #: at every evaluation
+    #: z-buffer visibility of the LWIR view ('lwir') frozen by :func:`freeze_visibility`; empty: computed at
+    #: every evaluation
     frozen: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -293,7 +293,7 @@ def grids(lm: LevelMoment, cams: Cameras, p: Mapping[str, torch.Tensor], need: S
     cell = lm.step * max(cams.rgb.fx, cams.lwir.fx if cams.lwir is not None else 0.0) / cams.depth.fx
     if 'rgb' in need:
         u, v, ok = project(cams.rgb, Xc)
-        ok = ok & lm.frozen['rgb'] if 'rgb' in lm.frozen else visible(u, v, Xc[:, 2], ok, cams.rgb.width, cell)
+        ok = visible(u, v, Xc[:, 2], ok, cams.rgb.width, cell)
         fl = sample(lm.rgb_flow, u, v)
         out['rgb'] = _grid(sample(lm.rgb, u - lm.rgb_alpha * fl[0], v - lm.rgb_alpha * fl[1])[0], ok, lm)
     if 'lwir' in need and cams.lwir is not None and lm.lwir:
@@ -311,8 +311,10 @@ def grids(lm: LevelMoment, cams: Cameras, p: Mapping[str, torch.Tensor], need: S
 
 
 def freeze_visibility(lms: Sequence[LevelMoment], cams: Cameras, p: Mapping[str, torch.Tensor]) -> None:
-    """Fix each moment's z-buffer visibility (:func:`visible`) at the parameters ``p`` for the evaluations
-    that follow, until :func:`thaw_visibility`.
+    """Fix each moment's z-buffer visibility (:func:`visible`) in the LWIR view at the parameters ``p`` for
+    the evaluations that follow, until :func:`thaw_visibility`. (The RGB view's stays live: it depends only
+    on the depth pose, fixed when ``/tf_static`` gives it; frozen, the NGF refinement of the depth pose, a
+    weak measure, walked 0.47 deg away from the true pose of the small test rig.)
 
     Why: the z-buffer is a hard per-cell decision, so points flip in and out of view as the pose or the
     focal length moves by a fraction of a pixel, and the score becomes a staircase in them: at the true rig
@@ -323,19 +325,15 @@ def freeze_visibility(lms: Sequence[LevelMoment], cams: Cameras, p: Mapping[str,
     with torch.no_grad():
         for lm in lms:
             lm.frozen.clear()
-            if cams.depth is None:
-                continue
+            if cams.depth is None or cams.lwir is None or not lm.lwir:
+                continue  # plane mode has no z-buffer
             Rd, td = pose_of(p, 'depth')
-            Xc = lm.pts @ Rd.T + td
-            cell = lm.step * max(cams.rgb.fx, cams.lwir.fx if cams.lwir is not None else 0.0) / cams.depth.fx
-            u, v, ok = project(cams.rgb, Xc)
+            Rl, tl = pose_of(p, 'lwir')
+            Xl = (lm.pts @ Rd.T + td - tl) @ Rl  # as in grids()
+            u, v, ok = project(cams.lwir, Xl, p.get('lwir_logf'))
+            cell = lm.step * max(cams.rgb.fx, cams.lwir.fx) / cams.depth.fx
             # points out of view now may come into view: their visibility is left to the live test of ``ok``
-            lm.frozen['rgb'] = visible(u, v, Xc[:, 2], ok, cams.rgb.width, cell) | ~ok
-            if cams.lwir is not None and lm.lwir:
-                Rl, tl = pose_of(p, 'lwir')
-                Xl = (Xc - tl) @ Rl
-                u, v, ok = project(cams.lwir, Xl, p.get('lwir_logf'))
-                lm.frozen['lwir'] = visible(u, v, Xl[:, 2], ok, cams.lwir.width, cell) | ~ok
+            lm.frozen['lwir'] = visible(u, v, Xl[:, 2], ok, cams.lwir.width, cell) | ~ok
 
 
 def thaw_visibility(lms: Sequence[LevelMoment]) -> None:
