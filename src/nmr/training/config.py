@@ -84,6 +84,8 @@ class AugmentConfig:
     # `fov` family: the moving camera's magnification against the fixed one, drawn uniformly (1.6: it sees the
     # central 1 / 1.6 of the fixed view); below 1 it sees more (limited by the canvas margin)
     fov_zoom: list[float] = field(default_factory=lambda: [0.9, 1.7])
+    # ... and the aspect change, |log(sx / sy)| up to this (0.3: 4:3 against 16:9 after a plain rescale)
+    fov_aspect: float = 0.2
     # No border cue: the field is drawn on a canvas canvas_scale x the visible crop and only the centre of
     # BOTH images is kept (1.25: a margin of 12.5 % of the width per side, above peak_px at 640 px).
     canvas_scale: float = 1.25
@@ -213,6 +215,8 @@ class TrainConfig:
         if len(a.fov_zoom) != 2 or not 0.5 <= a.fov_zoom[0] <= a.fov_zoom[1] <= 1.9:
             raise ConfigError(f'augment.fov_zoom {a.fov_zoom} must be [low, high] with 0.5 <= low <= high <= 1.9 '
                               '(the exact inverse needs |zoom - 1| < 1)')
+        if not 0.0 <= a.fov_aspect <= 0.5:
+            raise ConfigError(f'augment.fov_aspect {a.fov_aspect} must be in [0, 0.5] (|log(sx / sy)|)')
         if a.canvas_scale < 1.0:
             raise ConfigError(f'augment.canvas_scale {a.canvas_scale} must be >= 1')
         margin = (1.0 - 1.0 / a.canvas_scale) / 2.0 * a.canvas_scale * a.reference_width

@@ -12,7 +12,7 @@ at any (x, y) like `nmr.training.augment.Misalignment`, so the one exact-inverse
   camera is the more distorted one);
 - `composite`: 2-3 of the above composed (`T_n o .. o T_1`, each a map v -> v + phi_i(v));
 - `fov`: a second camera with another field of view, as every real RGB-LWIR rig has: the moving image
-  magnified by a zoom drawn from `augment.fov_zoom` (anisotropic up to +-20 %, a roll of up to 2 deg, the
+  magnified by a zoom drawn from `augment.fov_zoom` (anisotropic: `augment.fov_aspect`, a roll of up to 2 deg, the
   optical axis up to 8 % of the side off-centre). Its size comes from the zoom, not from `mean_px`: at a
   zoom of 1.6 the mean |phi| over the pixels both cameras see is ~40-50 px at 640 px width, beyond the
   other families (roadscene's raw thermal frame vs its RGB is such a pair, ~1.3 x 1.6). Fixed pixels
@@ -310,7 +310,7 @@ def _fov_field(
     zoom-out and the offset are shrunk until every sample stays on the canvas (no clamped edge, no cue)."""
     lo, hi = cfg.fov_zoom
     zoom = 1.0 + (lo + (hi - lo) * _u(g, 0.0, 1.0) - 1.0) * strength
-    aspect = math.exp(0.2 * _u(g) * strength)
+    aspect = math.exp(cfg.fov_aspect * _u(g) * strength)
     roll = math.radians(2.0 * _u(g) * strength)
     rot = torch.tensor([[math.cos(roll), -math.sin(roll)], [math.sin(roll), math.cos(roll)]], dtype=torch.float64)
     linear = rot @ torch.diag(torch.tensor([zoom * math.sqrt(aspect), zoom / math.sqrt(aspect)], dtype=torch.float64))
