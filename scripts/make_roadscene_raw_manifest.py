@@ -110,8 +110,8 @@ def main() -> int:
                      'flow': f'{stem}_flow.npy', 'valid': f'{stem}_valid.png', 'fixed_kind': 'lwir',
                      'family': 'real_fov'})
     write_manifest(args.out / 'manifest.csv', rows)
-    print(f'{len(rows)} {args.split}-split scenes -> {args.out / "manifest.csv"} (raw thermal vs RGB crop, affine ground '
-          f'truth; unregistered error {np.mean(magnitudes):.1f} px mean, {np.min(magnitudes):.1f}-'
+    print(f'{len(rows)} {args.split}-split scenes -> {args.out / "manifest.csv"} (raw thermal vs RGB crop, affine '
+          f'ground truth; unregistered error {np.mean(magnitudes):.1f} px mean, {np.min(magnitudes):.1f}-'
           f'{np.max(magnitudes):.1f} px); left out: {", ".join(left_out) or "none"}')
     return 0
 
