@@ -12,8 +12,11 @@ The cameras' fields of view differ (the RGB covers the centre of the thermal fra
 the raw one (not the denoised crop the models trained on), and the misalignment (a zoom of ~1.3x / 1.6x
 against the plain rescale, tens of px) is larger than the training families' (5-30 px mean).
 
-Only the trainer's held-out scenes (`--split val`, its hash and val_fraction) are written. Images are not
-copied: the manifest names the dataset's files; only flows and valid masks are written under --out.
+By default only the trainer's held-out scenes (`--split val`, its hash and val_fraction) are written;
+`--split train` writes the training scenes instead (a real selection set that never overlaps the
+evaluation).
+Images are not copied: the manifest names the dataset's files; only flows and valid masks are written under
+--out.
 
     .venv/bin/python scripts/make_roadscene_raw_manifest.py --data ../shared/data/roadscene \
         --out runs/eval/sets/roadscene_raw
