@@ -37,7 +37,8 @@ def main() -> int:
     state = {k: v.clone() for k, v in src.state['registration'].items()}
     registration = dict(src.metadata.registration)
     validity = args.pair == 'rgb_depth'
-    key = 'fixed_pyramid.levels.0.0.weight'
+    # the fixed encoder's first layer: plain stems' first convolution, or XFeat stems' grey projection
+    key = 'fixed_pyramid.to_grey.weight' if registration.get('stem') == 'xfeat' else 'fixed_pyramid.levels.0.0.weight'
     if validity and not registration.get('fixed_validity', False):
         w = state[key]
         state[key] = torch.cat((w, torch.zeros_like(w[:, :1])), dim=1)

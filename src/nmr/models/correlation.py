@@ -160,13 +160,23 @@ class CorrRegistrationNet(nn.Module):
         radii: list[int],
         decoder_channels: list[int],
         depth_validity: bool,
+        stem: str = 'plain',
     ) -> None:
         super().__init__()
         if len(radii) != len(channels):
             raise ValueError(f'corr needs one radius per pyramid level: {len(channels)} levels, radii {radii}')
         self.depth_validity = depth_validity
-        self.moving_pyramid = Pyramid(moving_channels, channels)
-        self.fixed_pyramid = Pyramid(fixed_channels + (1 if depth_validity else 0), channels)
+        fixed_in = fixed_channels + (1 if depth_validity else 0)
+        self.moving_pyramid: nn.Module
+        self.fixed_pyramid: nn.Module
+        if stem == 'xfeat':
+            from nmr.models.xfeat_stem import XFeatPyramid
+
+            self.moving_pyramid = XFeatPyramid(moving_channels)
+            self.fixed_pyramid = XFeatPyramid(fixed_in, image_channels=fixed_channels)
+        else:
+            self.moving_pyramid = Pyramid(moving_channels, channels)
+            self.fixed_pyramid = Pyramid(fixed_in, channels)
         self.radii = [int(r) for r in radii]  # finest first
         decoders = []
         for i, (c, r) in enumerate(zip(channels, radii)):

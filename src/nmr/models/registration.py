@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ARCHES = ('paper', 'fast', 'corr')
+STEMS = ('plain', 'xfeat')
 OUTPUT_INIT_STD = 1e-5
 
 
@@ -54,11 +55,21 @@ class RegistrationConfig:
     corr_radii: list[int] = field(default_factory=list)
     decoder_channels: list[int] = field(default_factory=list)
     fixed_validity: bool = False
+    # corr only: `plain` (two 3x3 convolutions per level) or `xfeat` (XFeat's backbone blocks,
+    # nmr.models.xfeat_stem; channels fixed to XFEAT_CHANNELS; started from XFeat's weights by
+    # scripts/xfeat_init.py).
+    stem: str = 'plain'
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHES:
             raise ValueError(f'registration arch {self.arch!r} is not one of {ARCHES}')
+        if self.stem not in STEMS or (self.stem != 'plain' and self.arch != 'corr'):
+            raise ValueError(f'registration stem {self.stem!r} must be one of {STEMS} (xfeat: arch corr only)')
         defaults = _ARCH_DEFAULTS[self.arch]
+        if self.stem == 'xfeat' and not self.encoder_channels:
+            from nmr.models.xfeat_stem import XFEAT_CHANNELS
+
+            self.encoder_channels = list(XFEAT_CHANNELS)
         if not self.encoder_channels:
             self.encoder_channels = list(defaults['encoder_channels'])
         if self.output_blocks < 0:
@@ -85,6 +96,11 @@ class RegistrationConfig:
         self.corr_radii = [int(r) for r in (self.corr_radii or defaults['corr_radii'])]
         self.decoder_channels = [int(c) for c in (self.decoder_channels or defaults['decoder_channels'])]
         self.flow_stride = 2  # the finest level: the flow is refined at 1/2 and up-sampled once
+        if self.stem == 'xfeat':
+            from nmr.models.xfeat_stem import XFEAT_CHANNELS
+
+            if self.encoder_channels != XFEAT_CHANNELS:
+                raise ValueError(f'stem xfeat has the pyramid channels {XFEAT_CHANNELS}, not {self.encoder_channels}')
         if len(self.corr_radii) != len(self.encoder_channels):
             raise ValueError(
                 f'corr_radii {self.corr_radii} needs one radius per level of encoder_channels '
@@ -138,6 +154,7 @@ def build_registration(config: RegistrationConfig | None = None) -> nn.Module:
         cfg.corr_radii,
         cfg.decoder_channels,
         cfg.fixed_validity,
+        cfg.stem,
     )
     net.config = cfg  # type: ignore[assignment]
     return net
