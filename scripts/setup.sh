@@ -24,7 +24,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 
 stamp="$venv/.nmr-requirements.sha256"
-want="$(cat requirements.txt requirements-ros.txt setup.py | sha256sum | cut -d' ' -f1)-$use_system_ros"
+want="$(cat requirements.txt requirements-ros.txt requirements-nodeps.txt setup.py | sha256sum | cut -d' ' -f1)-$use_system_ros"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "setup: .venv is up to date"
 else
@@ -34,6 +34,7 @@ else
   reqs=(-r requirements.txt)
   if [ "$use_system_ros" = 0 ]; then reqs+=(-r requirements-ros.txt); fi
   "${pip[@]}" "${torch_args[@]}" "${reqs[@]}"
+  "${pip[@]}" --no-deps -r requirements-nodeps.txt
   "${pip[@]}" --no-deps -e .
   echo "$want" > "$stamp"
   echo "setup: .venv ready ($("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

