@@ -48,11 +48,6 @@ depth=$!
 wait "$lwir"; wait "$depth"   # set -e: a failed run stops here (see its log)
 # R_Phi of the last epoch (last.pt holds the optimiser too: keep the registration network only)
 for pair in rgb_lwir rgb_depth; do
-  .venv/bin/python - "$runs/$pair/last.pt" "$out/$pair.pt" <<'PY'
-import sys
-from nmr.models.checkpoint import read_checkpoint, save_checkpoint
-ckpt = read_checkpoint(sys.argv[1])
-save_checkpoint(sys.argv[2], {'registration': ckpt.state['registration']}, ckpt.metadata)
-PY
+  .venv/bin/python scripts/keep_registration.py "$runs/$pair/last.pt" "$out/$pair.pt"
   $nmr export --model "$out/$pair.pt" --out "$out/$pair.onnx"
 done

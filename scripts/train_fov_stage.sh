@@ -34,10 +34,5 @@ OMP_NUM_THREADS=1 $nmr train --pair rgb_lwir --pairs "$data/roadscene/crop_LR_vi
   --set data.workers=0 --set run.log_every=50 --set run.val_every=10 --set run.keep_every=25 "${resume[@]}" \
   >> "$runs/lwir.log" 2>&1
 # R_Phi of the last epoch (last.pt holds the optimiser too: keep the registration network only)
-.venv/bin/python - "$runs/rgb_lwir/last.pt" "$out/rgb_lwir.pt" <<'PY'
-import sys
-from nmr.models.checkpoint import read_checkpoint, save_checkpoint
-ckpt = read_checkpoint(sys.argv[1])
-save_checkpoint(sys.argv[2], {'registration': ckpt.state['registration']}, ckpt.metadata)
-PY
+.venv/bin/python scripts/keep_registration.py "$runs/rgb_lwir/last.pt" "$out/rgb_lwir.pt"
 $nmr export --model "$out/rgb_lwir.pt" --out "$out/rgb_lwir.onnx"

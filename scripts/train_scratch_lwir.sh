@@ -42,10 +42,5 @@ OMP_NUM_THREADS=1 $nmr train --pair rgb_lwir --pairs "$data/roadscene/crop_LR_vi
   --set data.workers=0 --set run.log_every=50 --set run.val_every=20 --set run.keep_every=40 "${resume[@]}" \
   >> "$run/train.log" 2>&1
 # R_Phi of the last epoch only (last.pt holds the optimiser too)
-$py - "$run/train/last.pt" "$run/rgb_lwir.pt" <<'PY'
-import sys
-from nmr.models.checkpoint import read_checkpoint, save_checkpoint
-ckpt = read_checkpoint(sys.argv[1])
-save_checkpoint(sys.argv[2], {'registration': ckpt.state['registration']}, ckpt.metadata)
-PY
+$py scripts/keep_registration.py "$run/train/last.pt" "$run/rgb_lwir.pt"
 $nmr export --model "$run/rgb_lwir.pt" --out "$run/rgb_lwir.onnx"

@@ -36,9 +36,11 @@ def main() -> int:
     torch.manual_seed(args.seed)
     cfg = RegistrationConfig(arch='corr', stem='xfeat', fixed_validity=args.pair == 'rgb_depth')
     net = build_registration(cfg)
-    source = 'random' if args.random else str(xfeat_weights_path())
+    source = 'random'
     if not args.random:
-        state = torch.load(xfeat_weights_path(), map_location='cpu', weights_only=True)
+        weights = xfeat_weights_path()
+        source = str(weights)
+        state = torch.load(weights, map_location='cpu', weights_only=True)
         for pyramid in (net.moving_pyramid, net.fixed_pyramid):
             load_xfeat_weights(pyramid, state)
     norm = normalisation_dict(normalisation_for(PAIR_FIXED_KIND[args.pair], None))

