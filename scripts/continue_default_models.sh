@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stage 3 of the default models (session 4, CPU): continue the GPU-stage models on the 2-core CPU with the
 # same cue-free supervised recipe (five families; parallax held back), one torch thread per pair, both pairs
-# in parallel, then export. Stages 1-2: scripts/train_default_models.sh; the GPU stage: scripts/device_train.py.
+# in parallel, then export. Stages 1-2: `git show 538319a:scripts/train_default_models.sh` (the
+# script of that name is now the session-6/7 recipe); the GPU stage: scripts/device_train.py.
 #   usage: scripts/continue_default_models.sh [RUNS_DIR]   (default runs/s4; resumes what is there)
 # Environment: NMR_INIT_DIR (default models: the GPU-stage rgb_lwir.pt / rgb_depth.pt; for a rerun after
 #   the models were replaced: git show 95ecea0:models/<file>), NMR_MODELS_OUT (default runs/s4_models),
@@ -27,7 +28,7 @@ common=(--config config/train.yaml --set model.registration.arch=corr --set loss
   --set run.val_max_pairs=24 --set data.net_hw=[128,160] --set optim.batch_size=8 --set run.threads=1
   --set data.workers=0 --set run.log_every=50 --set run.val_every=10 --set run.keep_every=10)
 resume() { [ -f "$runs/$1/last.pt" ] && echo --resume || true; }
-# the training-scene validation manifests of scripts/train_default_models.sh (progress only)
+# the training-scene validation manifests (deterministic, seed 99; progress only)
 [ -f runs/val_lwir/manifest.csv ] || .venv/bin/python scripts/make_misaligned_manifest.py --kind lwir --split train \
   --max-pairs 24 --seed 99 --pairs "$data/roadscene/crop_LR_visible" "$data/roadscene/cropinfrared" --out runs/val_lwir
 [ -f runs/val_depth/manifest.csv ] || .venv/bin/python scripts/make_misaligned_manifest.py --kind depth --split train \

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stage 4 of the default rgb_lwir model (session 5, CPU): continue the session-4 model with the field-of-view
 # family added to the cue-free supervised recipe (affine, homography, nonrigid, distortion, composite, fov;
-# parallax held back), one torch thread, then export. Earlier stages: scripts/train_default_models.sh (CPU),
+# parallax held back), one torch thread, then export. Earlier stages: `git show 538319a:scripts/train_default_models.sh` (CPU),
 # scripts/device_train.py (GPU), scripts/continue_default_models.sh (CPU continuation, session 4).
 #   usage: scripts/train_fov_stage.sh [RUNS_DIR]   (default runs/s5; resumes what is there)
 # Environment: NMR_INIT (default models/rgb_lwir.pt; after the model was replaced: git show
