@@ -1,6 +1,7 @@
 """scripts/train_default_models.sh end to end with a tiny step count (issue 19, item 6): the GPU profile runs
-its two stages (rgb_lwir from XFeat's start, rgb_depth transplanted from it) and writes exported models under
-NMR_MODELS_OUT. On fake data the test writes itself (tests never read ../shared/data), on the CPU."""
+its three stages (rgb_lwir from XFeat's start, rgb_depth transplanted from it, rgb_lwir on every family) and
+writes exported models under NMR_MODELS_OUT. On fake data the test writes itself (tests never read
+../shared/data), on the CPU."""
 
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ def test_gpu_profile_of_the_default_recipe_runs_with_a_tiny_step_count(tmp_path:
         'NMR_MODELS_OUT': str(out),
         'NMR_EPOCHS1': '1',
         'NMR_EPOCHS2': '1',
+        'NMR_EPOCHS3': '1',
     }
     tiny = ['--set', 'run.device=cpu', '--set', 'data.net_hw=[48,64]', '--set', 'optim.batch_size=2',
             '--set', 'data.workers=0', '--set', 'run.threads=1', '--set', 'run.steps_per_epoch=2']
@@ -63,7 +65,7 @@ def test_gpu_profile_of_the_default_recipe_runs_with_a_tiny_step_count(tmp_path:
         assert meta.pair == pair and meta.net_hw == (48, 64)
         assert meta.registration['stem'] == 'xfeat'   # XFeat's start, carried through the transplant
     six = ['affine', 'homography', 'nonrigid', 'distortion', 'composite', 'fov']
-    assert read_checkpoint(out / 'rgb_lwir.pt').metadata.train_data['families'] == six   # stage 1
+    assert read_checkpoint(out / 'rgb_lwir.pt').metadata.train_data['families'] == [*six, 'parallax']   # stage 3
     assert read_checkpoint(out / 'rgb_depth.pt').metadata.train_data['families'] == six[:5]   # stage 2
     assert read_checkpoint(out / 'rgb_depth.pt').metadata.normalisation['mode'] == 'robust'
     lwir_sources = read_checkpoint(out / 'rgb_lwir.pt').metadata.train_data['sources']
