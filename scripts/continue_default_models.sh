@@ -28,12 +28,9 @@ common=(--config config/train.yaml --set model.registration.arch=corr --set loss
   --set run.val_max_pairs=24 --set data.net_hw=[128,160] --set optim.batch_size=8 --set run.threads=1
   --set data.workers=0 --set run.log_every=50 --set run.val_every=10 --set run.keep_every=10)
 resume() { [ -f "$runs/$1/last.pt" ] && echo --resume || true; }
-# the training-scene validation manifests (deterministic, seed 99; progress only)
-[ -f runs/val_lwir/manifest.csv ] || .venv/bin/python scripts/make_misaligned_manifest.py --kind lwir --split train \
-  --max-pairs 24 --seed 99 --pairs "$data/roadscene/crop_LR_visible" "$data/roadscene/cropinfrared" --out runs/val_lwir
-[ -f runs/val_depth/manifest.csv ] || .venv/bin/python scripts/make_misaligned_manifest.py --kind depth --split train \
-  --max-pairs 24 --seed 99 --pairs "$data/rgbdd/RGB" "$data/rgbdd/Depth" --moving-suffix _RGB \
-  --fixed-suffix _HR_gt --scene-prefix 11 --out runs/val_depth
+# the training-scene validation manifests (progress only)
+NMR_DATA="$data" scripts/val_manifest.sh lwir runs/val_lwir
+NMR_DATA="$data" scripts/val_manifest.sh depth runs/val_depth
 llvip=(--pairs "$data/llvip/visible" "$data/llvip/infrared" 2 0.3)
 OMP_NUM_THREADS=1 nice -n 15 $nmr train --pair rgb_lwir --pairs "$data/roadscene/crop_LR_visible" \
   "$data/roadscene/cropinfrared" "${llvip[@]}" "${llvip[@]}" "${llvip[@]}" --init "$init/rgb_lwir.pt" \

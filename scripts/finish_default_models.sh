@@ -27,11 +27,8 @@ for seed in 101 102 103 104; do
     --size-scale 0.5 --workers 1 > "$runs/rig_$seed.log"
   bags+=("$runs/rig_$seed")
 done
-[ -f "$runs/val_lwir/manifest.csv" ] || $py scripts/make_misaligned_manifest.py --kind lwir --split train \
-  --max-pairs 24 --seed 99 --pairs "$data/roadscene/crop_LR_visible" "$data/roadscene/cropinfrared" --out "$runs/val_lwir"
-[ -f "$runs/val_depth/manifest.csv" ] || $py scripts/make_misaligned_manifest.py --kind depth --split train \
-  --max-pairs 24 --seed 99 --pairs "$data/rgbdd/RGB" "$data/rgbdd/Depth" --moving-suffix _RGB --fixed-suffix _HR_gt \
-  --scene-prefix 11 --out "$runs/val_depth"
+NMR_DATA="$data" scripts/val_manifest.sh lwir "$runs/val_lwir"
+NMR_DATA="$data" scripts/val_manifest.sh depth "$runs/val_depth"
 common=(--config config/train.yaml --set model.registration.arch=corr --set loss.objective=supervised
         --set augment.enabled=true --set "augment.families=[affine,homography,nonrigid,distortion,composite]"
         --set optim.schedule=onecycle --set optim.lr=1e-4 --set optim.weight_decay=1e-4 --set optim.epochs="$epochs"

@@ -32,13 +32,9 @@ for seed in ${NMR_RIG_SEEDS-101 102 103 104 105 106 107 108}; do
   bags+=("$runs/rig_$seed")
 done
 [ ${#bags[@]} -eq 0 ] || bags=(--bag "${bags[@]}")
-# training-scene validation, deterministic (seed 99): the same 24 pairs wherever they are written
 val_lwir="${NMR_VAL_LWIR:-$runs/val_lwir}"; val_depth="${NMR_VAL_DEPTH:-$runs/val_depth}"
-[ -f "$val_lwir/manifest.csv" ] || $py scripts/make_misaligned_manifest.py --kind lwir --split train \
-  --max-pairs 24 --seed 99 --pairs "$data/roadscene/crop_LR_visible" "$data/roadscene/cropinfrared" --out "$val_lwir"
-[ -f "$val_depth/manifest.csv" ] || $py scripts/make_misaligned_manifest.py --kind depth --split train \
-  --max-pairs 24 --seed 99 --pairs "$data/rgbdd/RGB" "$data/rgbdd/Depth" --moving-suffix _RGB --fixed-suffix _HR_gt \
-  --scene-prefix 11 --out "$val_depth"
+NMR_DATA="$data" scripts/val_manifest.sh lwir "$val_lwir"
+NMR_DATA="$data" scripts/val_manifest.sh depth "$val_depth"
 every=$(( epochs % 20 == 0 ? 20 : 1 ))
 common=(--config config/train.yaml --set loss.objective=supervised --set augment.enabled=true
         --set "augment.families=[affine,homography,nonrigid,distortion,composite,fov,parallax]"

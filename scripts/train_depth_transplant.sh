@@ -20,10 +20,8 @@ py=.venv/bin/python
 mkdir -p "$run"
 [ -s "$run/init.pt" ] || $py scripts/transplant_registration.py --source "$source" --pair rgb_depth \
   --normalisation '{mode: robust}' --out "$run/init.pt"
-val="${NMR_VAL_DEPTH:-runs/val_depth}"   # training-scene validation, deterministic (seed 99)
-[ -f "$val/manifest.csv" ] || $py scripts/make_misaligned_manifest.py --kind depth --split train \
-  --max-pairs 24 --seed 99 --pairs "$data/rgbdd/RGB" "$data/rgbdd/Depth" --moving-suffix _RGB --fixed-suffix _HR_gt \
-  --scene-prefix 11 --out "$val"
+val="${NMR_VAL_DEPTH:-runs/val_depth}"   # training-scene validation (scripts/val_manifest.sh)
+NMR_DATA="$data" scripts/val_manifest.sh depth "$val"
 resume=(); [ -f "$run/train/last.pt" ] && resume=(--resume)
 OMP_NUM_THREADS=1 $nmr train --pair rgb_depth --pairs "$data/rgbdd/RGB" "$data/rgbdd/Depth" --moving-suffix _RGB \
   --fixed-suffix _HR_gt --set data.scene_prefix=11 --set data.normalisation.mode=robust --init "$run/init.pt" \

@@ -19,8 +19,7 @@ init="${NMR_INIT:-models/rgb_lwir.pt}"
 out="${NMR_MODELS_OUT:-runs/s5_models}"
 nmr=.venv/bin/nmr
 mkdir -p "$runs" "$out"
-[ -f runs/val_lwir/manifest.csv ] || .venv/bin/python scripts/make_misaligned_manifest.py --kind lwir --split train \
-  --max-pairs 24 --seed 99 --pairs "$data/roadscene/crop_LR_visible" "$data/roadscene/cropinfrared" --out runs/val_lwir
+NMR_DATA="$data" scripts/val_manifest.sh lwir runs/val_lwir
 resume=(); [ -f "$runs/rgb_lwir/last.pt" ] && resume=(--resume)
 llvip=(--pairs "$data/llvip/visible" "$data/llvip/infrared" 2 0.3)
 OMP_NUM_THREADS=1 $nmr train --pair rgb_lwir --pairs "$data/roadscene/crop_LR_visible" \

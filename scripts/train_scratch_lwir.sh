@@ -31,10 +31,8 @@ case "$start" in
   *) echo "the start must be xfeat, random or an INIT.pt, not $start" >&2; exit 2 ;;
 esac
 [ -s "$run/init.pt" ] || $py scripts/xfeat_init.py --pair rgb_lwir "${init_args[@]}" --out "$run/init.pt"
-# training-scene validation, deterministic (seed 99): the same 24 pairs wherever it is written
 val="${NMR_VAL_LWIR:-runs/val_lwir}"
-[ -f "$val/manifest.csv" ] || $py scripts/make_misaligned_manifest.py --kind lwir --split train \
-  --max-pairs 24 --seed 99 --pairs "$data/roadscene/crop_LR_visible" "$data/roadscene/cropinfrared" --out "$val"
+NMR_DATA="$data" scripts/val_manifest.sh lwir "$val"
 resume=(); [ -f "$run/train/last.pt" ] && resume=(--resume)
 llvip=(--pairs "$data/llvip/visible" "$data/llvip/infrared" 2 0.3)
 OMP_NUM_THREADS=1 $nmr train --pair rgb_lwir --pairs "$data/roadscene/crop_LR_visible" \

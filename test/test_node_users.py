@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -336,19 +335,13 @@ def test_compressed_inputs_and_camera_info_with_remapped_topics(models: dict[str
         info_pub.publish(info)
         harness.wait(lambda: info_pub.get_subscription_count() > 0, 10.0, 'camera_info subscription')
         lwir_stamp = stamp + 1_000_000
-        # The frames go out best effort, as camera drivers send them: one set can be lost on a loaded machine,
-        # so the same set is sent again every 3 s until the outputs arrive.
-        def arrived() -> bool:
-            return all(harness.received(t) for t in outputs)
 
-        deadline = time.monotonic() + 30.0
-        while not arrived():
-            assert time.monotonic() < deadline, 'timed out after 30 s waiting for flows and camera_info'
+        def send_frames() -> None:
             for stream, msg in sent.items():
                 harness.pubs[topics[stream]].publish(msg)
-            resend_at = time.monotonic() + 3.0
-            while time.monotonic() < resend_at and not arrived():
-                harness.spin(0.05)
+
+        harness.resend_until(send_frames, lambda: all(harness.received(t) for t in outputs), 30.0,
+                             'flows and camera_info')
         text = log.read_text()
         assert re.search(r'/thermal/image/compressed.*not a decodable JPEG/PNG', text), text[-2000:]
     finally:

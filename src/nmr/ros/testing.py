@@ -151,6 +151,21 @@ class RosHarness:
                 raise AssertionError(f'timed out after {timeout_s} s waiting for {what}')
             self._executor.spin_once(timeout_sec=0.02)
 
+    def resend_until(self, send: Callable[[], None], predicate: Callable[[], Any], timeout_s: float, what: str,
+                     every_s: float = 3.0) -> Any:
+        """Call `send` now and again every `every_s` until `predicate` is truthy.
+
+        Why: inputs go out best effort, as camera drivers publish them, and one message can be lost on a
+        loaded machine; a test that sends once and waits would then fail on the loss, not on the node."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            send()
+            try:
+                return self.wait(predicate, min(every_s, max(0.0, deadline - time.monotonic())), what)
+            except AssertionError:
+                if time.monotonic() >= deadline:
+                    raise AssertionError(f'timed out after {timeout_s} s waiting for {what}') from None
+
     def publisher(self, topic: str, msg_type: Any = None, reliable: bool = False) -> Any:
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
