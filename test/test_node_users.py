@@ -12,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -84,36 +84,65 @@ def _finish(proc: subprocess.Popen, harness: RosHarness, log: Path) -> None:
     assert code == 0 and 'Traceback' not in text, text[-3000:]
 
 
-# -- 1. an ordinary driver: default QoS, no Fast DDS profile, full-size frames ---------------------------
-def test_a_default_qos_driver_without_a_profile_delivers_nearly_every_full_size_frame(
+# -- 1. an ordinary driver: default QoS, full-size frames ------------------------------------------------
+def test_a_default_qos_driver_without_a_profile_is_subscribed_reliable(
         models: dict[str, Path], tmp_path: Path) -> None:
-    """>= 95 % of the frames of default-QoS drivers reach the node. One retry: every frame reaches the node's
-    DDS reader (the drivers' reliable writers are acknowledged), but on a busy 2-core machine a stall of
-    the node's process longer than the 10-frame input history (1 s at 10 Hz) still drops the oldest frames
-    there (docs/ros.md, Known issues)."""
-    fractions = _default_qos_delivery(models, tmp_path / 'first')
+    """Drivers with default QoS (reliable) and no Fast DDS profile: the node's input subscriptions follow
+    what they offer (reliable), and their frames arrive.
+
+    Regression: best-effort input subscriptions received 15-50 % of such frames. How many frames of a
+    profile-less driver arrive is not the node's to decide (docs/ros.md, Known issues: the driver's own
+    512 KB shared-memory segment overflows), so this test checks the QoS the node chose, not a fraction.
+    """
+    outcome = _default_qos_delivery(models, tmp_path, driver_profile=False, count=20)
+    assert outcome.reliability == {s: 'RELIABLE' for s in INPUT_TOPICS}, outcome.reliability
+    assert all(n > 0 for n in outcome.fractions.values()), outcome.fractions
+
+
+def test_drivers_with_the_image_profile_deliver_nearly_every_full_size_frame(
+        models: dict[str, Path], tmp_path: Path) -> None:
+    """>= 95 % of the frames of default-QoS drivers that run with config/fastdds_large_images.xml (as
+    register.launch.py sets it for everything it starts) reach the node. One retry: on a busy 2-core
+    machine a stall of the node's process longer than the 10-frame input history (1 s at 10 Hz) still
+    drops the oldest frames in the node's reader."""
+    fractions = _default_qos_delivery(models, tmp_path / 'first', driver_profile=True).fractions
     if not all(f >= 0.95 for f in fractions.values()):
-        fractions = _default_qos_delivery(models, tmp_path / 'retry')
+        fractions = _default_qos_delivery(models, tmp_path / 'retry', driver_profile=True).fractions
     assert all(f >= 0.95 for f in fractions.values()), fractions
 
 
-def _default_qos_delivery(models: dict[str, Path], tmp_path: Path) -> dict[str, float]:
-    """Two driver processes as on the rig (realsense-ros: RGB + depth; flir_boson_usb: LWIR), default QoS,
-    no FASTDDS_DEFAULT_PROFILES_FILE in their environment (the node has it, as the launch file sets it).
+class _Delivery(NamedTuple):
+    fractions: dict[str, float]
+    """Frames counted by the node per input / frames the drivers published."""
+    reliability: dict[str, str]
+    """The reliability of the node's subscription per input, as the DDS graph reports it."""
 
-    Regression: best-effort input subscriptions received 15-50 % of such frames; the default now follows
-    what the drivers offer (reliable here).
+
+def _node_reliability(harness: RosHarness) -> dict[str, str]:
+    found = {}
+    for stream, topic in INPUT_TOPICS.items():
+        for info in harness.node.get_subscriptions_info_by_topic(topic):
+            if info.node_namespace == NS and info.node_name == 'register_node':
+                found[stream] = info.qos_profile.reliability.name
+    return found
+
+
+def _default_qos_delivery(models: dict[str, Path], tmp_path: Path, driver_profile: bool,
+                          count: int | None = None) -> _Delivery:
+    """Two driver processes as on the rig (realsense-ros: RGB + depth; flir_boson_usb: LWIR), default QoS,
+    with or without the image profile in their environment (the node has it, as the launch file sets it).
     """
     from diagnostic_msgs.msg import DiagnosticArray
 
     tmp_path.mkdir(parents=True, exist_ok=True)
-    count = int(os.environ.get('NMR_DRIVER_COUNT', '60'))
+    count = count or int(os.environ.get('NMR_DRIVER_COUNT', '60'))
+    rate_hz = os.environ.get('NMR_DRIVER_RATE_HZ', '10')
     log = tmp_path / 'node.log'
     proc = start_node(_params(models), log, extra_args=['-r', f'__ns:={NS}'])
     harness = RosHarness('nmr_test_driver_qos')
     harness.subscribe(['/diagnostics'], DiagnosticArray)
-    env = {k: v for k, v in os.environ.items() if k != 'FASTDDS_DEFAULT_PROFILES_FILE'}
-    drivers = [subprocess.Popen([sys.executable, '-m', 'nmr.ros.testing', 'driver', str(count), '10', streams],
+    env = {k: v for k, v in os.environ.items() if driver_profile or k != 'FASTDDS_DEFAULT_PROFILES_FILE'}
+    drivers = [subprocess.Popen([sys.executable, '-m', 'nmr.ros.testing', 'driver', str(count), rate_hz, streams],
                                 env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                for streams in ('rgb,depth', 'lwir')]
 
@@ -155,6 +184,7 @@ def _default_qos_delivery(models: dict[str, Path], tmp_path: Path) -> dict[str, 
         with contextlib.suppress(AssertionError):  # acknowledged frames reach the callbacks very soon
             harness.wait(lambda: all(received()[s] - before[s] >= count for s in before), 5.0, 'every frame')
         after = settled_counts()
+        reliability = _node_reliability(harness)
     finally:
         for driver in drivers:
             if driver.poll() is None:
@@ -164,7 +194,7 @@ def _default_qos_delivery(models: dict[str, Path], tmp_path: Path) -> dict[str, 
     print(f'received fraction per input: {fractions}')
     for driver in drivers:
         assert driver.returncode == 0 and driver.stdout and 'acknowledged: True' in driver.stdout.read()
-    return fractions
+    return _Delivery(fractions, reliability)
 
 
 def test_a_best_effort_driver_started_after_the_node_is_followed(models: dict[str, Path], tmp_path: Path) -> None:
@@ -325,25 +355,25 @@ def test_compressed_inputs_and_camera_info_with_remapped_topics(models: dict[str
                'depth': (frames.depth, '16UC1', -1_000_000)}
         sent = {}
         bad = CompressedImage(header=Header(stamp=time_from_ns(stamp - SECOND)), format='png', data=b'not a png')
-        harness.pubs[topics['lwir']].publish(bad)
+        harness.resend_until(lambda: harness.pubs[topics['lwir']].publish(bad),
+                             lambda: re.search(r'/thermal/image/compressed.*not a decodable JPEG/PNG',
+                                               log.read_text()), 30.0, 'the undecodable frame to be logged', 1.0)
         for stream, (arr, encoding, offset) in raw.items():
             transport = 'compressedDepth' if stream == 'depth' else 'compressed'
             fmt, data = encode_compressed(arr, encoding, transport)
             msg = CompressedImage(header=Header(stamp=time_from_ns(stamp + offset), frame_id=stream), format=fmt)
             msg.data = data
             sent[stream] = msg
-        info_pub.publish(info)
         harness.wait(lambda: info_pub.get_subscription_count() > 0, 10.0, 'camera_info subscription')
         lwir_stamp = stamp + 1_000_000
 
         def send_frames() -> None:
+            info_pub.publish(info)
             for stream, msg in sent.items():
                 harness.pubs[topics[stream]].publish(msg)
 
         harness.resend_until(send_frames, lambda: all(harness.received(t) for t in outputs), 30.0,
                              'flows and camera_info')
-        text = log.read_text()
-        assert re.search(r'/thermal/image/compressed.*not a decodable JPEG/PNG', text), text[-2000:]
     finally:
         _finish(proc, harness, log)
     out_info = harness.received(outputs[2])[-1]

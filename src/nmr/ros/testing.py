@@ -338,8 +338,8 @@ def plain_driver(count: int, rate_hz: float = 10.0, streams: Sequence[str] = tup
     """Publish full-size frames of `streams` at `rate_hz` the way ordinary camera drivers do (one process
     per camera driver: realsense-ros publishes RGB and depth, flir_boson_usb LWIR).
 
-    Default QoS (reliable, keep last 10) and no Fast DDS profile of its own (the caller leaves
-    FASTDDS_DEFAULT_PROFILES_FILE out of this process's environment). Stamps are the wall clock.
+    Default QoS (reliable, keep last 10); the Fast DDS profile is whatever FASTDDS_DEFAULT_PROFILES_FILE
+    in this process's environment names (an ordinary driver has none). Stamps are the wall clock.
 
     Protocol on stdin/stdout, so that the caller measures the steady state and not discovery (a writer can
     match a reader before the reader matches it; a volatile reader never gets what was sent before): warm-up
