@@ -116,14 +116,8 @@ def _count(harness: RosHarness, key: str) -> int:
 
 def _publish_counted(harness: RosHarness, msg: Any, before: int) -> None:
     """Publish until the node has received it (best effort may drop one); waits on its counter."""
-    for _ in range(5):
-        harness.pubs[INPUT_TOPICS['lwir']].publish(msg)
-        try:
-            harness.wait(lambda: _count(harness, 'lwir.received') > before, 2.0, 'the node to receive it')
-            return
-        except AssertionError:
-            continue
-    raise AssertionError('the node never received the message')
+    harness.resend_until(lambda: harness.pubs[INPUT_TOPICS['lwir']].publish(msg),
+                         lambda: _count(harness, 'lwir.received') > before, 10.0, 'the node to receive it', 2.0)
 
 
 def _flow_at(harness: RosHarness, stamp_ns: int) -> np.ndarray:
