@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 
-from nmr.data.pairs import FolderPairDataset, write_manifest
+from nmr.data.pairs import SPLITS, FolderPairDataset, write_manifest
 from nmr.training.config import AugmentConfig
 from nmr.training.families import FAMILIES, cue_free_pair
 
@@ -43,9 +43,10 @@ def main() -> int:
                              "depth pairs' own depth, a random layered depth for LWIR pairs)")
     parser.add_argument('--mean-px', type=float, nargs=2, default=(5.0, 30.0), metavar=('LOW', 'HIGH'),
                         help='mean |phi| drawn uniformly from this range, px at 640 px width')
-    parser.add_argument('--split', choices=('val', 'train', 'all'), default='val',
-                        help='val: held-out scenes (evaluation); train: training scenes (for tuning '
-                             'optimisation settings without touching the held-out ones); all: every pair')
+    parser.add_argument('--split', choices=SPLITS, default='val',
+                        help='val: held-out scenes; select / report: the held-out scenes for choosing '
+                             'between models / for the numbers reported (a partition of val); train: '
+                             'training scenes; all: every pair')
     parser.add_argument('--max-pairs', type=int, default=0, help='first N pairs of the split (0 = all)')
     parser.add_argument('--out', type=Path, required=True, help='folder for images, flows and manifest.csv')
     args = parser.parse_args()
@@ -85,7 +86,8 @@ def main() -> int:
                      'family': cut.family})
     write_manifest(args.out / 'manifest.csv', rows)
     mags = [np.linalg.norm(np.load(str(r['flow'])), axis=2).mean() for r in rows]
-    what = {'val': 'held-out', 'train': 'training-scene', 'all': ''}[args.split]
+    what = {'val': 'held-out', 'select': 'held-out selection', 'report': 'held-out report',
+            'train': 'training-scene', 'all': ''}[args.split]
     print(f'{len(rows)} {what} pairs -> {args.out / "manifest.csv"} ({args.family}, mean misalignment '
           f'{np.mean(mags):.1f} px, cue-free centre crops)')
     return 0

@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from nmr.data.pairs import FolderPairDataset, write_manifest
+from nmr.data.pairs import SPLITS, FolderPairDataset, write_manifest
 
 MIN_ECC = 0.98  # below this the recovered crop is not trusted and the scene is left out (reported)
 
@@ -78,7 +78,8 @@ def main() -> int:
     parser.add_argument('--data', type=Path, required=True, help='the roadscene folder')
     parser.add_argument('--out', type=Path, required=True, help='folder for flows, valid masks and manifest.csv')
     parser.add_argument('--val-fraction', type=float, default=0.2, help='as data.val_fraction in training')
-    parser.add_argument('--split', choices=('val', 'train', 'all'), default='val')
+    parser.add_argument('--split', choices=SPLITS, default='val',
+                        help='val: held-out scenes; select / report: their partition (choosing / reporting)')
     args = parser.parse_args()
 
     data = FolderPairDataset(args.data / 'crop_LR_visible', args.data / 'cropinfrared', 'lwir',

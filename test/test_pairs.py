@@ -170,6 +170,20 @@ def test_folder_grey_jpeg_as_lwir_and_split(tmp_path: Path):
         in_split('x', 'test', 0.2)
 
 
+def test_select_and_report_partition_the_held_out_scenes_whatever_the_val_fraction():
+    """Choosing on `select` and reporting on `report` must never share a scene, and neither may hold a
+    training scene; the partition must not move when val_fraction does (one scene list per dataset)."""
+    keys = [f'FLIR_{k:05d}' for k in range(600)]
+    for fraction in (0.2, 0.5):
+        val = {k for k in keys if in_split(k, 'val', fraction)}
+        select = {k for k in keys if in_split(k, 'select', fraction)}
+        report = {k for k in keys if in_split(k, 'report', fraction)}
+        assert select | report == val and not select & report
+        assert 0.2 < len(select) / len(val) < 0.45  # about a third
+    always_select = {k for k in keys if in_split(k, 'select', 1.0)}
+    assert {k for k in keys if in_split(k, 'select', 0.2)} == {k for k in always_select if in_split(k, 'val', 0.2)}
+
+
 def test_folder_split_by_scene_prefix_keeps_a_scene_together(tmp_path: Path):
     """Time-stamped stems (rgbdd): frames of one 10-minute block never straddle train and val."""
     (tmp_path / 'm').mkdir()

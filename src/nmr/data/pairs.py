@@ -22,7 +22,10 @@ Images are read with OpenCV (``IMREAD_UNCHANGED`` for the fixed image; the movin
 RGB), ``.npy`` with numpy.
 
 Both datasets can be split by scene (``split='train'|'val'``): a stable hash of the row name (or file
-stem) puts a fraction ``val_fraction`` of the scenes into validation, never splitting one scene.
+stem) puts a fraction ``val_fraction`` of the scenes into validation, never splitting one scene. The
+held-out scenes are split once more, by a second hash, into ``select`` (about a third: for choosing between
+models and recipes) and ``report`` (the rest: for the numbers reported), so that no choice is made on the
+scenes a result is reported on.
 """
 
 from __future__ import annotations
@@ -47,16 +50,27 @@ REQUIRED_COLUMNS = ('moving', 'fixed')
 IMAGE_SUFFIXES = frozenset({'.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp', '.pgm', '.ppm', '.npy'})
 
 
+SPLITS = ('train', 'val', 'select', 'report', 'all')
+SELECT_EVERY = 3  # one held-out scene in this many is a selection scene
+
+
 def in_split(key: str, split: str, val_fraction: float) -> bool:
-    """Whether the scene ``key`` belongs to ``split`` (train/val/all), by a stable hash of the key."""
+    """Whether the scene ``key`` belongs to ``split`` (one of SPLITS), by stable hashes of the key.
+
+    ``select`` and ``report`` partition ``val``; the second hash is independent of the first, so the
+    partition does not depend on ``val_fraction``.
+    """
     if split == 'all':
         return True
-    if split not in ('train', 'val'):
-        raise ConfigError(f'split must be train, val or all, not {split!r}')
+    if split not in SPLITS:
+        raise ConfigError(f'split must be one of {", ".join(SPLITS)}, not {split!r}')
     if not 0.0 <= val_fraction <= 1.0:
         raise ConfigError(f'val_fraction must be in [0, 1], got {val_fraction}')
     is_val = (zlib.crc32(key.encode()) % 10_000) < val_fraction * 10_000
-    return is_val == (split == 'val')
+    if split in ('train', 'val'):
+        return is_val == (split == 'val')
+    is_select = zlib.crc32(f'{key}/select'.encode()) % SELECT_EVERY == 0
+    return is_val and is_select == (split == 'select')
 
 
 def read_image(path: Path, what: str = 'image') -> np.ndarray:
