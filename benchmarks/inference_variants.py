@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
-"""Inference-time variants of one model on manifests with ground truth (issue 19; none is in the pipeline).
+"""Inference-time variants of one model on manifests with ground truth (issue 19; only `tiles` is in the pipeline).
 
 - `once`: the network once (what the pipeline does);
 - `iterate-K`: pre-warp the moving image by the flow so far (borders replicated, so no wedge appears),
   register what is left, compose (nmr.flow.compose); K passes in all;
 - `flips`: the mean of the flows of the pair as is, flipped left-right, upside-down and both (4x cost);
+- `hflip`: the mean of the flows of the pair as is and flipped left-right (2x cost; left-right flips are a
+  training augmentation, upside-down ones are not);
+- `tiles`: nmr.inference.tiles (the network again on a 2x2 grid of overlapping tiles of the pair pre-warped by
+  the first flow, each `--tile` of the height and width; 5x cost); on in the pipeline for rgb_depth;
 - `homography` / `blend`: a homography fitted (RANSAC, every 8th pixel) to the network's flow / the mean of it
   and the flow.
 EPE as % of the unregistered EPE per variant and manifest (the reference of `nmr evaluate`).
@@ -29,6 +33,7 @@ from nmr.evaluation.baselines import identity_flow
 from nmr.evaluation.metrics import PairResult, evaluate_pair, summarise
 from nmr.inference.model_file import read_model_info
 from nmr.inference.select import create_registrar
+from nmr.inference.tiles import TileRefinedRegistrar
 
 Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -43,9 +48,11 @@ def flipped(predict: Predict, moving: np.ndarray, fixed: np.ndarray, axes: tuple
     return flow
 
 
-def iterate(predict: Predict, moving: np.ndarray, fixed: np.ndarray, passes: int) -> list[np.ndarray]:
-    """The composed flow after each of `passes` passes."""
-    flow = predict(moving, fixed)
+def iterate(
+    predict: Predict, moving: np.ndarray, fixed: np.ndarray, passes: int, first: np.ndarray
+) -> list[np.ndarray]:
+    """The composed flow after each of `passes` passes (`first`: the flow of the first)."""
+    flow = first
     out = [flow]
     for _ in range(passes - 1):
         map_x, map_y = nmr_flow.sample_maps(flow)
@@ -68,10 +75,15 @@ def main() -> int:
     parser.add_argument('--manifest', nargs='+', required=True)
     parser.add_argument('--passes', type=int, default=3, help='iterate up to this many passes')
     parser.add_argument('--backend', default='onnxruntime')
+    parser.add_argument('--tile', type=float, default=0.6, help='tile side as a fraction of the image (tiles)')
+    parser.add_argument('--only', nargs='+', default=None,
+                        choices=('iterate', 'flips', 'hflip', 'homography', 'blend', 'tiles'),
+                        help='compute only these variants (and once)')
     args = parser.parse_args()
     meta = read_model_info(args.model).metadata
     registrar = create_registrar(args.model, backend=args.backend, device='cpu', net_hw=None,
                                  log=lambda *_: None, expected_pair=meta.pair)
+    tiles = TileRefinedRegistrar(registrar, args.tile)  # type: ignore[arg-type]
     table = {}
     for manifest in args.manifest:
         rows = read_manifest(manifest, fixed_kind=meta.fixed_kind)
@@ -82,12 +94,24 @@ def main() -> int:
             def predict(moving: np.ndarray, fixed: np.ndarray, fp=fp) -> np.ndarray:
                 return registrar.register(moving, fixed, fp.fixed_encoding).flow
 
-            passes = iterate(predict, fp.moving, fp.fixed, args.passes)
-            flips = [passes[0]] + [flipped(predict, fp.moving, fp.fixed, axes) for axes in ((1,), (0,), (0, 1))]
-            homography = fitted_homography(passes[0])
-            variants = {'once': passes[0], **{f'iterate-{k + 1}': f for k, f in enumerate(passes) if k > 0},
-                        'flips': np.mean(flips, axis=0).astype(np.float32), 'homography': homography,
-                        'blend': (0.5 * (passes[0] + homography)).astype(np.float32)}
+            wanted = set(args.only or ['once', 'iterate', 'flips', 'hflip', 'homography', 'blend', 'tiles'])
+            first = predict(fp.moving, fp.fixed)
+            variants = {'once': first}
+            if 'iterate' in wanted:
+                passes = iterate(predict, fp.moving, fp.fixed, args.passes, first)
+                variants.update({f'iterate-{k + 1}': f for k, f in enumerate(passes) if k > 0})
+            if wanted & {'flips', 'hflip'}:
+                flips = [first] + [flipped(predict, fp.moving, fp.fixed, axes)
+                                   for axes in ((1,), (0,), (0, 1))[:3 if 'flips' in wanted else 1]]
+                if 'flips' in wanted:
+                    variants['flips'] = np.mean(flips, axis=0).astype(np.float32)
+                variants['hflip'] = np.mean(flips[:2], axis=0).astype(np.float32)
+            if wanted & {'homography', 'blend'}:
+                homography = fitted_homography(first)
+                variants['homography'] = homography
+                variants['blend'] = (0.5 * (first + homography)).astype(np.float32)
+            if 'tiles' in wanted:
+                variants['tiles'] = tiles.refine(fp.moving, fp.fixed, fp.fixed_encoding, first)
             ident = identity_flow(fp.fixed.shape[:2], fp.moving.shape[:2])
             valid = None if fp.valid is None else np.asarray(fp.valid).astype(bool)
             for name, flow in variants.items():

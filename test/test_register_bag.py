@@ -152,10 +152,14 @@ def test_camera_info_of_the_fixed_camera_accompanies_every_output_set(
 
 def test_flow_equals_the_registrar_on_the_synchronised_frames(
         offline: dict[str, list[Any]], synced: dict[str, list[Any]], models: dict[str, Path]) -> None:
-    from nmr.inference import create_registrar
+    """The registrar the node's settings make (rgb_depth refined on tiles by default, nmr.inference.tiles)."""
+    from nmr.inference.tiles import TileRefinedRegistrar
+    from nmr.pipeline.settings import create_registrar, validate
 
+    settings = validate({'backend': 'torch', 'device': 'cpu'})
     for pair, pairs in synced.items():
-        registrar = create_registrar(models[pair], backend='torch', device='cpu', log=lambda _t: None)
+        registrar = create_registrar(models[pair], settings, pair, log=lambda _t: None)
+        assert isinstance(registrar, TileRefinedRegistrar) == (pair == 'rgb_depth')
         flows = {stamp: arr for stamp, _f, _e, arr in offline[f'{NS}/{pair}/flow']}
         for p in pairs:
             expected = registrar.register(p.moving, p.fixed, p.fixed_encoding).flow

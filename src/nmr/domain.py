@@ -63,3 +63,7 @@ DEFAULT_MAX_PIXELS = 4096 * 4096
 STREAM_ENCODINGS: dict[str, tuple[str, ...]] = {c.kind: c.encodings for c in CAMERAS.values()}
 TRANSPORTS: dict[str, tuple[str, ...]] = {c.kind: c.transports for c in CAMERAS.values()}
 BACKEND_CHOICES: tuple[str, ...] = ('auto', *BACKENDS)
+#: Pairs whose network flow is refined on tiles by default (nmr.inference.tiles): where it measured better for
+#: the shipped model on held-out selection scenes (docs/results.md, session 9). The node's `refine_tiles`,
+#: `nmr register-bag` and `nmr evaluate --refine-tiles auto` all start from this.
+REFINE_TILES_PAIRS: tuple[str, ...] = ('rgb_depth',)

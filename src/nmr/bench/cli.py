@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='time budget per configuration: fewer iterations, or skipped with a note when '
         'one step takes over a third of it (default 90)',
     )
+    parser.add_argument('--refine-tiles', action='store_true',
+                        help="refine each flow on 2x2 tiles (nmr.inference.tiles; the node's default for "
+                             'rgb_depth): its cost')
     parser.add_argument('--device', default='auto', help='auto (default), cpu or cuda[:N]')
     parser.add_argument('--precision', help='backend precision (torch fp32|fp16|bf16, tensorrt fp32|fp16)')
     parser.add_argument('--json', metavar='OUT', help='write machine info and all results as JSON')
@@ -89,6 +92,7 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
     from nmr.inference.engine_cache import format_size, parse_sizes
     from nmr.inference.registrar import resolve_device
     from nmr.inference.select import create_registrar
+    from nmr.inference.tiles import TileRefinedRegistrar
 
     sizes = parse_sizes(args.sizes)
     device = str(resolve_device(args.device))
@@ -123,7 +127,7 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                     def make(
                         backend: str = backend, path: Path = path, hw: tuple[int, int] = net_hw
                     ) -> RegistrarProtocol:
-                        return create_registrar(
+                        registrar = create_registrar(
                             path,
                             backend=backend,
                             device=args.device,
@@ -131,6 +135,7 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                             log=lambda _m: None,
                             **options,
                         )
+                        return TileRefinedRegistrar(registrar) if args.refine_tiles else registrar
 
                     bench_config(make, pairs, args.iters, args.warmup, args.max_seconds, device, result)
                     result.backend = _label(result)

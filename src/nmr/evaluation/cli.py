@@ -24,7 +24,7 @@ import numpy as np
 
 from nmr import atomic
 from nmr.data.pairs import read_manifest
-from nmr.domain import FIXED_KINDS
+from nmr.domain import FIXED_KINDS, REFINE_TILES_PAIRS
 from nmr.errors import ConfigError
 from nmr.evaluation.baselines import create_baseline, identity_flow
 from nmr.evaluation.figures import FigureRow, contact_sheet, write_flicker_gif, write_png
@@ -61,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--device', default='auto', help='auto (default), cpu, cuda[:N]')
     parser.add_argument('--net-size', metavar='WxH', help="network size (default: the model's)")
     parser.add_argument('--limit', type=int, help='evaluate only the first N rows')
+    parser.add_argument('--refine-tiles', choices=('auto', 'on', 'off'), default='auto',
+                        help="refine the network's flow on 2x2 overlapping tiles (nmr.inference.tiles; 5 network "
+                             "passes): auto (default) = as the node does for the model's pair (on for "
+                             f"{', '.join(REFINE_TILES_PAIRS)})")
     parser.add_argument(
         '--fixed-kind',
         choices=FIXED_KINDS,
@@ -74,7 +78,8 @@ def safe_name(name: str) -> str:
 
 
 def make_registrar(
-    model: str, backend: str, device: str, net_size: str | None, pair: str | None, log: Any
+    model: str, backend: str, device: str, net_size: str | None, pair: str | None, log: Any,
+    refine_tiles: str = 'auto',
 ) -> RegistrarProtocol:
     if model in BASELINE_NAMES:
         return create_baseline(model)
@@ -83,7 +88,12 @@ def make_registrar(
     net_hw = None
     if net_size:
         net_hw = parse_sizes(net_size)[0]
-    return create_registrar(model, backend=backend, device=device, net_hw=net_hw, log=log, expected_pair=pair)
+    registrar = create_registrar(model, backend=backend, device=device, net_hw=net_hw, log=log, expected_pair=pair)
+    if refine_tiles == 'on' or (refine_tiles == 'auto' and pair in REFINE_TILES_PAIRS):
+        from nmr.inference.tiles import TileRefinedRegistrar
+
+        return TileRefinedRegistrar(registrar)
+    return registrar
 
 
 def evaluate(
@@ -99,6 +109,7 @@ def evaluate(
     log: Any = print,
     rig: str | Path | None = None,
     plane_distance_m: float = 10.0,
+    refine_tiles: str = 'auto',
 ) -> dict[str, Any]:
     """Run the model over every manifest row -> {'model', 'backend', 'pairs': [...], 'summary': {...}}."""
     if model is None and rig is None:
@@ -120,7 +131,8 @@ def evaluate(
         fixed_kind = rows.rows[0].fixed_kind if hasattr(rows, 'rows') and rows.rows else None
         if fixed_kind is None:
             raise ConfigError(f'manifest {manifest} has no fixed_kind column: pass --fixed-kind lwir or depth')
-    registrar = make_registrar(model, backend, device, net_size, pair, log) if model is not None else None
+    registrar = (make_registrar(model, backend, device, net_size, pair, log, refine_tiles)
+                 if model is not None else None)
     geometric = _geometric(rig, plane_distance_m, registrar, fixed_kind, log) if rig is not None else None
     flows_dir = Path(save_flows) if save_flows else None
     figs_dir = Path(figures) if figures else None
@@ -292,6 +304,7 @@ def run(args: argparse.Namespace) -> int:
         log=log,
         rig=args.rig,
         plane_distance_m=args.plane_distance,
+        refine_tiles=args.refine_tiles,
     )
     if args.out:
         with atomic.atomic_open(args.out, 'w') as f:

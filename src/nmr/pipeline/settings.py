@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from nmr.domain import BACKEND_CHOICES, DEFAULT_MAX_PIXELS, DEFAULT_TOPICS, PAIR_FIXED_KIND, PAIRS, STREAMS, TRANSPORTS
+from nmr.domain import (
+    BACKEND_CHOICES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_TOPICS,
+    PAIR_FIXED_KIND,
+    PAIRS,
+    REFINE_TILES_PAIRS,
+    STREAMS,
+    TRANSPORTS,
+)
 from nmr.errors import ConfigError
 from nmr.resources import share_dirs, share_path
 
@@ -114,6 +123,10 @@ PARAMS: tuple[ParamSpec, ...] = (
               dynamic=True),
     ParamSpec('net_width', 0, "network input width (0 = the model's training size)", _at_least(0),
               dynamic=True),
+    ParamSpec('refine_tiles', list(REFINE_TILES_PAIRS), "pairs whose network flow is refined on 2x2 overlapping "
+              'tiles of the pre-warped pair (nmr.inference.tiles: 5 network passes instead of 1; on by default '
+              'where it measured better for the shipped model, docs/results.md); [] = off',
+              _subset_of(PAIRS), dynamic=True),
     ParamSpec('sync.slop_s', 0.02, 'max stamp difference within a synchronised pair [s]', _positive),
     ParamSpec('sync.queue_size', 10, 'messages kept per stream while waiting for a partner', _at_least(1)),
     ParamSpec('outputs', list(OUTPUTS), 'outputs to publish (also: valid; added by itself with a rig)',
@@ -206,6 +219,7 @@ class NodeSettings:
     model_retry_s: float = 5.0
     rig: str = ''
     residual: bool = False
+    refine_tiles: tuple[str, ...] = REFINE_TILES_PAIRS
     rig_plane_distance_m: float = 10.0
     rig_motion: bool = True
     rig_depth_max_age_ns: int = 50_000_000
@@ -310,6 +324,7 @@ def validate(values: Mapping[str, Any]) -> NodeSettings:
         model_retry_s=merged['model_retry_s'],
         rig=merged['rig'],
         residual=merged['residual'],
+        refine_tiles=tuple(merged['refine_tiles']),
         rig_plane_distance_m=merged['rig_plane_distance_m'],
         rig_motion=merged['rig_motion'],
         rig_depth_max_age_ns=round(merged['rig_depth_max_age_s'] * 1e9),
@@ -433,6 +448,10 @@ def create_registrar(path: Path, settings: NodeSettings, pair: str,
                        expected_pair=pair, threads=threads)
     if parallel > 1 and getattr(registrar, 'prepost_threads', None) is not None:
         registrar.prepost_threads = threads  # type: ignore[attr-defined]  # = torch's count: no switching
+    if pair in settings.refine_tiles:
+        from nmr.inference.tiles import TileRefinedRegistrar
+
+        return TileRefinedRegistrar(registrar)
     return registrar
 
 

@@ -310,7 +310,7 @@ class RegisterNode(Node):
             return
         old, self.settings = self.settings, new
         self._throttle.period_s = new.log_throttle_s
-        runtime = ('backend', 'device', 'net_hw')
+        runtime = ('backend', 'device', 'net_hw', 'refine_tiles')
         for pair in self.pairs.values():
             if (model_path(old, pair.name) != model_path(new, pair.name)
                     or any(getattr(old, a) != getattr(new, a) for a in runtime)):
