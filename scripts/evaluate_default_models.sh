@@ -7,7 +7,8 @@
 # the field drawn on the whole image and both images cropped to the centre (no border cue, issue 19). Since
 # session 9 only the held-out scenes' `report` part (NMR_SPLIT, default report; nmr.data.pairs): the `select`
 # part is for choosing (scripts/evaluate_selection.sh). Until session 8 the sets used all held-out scenes
-# (NMR_SPLIT=val reproduces them); the scene counts below are those of `val`:
+# (NMR_SPLIT=val reproduces them; their rgb_depth numbers are without tile refinement: NMR_REFINE_TILES=off);
+# the scene counts below are those of `val`:
 #   roadscene_<family>  roadscene validation scenes (47), RGB-LWIR, one manifest per family
 #   llvip_mixed         llvip scene 01 (never trained on; 32 pairs), RGB-LWIR, families mixed
 #   roadscene_fov, llvip_fov  the field-of-view family (zoom 0.9-1.7), RGB-LWIR
@@ -26,6 +27,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 data="${NMR_DATA:-$root/../shared/data}"
 eval_dir="${1:-runs/eval}"
+tiles="${NMR_REFINE_TILES:-auto}"  # nmr evaluate --refine-tiles: auto = the node's default (rgb_depth on, since session 9)
 split="${NMR_SPLIT:-report}"   # report: held-out scenes no choice was made on (select: scripts/evaluate_selection.sh)
 shift || true
 models=("$@")
@@ -91,7 +93,7 @@ for spec in "${models[@]}"; do
   for pair in rgb_lwir rgb_depth; do
     if [ "$pair" = rgb_lwir ]; then list=("${lwir_sets[@]}"); else list=("${depth_sets[@]}"); fi
     for set in "${list[@]}"; do
-      [ -f "$eval_dir/$label/$set.json" ] || $nmr evaluate --model "$dir/$pair.onnx" --backend onnxruntime \
+      [ -f "$eval_dir/$label/$set.json" ] || $nmr evaluate --model "$dir/$pair.onnx" --backend onnxruntime --refine-tiles "$tiles" \
         --manifest "$sets/$set/manifest.csv" --out "$eval_dir/$label/$set.json" > "$eval_dir/$label/$set.txt"
       echo "$label $set: $(tail -n 1 "$eval_dir/$label/$set.txt")"
     done

@@ -8,6 +8,7 @@
 #             parallax} + their raw thermal frames; dev rig 7 LWIR (a rig geometry never trained on)
 #   rgb_depth: rgbdd select blocks (29 pairs) x {affine, homography, nonrigid, distortion, composite,
 #             parallax}; dev rig 7 depth
+# NMR_REFINE_TILES: nmr evaluate --refine-tiles (default auto: the node's default, rgb_depth refined on tiles).
 # NMR_VARIANTS=1 also runs benchmarks/inference_variants.py per model (once, iterate, flips, hflip, ...).
 # Writes SELECT_DIR/<label>/<set>.json and prints one line per set and the mean over each pair's sets.
 set -euo pipefail
@@ -55,7 +56,7 @@ for spec in "${models[@]}"; do
     for set in "${list[@]}"; do
       out="$select_dir/$label/$set.json"
       [ -f "$out" ] || $nmr evaluate --model "$dir/$pair.onnx" --backend onnxruntime \
-        --manifest "$sets/$set/manifest.csv" --out "$out" > /dev/null
+        --refine-tiles "${NMR_REFINE_TILES:-auto}" --manifest "$sets/$set/manifest.csv" --out "$out" > /dev/null
       ratios+=("$(ratio "$out")")
       echo "$label $pair $set: ${ratios[-1]} %"
     done

@@ -94,9 +94,12 @@ def test_the_tiles_correct_a_first_pass_that_is_off() -> None:
 
 def test_tile_refinement_is_on_where_the_settings_say() -> None:
     assert validate({}).refine_tiles == REFINE_TILES_PAIRS == ('rgb_depth',)
-    assert validate({'refine_tiles': []}).refine_tiles == ()
-    with pytest.raises(ConfigError, match='refine_tiles'):
-        validate({'refine_tiles': ['rgb_thermal']})
+    assert validate({'refine_tiles.rgb_depth': False}).refine_tiles == ()
+    assert validate({'refine_tiles.rgb_lwir': True}).refine_tiles == ('rgb_lwir', 'rgb_depth')
+    with pytest.raises(ConfigError, match=r'refine_tiles\.rgb_depth'):
+        validate({'refine_tiles.rgb_depth': 'sometimes'})
+    with pytest.raises(ConfigError, match=r'refine_tiles\.rgb_thermal'):
+        validate({'refine_tiles.rgb_thermal': True})
 
 
 @pytest.mark.parametrize(('pair', 'tiles'), [('rgb_depth', True), ('rgb_lwir', False)])

@@ -10,7 +10,7 @@ where its flow is least reliable, weighs least) and composed with the first flow
 
 Measured before it was adopted (docs/results.md, session 9, rule T, on held-out selection scenes): the
 shipped rgb_depth 5.3 points better on average, better on all 7 selection sets; the shipped rgb_lwir worse
-on 5 of its 9 (so it is off for rgb_lwir by default). Cost: 5 network passes instead of 1.
+on 6 of its 9 (so it is off for rgb_lwir by default). Cost: 5 network passes instead of 1.
 
 Pre-warping replicates the moving image's borders, so the tiles carry no wedge that could reveal the first
 flow; the fixed image is cut as it is (a depth tile is normalised on its own, as the measurement did).

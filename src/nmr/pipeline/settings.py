@@ -123,10 +123,9 @@ PARAMS: tuple[ParamSpec, ...] = (
               dynamic=True),
     ParamSpec('net_width', 0, "network input width (0 = the model's training size)", _at_least(0),
               dynamic=True),
-    ParamSpec('refine_tiles', list(REFINE_TILES_PAIRS), "pairs whose network flow is refined on 2x2 overlapping "
-              'tiles of the pre-warped pair (nmr.inference.tiles: 5 network passes instead of 1; on by default '
-              'where it measured better for the shipped model, docs/results.md); [] = off',
-              _subset_of(PAIRS), dynamic=True),
+    *(ParamSpec(f'refine_tiles.{p}', p in REFINE_TILES_PAIRS, f"refine {p}'s network flow on 2x2 overlapping tiles "
+                'of the pre-warped pair (nmr.inference.tiles: 5 network passes instead of 1; on by default where '
+                'it measured better for the shipped model, docs/results.md)', dynamic=True) for p in PAIRS),
     ParamSpec('sync.slop_s', 0.02, 'max stamp difference within a synchronised pair [s]', _positive),
     ParamSpec('sync.queue_size', 10, 'messages kept per stream while waiting for a partner', _at_least(1)),
     ParamSpec('outputs', list(OUTPUTS), 'outputs to publish (also: valid; added by itself with a rig)',
@@ -324,7 +323,7 @@ def validate(values: Mapping[str, Any]) -> NodeSettings:
         model_retry_s=merged['model_retry_s'],
         rig=merged['rig'],
         residual=merged['residual'],
-        refine_tiles=tuple(merged['refine_tiles']),
+        refine_tiles=tuple(p for p in PAIRS if merged[f'refine_tiles.{p}']),
         rig_plane_distance_m=merged['rig_plane_distance_m'],
         rig_motion=merged['rig_motion'],
         rig_depth_max_age_ns=round(merged['rig_depth_max_age_s'] * 1e9),
