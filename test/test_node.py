@@ -197,8 +197,9 @@ def test_every_output_arrives_on_the_fixed_grid_and_equals_the_offline_result(
     harness.wait(lambda: all(any(_stamp(m) == last[t] for m in harness.received(t)) for t in topics), 20.0,
                  'every output topic for the last set')
     encodings = {'registered': 'rgb8', 'flow': '32FC2', 'flow_viz': 'rgb8', 'overlay': 'rgb8'}
-    from nmr.inference.select import create_registrar
+    from nmr.pipeline.settings import create_registrar, validate
 
+    settings = validate({'backend': 'torch', 'device': 'cpu'})
     for pair, (hw, stamp, frame_id) in expect.items():
         for out, enc in encodings.items():
             msgs = [m for m in harness.received(f'{NS}/{pair}/{out}') if _stamp(m) == stamp]
@@ -206,7 +207,7 @@ def test_every_output_arrives_on_the_fixed_grid_and_equals_the_offline_result(
             m = msgs[-1]
             assert (m.encoding, m.height, m.width, m.header.frame_id) == (enc, hw[0], hw[1], frame_id)
         live_flow = _array([m for m in harness.received(f'{NS}/{pair}/flow') if _stamp(m) == stamp][-1])
-        registrar = create_registrar(models[pair], backend='torch', device='cpu', log=lambda _t: None)
+        registrar = create_registrar(models[pair], settings, pair, log=lambda _t: None)  # the node's (tiles for depth)
         fixed = frames.lwir if pair == 'rgb_lwir' else frames.depth
         offline = registrar.register(frames.rgb, fixed, 'mono16' if pair == 'rgb_lwir' else '16UC1')
         assert np.abs(offline.flow).max() > 0.1  # the random model moves pixels

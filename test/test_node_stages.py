@@ -56,7 +56,10 @@ def _processor(model: Path, backend: str, pair: str, monkeypatch: Any, cache: Pa
     from nmr.pipeline.settings import create_registrar, validate
 
     monkeypatch.setenv('NMR_CACHE_DIR', str(cache))
-    settings = validate({'backend': backend, 'device': 'cpu', 'viz_max_rate_hz': 0.0})
+    # the network-grid path is what is compared here; rgb_depth's tile refinement (on by default) takes the
+    # registrar's own path (nmr.inference.tiles; test_tiles.py)
+    settings = validate({'backend': backend, 'device': 'cpu', 'viz_max_rate_hz': 0.0,
+                         'refine_tiles.rgb_depth': False})
     return PairProcessor(create_registrar(model, settings, pair, log=lambda _t: None), pair)
 
 

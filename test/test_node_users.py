@@ -325,7 +325,7 @@ def test_compressed_inputs_and_camera_info_with_remapped_topics(models: dict[str
     from std_msgs.msg import Header
 
     from nmr.data.compressed import decode_compressed, encode_compressed
-    from nmr.inference.select import create_registrar
+    from nmr.pipeline.settings import create_registrar, validate
     from nmr.ros.convert import time_from_ns
 
     log = tmp_path / 'node.log'
@@ -384,7 +384,9 @@ def test_compressed_inputs_and_camera_info_with_remapped_topics(models: dict[str
     assert rgb_enc == 'bgr8'
     depth, depth_enc = decode_compressed(sent['depth'])
     assert depth_enc == '16UC1' and np.array_equal(depth, frames.depth)
-    registrar = create_registrar(models['rgb_depth'], backend='torch', device='cpu', log=lambda _t: None)
+    # the node's own factory: rgb_depth is refined on tiles by default (nmr.inference.tiles)
+    registrar = create_registrar(models['rgb_depth'], validate({'backend': 'torch', 'device': 'cpu'}), 'rgb_depth',
+                                 log=lambda _t: None)
     offline = registrar.register(rgb[:, :, ::-1], depth, '16UC1')
     from nmr.data.encodings import image_to_numpy
 
