@@ -40,8 +40,6 @@ class PhaseCorrelation:
     pair = 'rgb_depth'
     backend = 'phase-correlation'
     device = 'cpu'
-    info = metadata = None
-    net_hw = (0, 0)
 
     def __init__(self, full_hw: tuple[int, int], bias: tuple[float, float]) -> None:
         self.full_hw, self.bias = full_hw, bias

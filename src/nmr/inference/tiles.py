@@ -71,18 +71,6 @@ class TileRefinedRegistrar:
     def device(self) -> Any:
         return self.inner.device
 
-    @property
-    def info(self) -> Any:
-        return self.inner.info
-
-    @property
-    def metadata(self) -> Any:
-        return self.inner.metadata
-
-    @property
-    def net_hw(self) -> tuple[int, int]:
-        return self.inner.net_hw
-
     def describe(self) -> str:
         return f'{self.inner.describe()}, refined on 2x2 tiles of {self.tile:g}'
 
